@@ -1,0 +1,179 @@
+//! Named environment families and the enum of all environments.
+
+use crate::countdown::{Countdown, CountdownConfig};
+use crate::maze::{Maze, MazeConfig};
+use crate::multihop::{Multihop, MultihopConfig};
+use crate::qa::{QaConfig, QaTask};
+use crate::{Env, EnvError, Expert, Step};
+
+/// Documentation of one difficulty knob, for `arbor envs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnobInfo {
+    /// Knob name as written in configs and on the command line.
+    pub name: &'static str,
+    /// Default value, as text.
+    pub default: &'static str,
+    /// What it controls and which values it accepts.
+    pub doc: &'static str,
+}
+
+/// A configuration type whose fields are difficulty knobs settable by name.
+pub trait Knobs: Default {
+    /// The knobs with their defaults and docs.
+    const KNOBS: &'static [KnobInfo];
+    /// Sets one knob from text; `Err(reason)` says what the knob accepts.
+    fn set_knob(&mut self, name: &str, value: &str) -> Result<(), String>;
+    /// Current values of every knob, in [`Knobs::KNOBS`] order.
+    fn knob_values(&self) -> Vec<(&'static str, String)>;
+}
+
+/// A configured family of tasks: an environment name plus its knobs. `make(task_id)` builds one
+/// task deterministically from its id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnvSpec {
+    /// k-hop questions over a synthetic knowledge graph.
+    Multihop(MultihopConfig),
+    /// Reach a target number with + - * /.
+    Countdown(CountdownConfig),
+    /// Grid navigation.
+    Maze(MazeConfig),
+    /// User question/answer pairs (loaded by the `datasets` crate).
+    QaFile(QaConfig),
+}
+
+/// The environment names arbor knows, in listing order.
+pub const ENV_NAMES: [&str; 4] = ["multihop", "countdown", "maze", "qa-file"];
+
+fn apply<K: Knobs>(env: &str, knobs: &[(&str, &str)]) -> Result<K, EnvError> {
+    let mut cfg = K::default();
+    for &(knob, value) in knobs {
+        if !K::KNOBS.iter().any(|k| k.name == knob) {
+            return Err(EnvError::UnknownKnob {
+                env: env.to_string(),
+                knob: knob.to_string(),
+                known: K::KNOBS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
+            });
+        }
+        cfg.set_knob(knob, value).map_err(|reason| EnvError::BadKnob {
+            env: env.to_string(),
+            knob: knob.to_string(),
+            value: value.to_string(),
+            reason,
+        })?;
+    }
+    Ok(cfg)
+}
+
+impl EnvSpec {
+    /// Builds a spec from an environment name and `(knob, value)` pairs; unspecified knobs keep
+    /// their defaults. `qa-file` cannot be built here: it needs its task file (see the `datasets`
+    /// crate), and asking for it returns [`EnvError::NeedsTaskFile`].
+    pub fn from_name(name: &str, knobs: &[(&str, &str)]) -> Result<EnvSpec, EnvError> {
+        match name {
+            "multihop" => Ok(EnvSpec::Multihop(apply(name, knobs)?)),
+            "countdown" => Ok(EnvSpec::Countdown(apply(name, knobs)?)),
+            "maze" => Ok(EnvSpec::Maze(apply(name, knobs)?)),
+            "qa-file" => Err(EnvError::NeedsTaskFile),
+            _ => Err(EnvError::UnknownEnv {
+                name: name.to_string(),
+                known: ENV_NAMES.join(", "),
+            }),
+        }
+    }
+
+    /// The knobs of the environment called `name` (`None` for an unknown name).
+    pub fn knobs_of(name: &str) -> Option<&'static [KnobInfo]> {
+        match name {
+            "multihop" => Some(MultihopConfig::KNOBS),
+            "countdown" => Some(CountdownConfig::KNOBS),
+            "maze" => Some(MazeConfig::KNOBS),
+            "qa-file" => Some(QaConfig::KNOBS),
+            _ => None,
+        }
+    }
+
+    /// The environment's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EnvSpec::Multihop(_) => "multihop",
+            EnvSpec::Countdown(_) => "countdown",
+            EnvSpec::Maze(_) => "maze",
+            EnvSpec::QaFile(_) => "qa-file",
+        }
+    }
+
+    /// Current knob values (for the resolved config of a run).
+    pub fn knob_values(&self) -> Vec<(&'static str, String)> {
+        match self {
+            EnvSpec::Multihop(c) => c.knob_values(),
+            EnvSpec::Countdown(c) => c.knob_values(),
+            EnvSpec::Maze(c) => c.knob_values(),
+            EnvSpec::QaFile(c) => c.knob_values(),
+        }
+    }
+
+    /// How many distinct tasks exist: `None` for generated environments (any `u64` id is a task),
+    /// the number of rows for `qa-file`.
+    pub fn task_count(&self) -> Option<u64> {
+        match self {
+            EnvSpec::QaFile(c) => Some(c.len() as u64),
+            _ => None,
+        }
+    }
+
+    /// Builds task `task_id`. Deterministic: the same spec and id give the same task. For
+    /// `qa-file`, ids wrap around the number of rows.
+    pub fn make(&self, task_id: u64) -> AnyEnv {
+        match self {
+            EnvSpec::Multihop(c) => AnyEnv::Multihop(Multihop::generate(c, task_id)),
+            EnvSpec::Countdown(c) => AnyEnv::Countdown(Countdown::generate(c, task_id)),
+            EnvSpec::Maze(c) => AnyEnv::Maze(Maze::generate(c, task_id)),
+            EnvSpec::QaFile(c) => AnyEnv::QaFile(c.task(task_id)),
+        }
+    }
+}
+
+/// Any of arbor's environments; what samplers and trainers hold.
+#[derive(Debug, Clone)]
+pub enum AnyEnv {
+    /// See [`crate::multihop`].
+    Multihop(Multihop),
+    /// See [`crate::countdown`].
+    Countdown(Countdown),
+    /// See [`crate::maze`].
+    Maze(Maze),
+    /// See [`crate::qa`].
+    QaFile(QaTask),
+}
+
+macro_rules! each {
+    ($self:expr, $e:ident => $body:expr) => {
+        match $self {
+            AnyEnv::Multihop($e) => $body,
+            AnyEnv::Countdown($e) => $body,
+            AnyEnv::Maze($e) => $body,
+            AnyEnv::QaFile($e) => $body,
+        }
+    };
+}
+
+impl Env for AnyEnv {
+    fn prompt(&self) -> &str {
+        each!(self, e => e.prompt())
+    }
+    fn step(&mut self, action: &str) -> Step {
+        each!(self, e => e.step(action))
+    }
+    fn max_turns(&self) -> usize {
+        each!(self, e => e.max_turns())
+    }
+}
+
+impl Expert for AnyEnv {
+    fn expert_action(&self) -> String {
+        each!(self, e => e.expert_action())
+    }
+    fn mistake_action(&self, seed: u64) -> Option<String> {
+        each!(self, e => e.mistake_action(seed))
+    }
+}

@@ -1,0 +1,76 @@
+//! `arbor envs`: list environments, show an expert episode.
+
+use anyhow::{Context, bail};
+use envs::{ENV_NAMES, Env, EnvSpec, Expert};
+
+use crate::cli::{EnvsAction, EnvsArgs, ShowArgs};
+
+/// Runs `arbor envs`.
+pub fn run(args: EnvsArgs) -> anyhow::Result<()> {
+    match args.action {
+        None => {
+            list();
+            Ok(())
+        }
+        Some(EnvsAction::Show(show)) => show_episode(&show),
+    }
+}
+
+fn list() {
+    for name in ENV_NAMES {
+        println!("{name}");
+        for knob in EnvSpec::knobs_of(name).unwrap_or(&[]) {
+            println!("    {:<12} default {:<6} {}", knob.name, knob.default, knob.doc);
+        }
+    }
+    println!("\nShow an expert episode: arbor envs show multihop --seed 7 --knob hops=3");
+}
+
+/// Splits `name=value` knob arguments.
+pub fn parse_knobs(knobs: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
+    knobs
+        .iter()
+        .map(|k| match k.split_once('=') {
+            Some((n, v)) if !n.trim().is_empty() => Ok((n.trim(), v.trim())),
+            _ => bail!("knob '{k}' is not of the form name=value"),
+        })
+        .collect()
+}
+
+fn show_episode(args: &ShowArgs) -> anyhow::Result<()> {
+    let knobs = parse_knobs(&args.knobs)?;
+    let spec = if args.env == "qa-file" {
+        let Some(path) = &args.tasks else {
+            bail!("qa-file needs --tasks FILE (JSONL or Parquet with prompt/answer columns)");
+        };
+        let verifier = knobs.iter().find(|(k, _)| *k == "verifier").map(|(_, v)| *v);
+        datasets::taskfile::qa_spec_from_file(path, verifier.unwrap_or("exact"))
+            .with_context(|| format!("loading {}", path.display()))?
+    } else {
+        EnvSpec::from_name(&args.env, &knobs)?
+    };
+    let mut env = spec.make(args.seed);
+    println!("== {} task {} ==", spec.name(), args.seed);
+    print!("[prompt]{}", env.prompt());
+    let mut total = 0.0;
+    let mut mistake_left = args.mistake;
+    for turn in 0..env.max_turns() {
+        let action = match (mistake_left, env.mistake_action(args.seed ^ turn as u64)) {
+            (true, Some(m)) => {
+                mistake_left = false;
+                m
+            }
+            _ => env.expert_action(),
+        };
+        let step = env.step(&action);
+        total += step.reward;
+        println!("[action {}] {action}", turn + 1);
+        print!("[observation]{}", step.observation);
+        if step.done {
+            println!("[done] outcome {:?}, reward {total}", step.outcome);
+            return Ok(());
+        }
+    }
+    println!("[turn limit] reward {total}");
+    Ok(())
+}

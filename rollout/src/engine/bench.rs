@@ -1,0 +1,253 @@
+//! Engine throughput benchmark: batched decode and prefill tokens/s, with the GEMM peak of the
+//! same library measured in the same run, so that the ratio is meaningful on any machine.
+//!
+//! Returns rows ([`EngineBenchRow`]); printing is the caller's job (`arbor bench engine`).
+
+use std::time::Instant;
+
+use ndarray::{Array2, linalg::general_mat_mul};
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, EngineError, ModelConfig, Weights};
+use crate::policy::{DecodeRequest, Policy, SamplingParams};
+
+/// What to measure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchOptions {
+    /// Model presets. By default `tiny` and `small`.
+    pub presets: Vec<String>,
+    /// Decode batch sizes. By default 1, 8 and 64.
+    pub batches: Vec<usize>,
+    /// Prompt tokens of each decoded sequence (distinct prompts). By default 128.
+    pub prompt_len: usize,
+    /// Timed decode steps per batch (after one untimed warm-up step). By default 64.
+    pub decode_steps: usize,
+    /// Tokens of the prefill measurement (one sequence, default chunk). By default 512.
+    pub prefill_len: usize,
+    /// Side of the square f32 GEMM of the peak measurement. By default 1024.
+    pub gemm_size: usize,
+    /// Repetitions of each measurement; the fastest counts. By default 3.
+    pub repeats: usize,
+    /// Seed of the random weights and prompts. By default 0.
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            presets: ModelConfig::PRESETS.iter().map(|s| s.to_string()).collect(),
+            batches: vec![1, 8, 64],
+            prompt_len: 128,
+            decode_steps: 64,
+            prefill_len: 512,
+            gemm_size: 1024,
+            repeats: 3,
+            seed: 0,
+        }
+    }
+}
+
+impl BenchOptions {
+    /// A run of well under a second for tests: `tiny` only, batches 1 and 4, short sequences.
+    pub fn quick() -> Self {
+        BenchOptions {
+            presets: vec!["tiny".to_string()],
+            batches: vec![1, 4],
+            prompt_len: 16,
+            decode_steps: 4,
+            prefill_len: 64,
+            gemm_size: 128,
+            repeats: 1,
+            seed: 0,
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineBenchRow {
+    /// `"decode"`, `"prefill"` or `"gemm_peak"`.
+    pub bench: String,
+    /// Model preset (empty for `gemm_peak`).
+    pub preset: String,
+    /// Sequences per decode step; 1 for prefill; the matrix side for `gemm_peak`.
+    pub batch: usize,
+    /// Mean number of positions each timed token attended to (0 for `gemm_peak`).
+    pub context_len: usize,
+    /// Tokens timed (0 for `gemm_peak`).
+    pub tokens: usize,
+    /// Wall time of the fastest repetition.
+    pub seconds: f64,
+    /// Tokens per second (0 for `gemm_peak`).
+    pub tokens_per_s: f64,
+    /// Achieved GFLOP/s, counting [`ModelConfig::flops_per_token`] per token (2 m n k for the
+    /// GEMM).
+    pub gflops: f64,
+    /// The GEMM peak of this run (same in every row).
+    pub peak_gflops: f64,
+}
+
+/// Runs the benchmark. Rows: `gemm_peak` first, then per preset one `prefill` row and one
+/// `decode` row per batch size.
+pub fn run(opts: &BenchOptions) -> Result<Vec<EngineBenchRow>, EngineError> {
+    let configs = opts
+        .presets
+        .iter()
+        .map(|p| ModelConfig::preset(p).map(|c| (p.clone(), c)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let repeats = opts.repeats.max(1);
+    let (gemm_s, peak) = gemm_peak(opts.gemm_size.max(1), repeats);
+    let mut rows = vec![EngineBenchRow {
+        bench: "gemm_peak".into(),
+        preset: String::new(),
+        batch: opts.gemm_size,
+        context_len: 0,
+        tokens: 0,
+        seconds: gemm_s,
+        tokens_per_s: 0.0,
+        gflops: peak,
+        peak_gflops: peak,
+    }];
+    for (name, cfg) in configs {
+        let weights = Weights::random(&cfg, opts.seed);
+        let mut engine = Engine::new(cfg.clone(), &weights)?;
+        let vocab = 256u64; // byte tokens: valid for every preset
+        let prompt = |i: u64, n: usize| -> Vec<u32> {
+            (0..n as u64)
+                .map(|j| (envs::rng::derive(&[opts.seed, i, j]) % vocab) as u32)
+                .collect()
+        };
+
+        // Prefill: one sequence of `prefill_len` tokens.
+        let len = opts.prefill_len.clamp(1, cfg.max_seq_len);
+        let tokens = prompt(u64::MAX, len);
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats {
+            let t = Instant::now();
+            let seq = engine.start(&tokens).map_err(policy_bug)?;
+            best = best.min(t.elapsed().as_secs_f64());
+            engine.release(seq);
+        }
+        let flops: u64 = (1..=len).map(|c| cfg.flops_per_token(c)).sum();
+        rows.push(row(
+            "prefill",
+            &name,
+            1,
+            len.div_ceil(2),
+            len,
+            best,
+            flops,
+            peak,
+        ));
+
+        // Decode: `batch` sequences with distinct prompts, one batch per step.
+        let prompt_len = opts.prompt_len.clamp(1, cfg.max_seq_len);
+        let steps = opts
+            .decode_steps
+            .min(cfg.max_seq_len.saturating_sub(prompt_len + 1));
+        for &batch in &opts.batches {
+            let batch = batch.max(1);
+            let mut best = f64::INFINITY;
+            for rep in 0..repeats {
+                let seqs = (0..batch as u64)
+                    .map(|i| engine.start(&prompt(i, prompt_len)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(policy_bug)?;
+                let params = SamplingParams::default();
+                let step = |engine: &mut Engine, s: usize| {
+                    let reqs: Vec<DecodeRequest> = seqs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &seq)| DecodeRequest {
+                            seq,
+                            rng_key: envs::rng::derive(&[
+                                opts.seed, rep as u64, i as u64, s as u64,
+                            ]),
+                        })
+                        .collect();
+                    engine.decode(&reqs, &params).map(|_| ())
+                };
+                step(&mut engine, 0).map_err(policy_bug)?; // warm-up
+                let t = Instant::now();
+                for s in 1..=steps {
+                    step(&mut engine, s).map_err(policy_bug)?;
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+                for seq in seqs {
+                    engine.release(seq);
+                }
+            }
+            // Timed token of step s sits at position prompt_len + s and attends to one more.
+            let per_seq: u64 = (1..=steps)
+                .map(|s| cfg.flops_per_token(prompt_len + s + 1))
+                .sum();
+            let ctx = prompt_len + 1 + steps.div_ceil(2);
+            let flops = per_seq * batch as u64;
+            rows.push(row(
+                "decode",
+                &name,
+                batch,
+                ctx,
+                batch * steps,
+                best,
+                flops,
+                peak,
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    bench: &str,
+    preset: &str,
+    batch: usize,
+    context_len: usize,
+    tokens: usize,
+    seconds: f64,
+    flops: u64,
+    peak: f64,
+) -> EngineBenchRow {
+    let seconds = seconds.max(1e-9);
+    EngineBenchRow {
+        bench: bench.into(),
+        preset: preset.into(),
+        batch,
+        context_len,
+        tokens,
+        seconds,
+        tokens_per_s: tokens as f64 / seconds,
+        gflops: flops as f64 / seconds / 1e9,
+        peak_gflops: peak,
+    }
+}
+
+/// The benchmark drives a fresh engine with valid inputs, so a policy error is a bug in the
+/// engine; it is reported as an invalid configuration rather than a panic.
+fn policy_bug(e: crate::policy::PolicyError) -> EngineError {
+    EngineError::InvalidConfig {
+        field: "bench",
+        reason: e.to_string(),
+    }
+}
+
+/// Fastest of `repeats` square `n × n` f32 GEMMs with ndarray (matrixmultiply): (seconds,
+/// GFLOP/s).
+fn gemm_peak(n: usize, repeats: usize) -> (f64, f64) {
+    let a = Array2::from_shape_fn((n, n), |(i, j)| ((i * 7 + j * 13) % 31) as f32 * 0.01);
+    let b = Array2::from_shape_fn((n, n), |(i, j)| ((i * 11 + j * 5) % 29) as f32 * 0.01);
+    let mut c = Array2::<f32>::zeros((n, n));
+    general_mat_mul(1.0, &a, &b, 0.0, &mut c); // warm-up (thread pool, caches)
+    // Enough multiplications per repetition for about 4 GFLOP, at least one.
+    let inner = (4e9 / (2.0 * (n as f64).powi(3))).ceil().max(1.0) as usize;
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        for _ in 0..inner {
+            general_mat_mul(1.0, &a, &b, 0.0, &mut c);
+        }
+        best = best.min(t.elapsed().as_secs_f64() / inner as f64);
+    }
+    (best, 2.0 * (n as f64).powi(3) / best / 1e9)
+}

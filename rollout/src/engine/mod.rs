@@ -1,0 +1,158 @@
+//! CPU inference engine: a Llama-style transformer on ndarray with a paged, prefix-shared KV
+//! cache (DESIGN §7).
+//!
+//! # Map
+//! - [`ModelConfig`] — architecture sizes (presets `tiny`, `small`), shared with the trainer.
+//! - [`Weights`] — named f32 tensors with Hugging Face Llama names (below); seeded random init,
+//!   validation against a config.
+//! - [`Engine`] — owns packed weights and live sequences; implements [`crate::policy::Policy`]
+//!   (start, fork, fork_at, append, batched decode) and offers [`Engine::forward_full`], the
+//!   cache-free reference forward pass.
+//! - [`sample_from_logits`] — temperature / top-k / top-p sampling keyed by one `rng_key`.
+//! - [`bench`] — decode / prefill throughput and the GEMM peak, returned as rows.
+//! - [`EngineError`] — configuration and weight errors. Runtime errors of the policy calls are
+//!   [`crate::policy::PolicyError`]s.
+//!
+//! ```
+//! use rollout::engine::{Engine, ModelConfig, Weights};
+//! use rollout::policy::{DecodeRequest, Policy, SamplingParams};
+//!
+//! let cfg = ModelConfig { n_layers: 1, ..ModelConfig::tiny() };
+//! let mut engine = Engine::new(cfg.clone(), &Weights::random(&cfg, 7)).unwrap();
+//! let root = engine.start(&[257, b'h' as u32, b'i' as u32]).unwrap();
+//! let branch = engine.fork(root).unwrap(); // shares the root's KV blocks
+//! let reqs = [
+//!     DecodeRequest { seq: root, rng_key: 1 },
+//!     DecodeRequest { seq: branch, rng_key: 2 },
+//! ];
+//! let out = engine.decode(&reqs, &SamplingParams::default()).unwrap(); // one batch
+//! assert_eq!(out.len(), 2);
+//! assert_eq!(engine.seq_len(branch).unwrap(), 4);
+//! ```
+//!
+//! # Architecture
+//! Exactly Hugging Face `LlamaForCausalLM` in f32: `x = embed[tokens]`; per layer
+//! `h = x + o_proj(attn(rmsnorm(x) · w_in))`, `x = h + down(silu(gate(n)) * up(n))` with
+//! `n = rmsnorm(h) · w_post`; then `logits = lm_head(rmsnorm(x) · w_final)`.
+//! RMSNorm is `x / sqrt(mean(x²) + eps) · w`. RoPE uses the "rotate half" convention: pair
+//! `(i, i + head_dim/2)` rotates by `pos · inv_freq_i` with `inv_freq_i = theta^(-2i/head_dim)`,
+//! where `pos` is the token's index in its sequence; inverse frequencies, angles, cos and sin are
+//! computed in f32 like Hugging Face does. Attention is causal softmax with scale
+//! `1/sqrt(head_dim)`; with grouped-query attention, query head `h` reads kv head
+//! `h / (n_heads / n_kv_heads)`.
+//!
+//! # Tensor names (Hugging Face Llama; PyTorch `[out, in]` layout for linear weights)
+//! | name | shape |
+//! |---|---|
+//! | `model.embed_tokens.weight` | `[vocab_size, d_model]` |
+//! | `model.layers.{i}.input_layernorm.weight` | `[d_model]` |
+//! | `model.layers.{i}.self_attn.q_proj.weight` | `[n_heads·head_dim, d_model]` |
+//! | `model.layers.{i}.self_attn.k_proj.weight` | `[n_kv_heads·head_dim, d_model]` |
+//! | `model.layers.{i}.self_attn.v_proj.weight` | `[n_kv_heads·head_dim, d_model]` |
+//! | `model.layers.{i}.self_attn.o_proj.weight` | `[d_model, n_heads·head_dim]` |
+//! | `model.layers.{i}.post_attention_layernorm.weight` | `[d_model]` |
+//! | `model.layers.{i}.mlp.gate_proj.weight` | `[d_ff, d_model]` |
+//! | `model.layers.{i}.mlp.up_proj.weight` | `[d_ff, d_model]` |
+//! | `model.layers.{i}.mlp.down_proj.weight` | `[d_model, d_ff]` |
+//! | `model.norm.weight` | `[d_model]` |
+//! | `lm_head.weight` | `[vocab_size, d_model]` (absent when `tie_embeddings`) |
+//!
+//! No tensor has a bias. [`Weights::expected_shapes`] lists them for a config.
+//!
+//! # KV cache
+//! Paged in blocks of [`BLOCK_SIZE`] = 16 positions (all layers and kv heads in one block). A
+//! sequence holds a list of reference-counted blocks; [`crate::policy::Policy::fork`] copies the
+//! list (O(blocks)), so KV memory grows with unique tokens, not with trajectories. Full blocks are
+//! never written again; a partly filled block shared by several sequences is copied by the first
+//! one that writes to it (copy-on-write), so a fork never aliases mutable memory.
+//! [`crate::policy::Policy::fork_at`] shares the blocks of the first `len - 1` tokens and
+//! recomputes token `len - 1` to get its next-token distribution. `PolicyStats::kv_bytes` counts
+//! each distinct live block once.
+//!
+//! # Batching and determinism
+//! `decode` pushes all requested sequences through the model as one batch (one GEMM per fused
+//! projection: qkv, o, gate+up, down, lm_head); prefill (`start`, `append`) runs in chunks of
+//! [`Engine::prefill_chunk`] tokens. Attention runs per (token, head) on rayon.
+//! Every token's arithmetic is independent of the other tokens in the batch: matrixmultiply never
+//! splits the inner dimension by batch size or thread count, and attention reads only the token's
+//! own sequence. Hence a token's logits are bitwise identical whether it was decoded alone, in a
+//! batch of any size, in a prefill chunk of any size, on 1 or many threads, or recomputed by
+//! `fork_at` (tests check all of these). Samples depend only on the logits and the `rng_key`.
+
+mod config;
+mod kv;
+mod model;
+mod runtime;
+mod sampling;
+mod weights;
+
+pub mod bench;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::ModelConfig;
+pub use kv::BLOCK_SIZE;
+pub use runtime::Engine;
+pub use sampling::{argmax, log_partition_and_entropy, sample_from_logits};
+pub use weights::{INIT_STD, WeightTensor, Weights};
+
+/// Configuration and weight errors of the engine.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// A [`ModelConfig`] field is out of range or inconsistent with another.
+    #[error("invalid model config: {field}: {reason}")]
+    InvalidConfig {
+        /// The field to fix.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// [`ModelConfig::preset`] got a name it does not know.
+    #[error("unknown model preset {name:?} (known: tiny, small)")]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+    },
+    /// A tensor the config needs is not in the weights.
+    #[error("weight tensor {name} is missing")]
+    MissingTensor {
+        /// The Hugging Face tensor name.
+        name: String,
+    },
+    /// The weights hold a tensor the config does not use (e.g. `lm_head.weight` with tied
+    /// embeddings, or a layer beyond `n_layers`).
+    #[error("weight tensor {name} is not used by this model config")]
+    UnexpectedTensor {
+        /// The tensor name.
+        name: String,
+    },
+    /// A tensor has the wrong shape.
+    #[error("weight tensor {name} has shape {got:?}, the config needs {expected:?}")]
+    BadShape {
+        /// The tensor name.
+        name: String,
+        /// The shape the config needs.
+        expected: Vec<usize>,
+        /// The shape found.
+        got: Vec<usize>,
+    },
+    /// A tensor's data length does not match its shape.
+    #[error("weight tensor {name} has shape {shape:?} but {got} values")]
+    DataLength {
+        /// The tensor name.
+        name: String,
+        /// Its declared shape.
+        shape: Vec<usize>,
+        /// The number of values given.
+        got: usize,
+    },
+    /// A tensor holds NaN or infinity.
+    #[error("weight tensor {name} holds a non-finite value at flat index {index}")]
+    NonFinite {
+        /// The tensor name.
+        name: String,
+        /// Flat index of the first non-finite value.
+        index: usize,
+    },
+}

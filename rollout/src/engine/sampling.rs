@@ -1,0 +1,118 @@
+//! Drawing a token from next-token logits.
+
+use crate::policy::{Sampled, SamplingParams};
+
+/// Log-partition `ln Σ exp(l)` and entropy (nats) of `softmax(logits)`, both in f64 with a fixed
+/// summation order (deterministic).
+///
+/// # Shapes
+/// `logits`: `[vocab]`.
+pub fn log_partition_and_entropy(logits: &[f32]) -> (f64, f64) {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let mut z = 0.0f64;
+    let mut zl = 0.0f64;
+    for &l in logits {
+        let e = (l as f64 - m).exp();
+        z += e;
+        zl += e * (l as f64 - m);
+    }
+    let lse = m + z.ln();
+    // H = -Σ p (l - lse) = lse - Σ p l = ln z - Σ e (l - m) / z.
+    let entropy = z.ln() - zl / z;
+    (lse, entropy.max(0.0))
+}
+
+/// The index of the largest logit; ties go to the lowest index.
+///
+/// # Shapes
+/// `logits`: `[vocab]`.
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Samples a token from `logits` with `params`, using only `rng_key` as the source of randomness
+/// (one uniform draw `envs::rng::uniform(&[rng_key])`, inverse CDF).
+///
+/// - `temperature` ≤ 0 (or NaN), or `top_k == 1`: greedy, ties to the lowest token id.
+/// - otherwise the logits are divided by `temperature`; `top_k > 0` keeps the k most likely
+///   tokens; `top_p < 1` then keeps the smallest most-likely-first prefix whose renormalised
+///   probability reaches `top_p` (at least one token; `top_p` ≤ 0 keeps exactly one). Candidates
+///   are ordered by logit, ties by lower token id, so the result is deterministic.
+///
+/// The returned `logprob` and `entropy` are those of the unmodified distribution
+/// `softmax(logits)` (temperature 1, no truncation), as [`Sampled`] requires.
+///
+/// # Shapes
+/// `logits`: `[vocab]`.
+pub fn sample_from_logits(logits: &[f32], params: &SamplingParams, rng_key: u64) -> Sampled {
+    let (lse, entropy) = log_partition_and_entropy(logits);
+    let token = choose(logits, params, rng_key);
+    Sampled {
+        token: token as u32,
+        logprob: (logits[token] as f64 - lse) as f32,
+        entropy: entropy as f32,
+    }
+}
+
+fn choose(logits: &[f32], params: &SamplingParams, rng_key: u64) -> usize {
+    let t = params.temperature;
+    if !(t > 0.0) || params.top_k == 1 || logits.len() == 1 {
+        return argmax(logits);
+    }
+    let m = logits[argmax(logits)];
+    let weight = |l: f32| ((l as f64 - m as f64) / t as f64).exp();
+    let truncate_k = params.top_k > 0 && params.top_k < logits.len();
+    let truncate_p = params.top_p < 1.0;
+    let u = envs::rng::uniform(&[rng_key]);
+
+    if !truncate_k && !truncate_p {
+        // Full distribution: inverse CDF in token-id order, no sort needed.
+        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        let target = u * total;
+        let mut acc = 0.0;
+        for (i, &l) in logits.iter().enumerate() {
+            acc += weight(l);
+            if target < acc {
+                return i;
+            }
+        }
+        // Rounding left the target past the last bucket: take the last token with weight.
+        return logits.iter().rposition(|&l| weight(l) > 0.0).unwrap_or(0);
+    }
+
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if truncate_k {
+        order.truncate(params.top_k);
+    }
+    let weights: Vec<f64> = order.iter().map(|&i| weight(logits[i])).collect();
+    let mut keep = weights.len();
+    if truncate_p {
+        let total: f64 = weights.iter().sum();
+        let need = params.top_p.max(0.0) as f64 * total;
+        let mut acc = 0.0;
+        for (n, w) in weights.iter().enumerate() {
+            acc += w;
+            if acc >= need {
+                keep = n + 1;
+                break;
+            }
+        }
+    }
+    let total: f64 = weights[..keep].iter().sum();
+    let target = u * total;
+    let mut acc = 0.0;
+    for (n, w) in weights[..keep].iter().enumerate() {
+        acc += w;
+        if target < acc {
+            return order[n];
+        }
+    }
+    order[keep - 1]
+}

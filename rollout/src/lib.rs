@@ -1,0 +1,23 @@
+//! Rollouts for arbor: token budgets, rollout trees, samplers, branching policies, advantage
+//! estimators, and a CPU inference engine with a shared-prefix KV cache.
+//!
+//! # Map
+//! - [`tokenizer`] — [`tokenizer::Tokenizer`] and the default byte-level tokenizer.
+//! - [`policy`] — the [`policy::Policy`] trait samplers drive (start, fork, append, decode a batch).
+//! - [`tree`] — [`tree::TaskRollout`], the arena of rollout trees every sampler fills (one per task
+//!   group: nodes, tokens, logprobs, leaves), and [`tree::TreeSink`], where finished groups go.
+//! - [`advantage`] — the advantage estimators ([`advantage::Estimator`]: grpo, tree-grpo, treerl,
+//!   treepo, rloo) as pure functions from a group's tree and leaf rewards to per-node advantages.
+//! - [`sampler`] — chain and tree samplers under a hard per-task token budget, branching policies,
+//!   step counters.
+//! - [`scripted`] — [`scripted::ScriptedPolicy`], a model-free policy for testing samplers.
+//! - [`engine`] — the in-process ndarray transformer implementing [`policy::Policy`], with a paged,
+//!   reference-counted, prefix-shared KV cache.
+
+pub mod advantage;
+pub mod engine;
+pub mod policy;
+pub mod sampler;
+pub mod scripted;
+pub mod tokenizer;
+pub mod tree;

@@ -1,0 +1,133 @@
+//! The seam between samplers and models (DESIGN §11).
+//!
+//! A sampler drives a policy only through [`Policy`]: start a sequence from tokens, fork it, append
+//! observation tokens, decode a batch of next tokens. The in-process ndarray engine
+//! ([`crate::engine::Engine`]) is one implementation; an OpenAI-compatible inference server with
+//! prefix caching is the planned second one. Nothing here assumes the model is in-process: handles
+//! are opaque ids, and every call can fail with a [`PolicyError`].
+
+/// An opaque handle to a live sequence (a context the policy can extend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqHandle(pub u64);
+
+/// Sampling settings for one decode call.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1.0 = off).
+    pub top_p: f32,
+}
+
+impl Default for SamplingParams {
+    /// Temperature 1, no top-k, no top-p: samples from the policy's own distribution, so the
+    /// returned logprobs are exactly the behaviour logprobs the trainer needs.
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
+}
+
+/// One sequence to extend by one sampled token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeRequest {
+    /// The sequence.
+    pub seq: SeqHandle,
+    /// Seed for this token's draw, derived by the caller from (seed, step, task, node, position):
+    /// the sample depends on nothing else (not the batch, not the thread count).
+    pub rng_key: u64,
+}
+
+/// A sampled token with the statistics the sampler and trainer need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampled {
+    /// The token id.
+    pub token: u32,
+    /// Log-probability of the token under the policy's unmodified distribution (temperature 1,
+    /// no truncation): the behaviour logprob for PPO.
+    pub logprob: f32,
+    /// Entropy (nats) of the policy's unmodified next-token distribution at this position.
+    pub entropy: f32,
+}
+
+/// Token counters of a policy since its creation (or the last [`Policy::reset_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// Tokens pushed through the model (prefill + decode).
+    pub computed_tokens: u64,
+    /// Context tokens served from the shared-prefix cache at forks instead of being recomputed.
+    pub cached_tokens: u64,
+    /// Bytes of KV cache currently held by live sequences (shared blocks counted once).
+    pub kv_bytes: u64,
+}
+
+/// Errors a policy backend can return.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PolicyError {
+    /// The sequence would grow past the model's context window.
+    #[error("context overflow: sequence would reach {len} tokens, the model allows {max}")]
+    ContextOverflow {
+        /// The length the sequence would have reached.
+        len: usize,
+        /// The model's context window.
+        max: usize,
+    },
+    /// The handle does not name a live sequence.
+    #[error("unknown sequence handle {0:?}")]
+    UnknownSequence(SeqHandle),
+    /// `start` was given no tokens, or `fork_at` a length outside `1..=len`.
+    #[error("bad sequence length {len} (sequence has {have})")]
+    BadLength {
+        /// The length asked for.
+        len: usize,
+        /// The sequence's length.
+        have: usize,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is outside the vocabulary of {vocab}")]
+    BadToken {
+        /// The id.
+        token: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// A remote backend failed (reserved for server-backed policies).
+    #[error("policy backend error: {0}")]
+    Backend(String),
+}
+
+/// A policy the samplers can drive. See the module docs.
+pub trait Policy: Send {
+    /// The context window in tokens.
+    fn max_len(&self) -> usize;
+    /// Starts a sequence from `tokens` (non-empty, usually `<bos>` + prompt) and computes the
+    /// distribution of its next token.
+    fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, PolicyError>;
+    /// A new sequence with the same context as `seq`; both can be extended independently.
+    fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, PolicyError>;
+    /// A new sequence whose context is the first `len` tokens of `seq` (`1 <= len <= len(seq)`).
+    fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, PolicyError>;
+    /// Appends tokens that were not sampled (observations) to `seq` (chunked prefill).
+    fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), PolicyError>;
+    /// For each request, samples the next token of its sequence, appends it, and computes the
+    /// distribution after it. All requests are served in one batch; results are in request order.
+    /// A sequence may appear at most once per call.
+    fn decode(
+        &mut self,
+        requests: &[DecodeRequest],
+        params: &SamplingParams,
+    ) -> Result<Vec<Sampled>, PolicyError>;
+    /// The number of tokens in `seq`.
+    fn seq_len(&self, seq: SeqHandle) -> Result<usize, PolicyError>;
+    /// Frees `seq` (its shared KV blocks stay alive while other sequences use them).
+    fn release(&mut self, seq: SeqHandle);
+    /// Counters since creation or the last reset.
+    fn stats(&self) -> PolicyStats;
+    /// Zeroes the token counters (KV bytes are a gauge and stay).
+    fn reset_stats(&mut self);
+}

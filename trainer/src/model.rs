@@ -1,0 +1,516 @@
+//! The policy as burn modules: the engine's decoder-only transformer (DESIGN §7, §8).
+//!
+//! Architecture (Llama without biases, no dropout):
+//! token embedding → `n_layers` × [pre-norm RMSNorm → grouped-query causal attention with RoPE →
+//! residual, pre-norm RMSNorm → SwiGLU MLP `down(silu(gate(x)) * up(x))` → residual] → final
+//! RMSNorm → LM head.
+//!
+//! RoPE takes **explicit position ids** (one per token), so a tree-packed sequence can give each
+//! token its position on its own root-to-node path (see [`crate::pack`]). The rotation follows the
+//! Hugging Face Llama `rotate_half` convention: dimension `i` is paired with `i + head_dim/2`, and
+//! pair `i` turns by `position · theta^(-2i/head_dim)`.
+//!
+//! The configuration is the engine's [`ModelConfig`]: it plays the `Config` half of STYLE §2's
+//! Config + Module pair, and because engine and trainer read the same struct their sizes cannot
+//! drift apart.
+//!
+//! Weights are exchanged with the engine and with checkpoints as engine [`Weights`] under the
+//! Hugging Face Llama names, every matrix `[out, in]` (see [`Weights::expected_shapes`]): burn's
+//! [`Linear`] stores `[in, out]`, so the conversions transpose. Parameter ids are assigned by
+//! position in that canonical name list, so two models built from the same weights have the same
+//! ids; the optimizer state ([`crate::optim`]) is keyed by them.
+
+use burn::module::{Module, Param, ParamId};
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use rollout::engine::{ModelConfig, Weights};
+
+use crate::TrainerError;
+
+/// Additive score for a blocked attention entry. Finite (not `-inf`) so that a row with every
+/// entry blocked (only possible for padding) gives a uniform softmax instead of NaN; `exp` of
+/// this value minus any realistic maximum is exactly 0 in f32, so allowed rows are unaffected.
+const BLOCKED_SCORE: f32 = -1.0e9;
+
+/// Whether burn stores the named tensor transposed relative to Hugging Face: burn's [`Linear`]
+/// keeps `[in, out]`, Hugging Face `[out, in]`; embeddings and norm weights agree.
+fn is_transposed(name: &str) -> bool {
+    !(name.ends_with("norm.weight") || name == "model.embed_tokens.weight")
+}
+
+/// The canonical parameter list: name, Hugging Face shape and whether burn stores it
+/// transposed. The order (the engine's [`Weights::expected_shapes`]) also defines the
+/// parameter ids.
+fn param_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, bool)> {
+    Weights::expected_shapes(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let transposed = is_transposed(&name);
+            (name, shape, transposed)
+        })
+        .collect()
+}
+
+/// Reads host tensor data as f32 values (every tensor this crate creates is f32).
+pub(crate) fn to_f32_vec(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32 just above")
+}
+
+/// Transposes a row-major `[rows, cols]` matrix.
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// SwiGLU feed-forward block.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gated = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
+        self.down_proj.forward(gated)
+    }
+}
+
+/// Grouped-query causal self-attention with RoPE at explicit positions.
+#[derive(Module, Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// `x: [B, T, d]`, `cos`/`sin: [B, 1, T, hd]`, `bias: [B, 1, T, T]` (0 or blocked).
+    fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>, bias: &Tensor<4>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = apply_rope(heads(self.q_proj.forward(x.clone()), h), cos, sin);
+        let k = apply_rope(heads(self.k_proj.forward(x.clone()), kvh), cos, sin);
+        let v = heads(self.v_proj.forward(x), kvh);
+        // Query head j reads key/value head j / (h / kvh), as in Hugging Face `repeat_kv`.
+        let (k, v) = if kvh == h {
+            (k, v)
+        } else {
+            let rep = h / kvh;
+            let expand = |y: Tensor<4>| {
+                y.unsqueeze_dim::<5>(2)
+                    .repeat_dim(2, rep)
+                    .reshape([b, h, t, hd])
+            };
+            (expand(k), expand(v))
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
+        let probs = softmax(scores, 3);
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// `x · cos + rotate_half(x) · sin` with `rotate_half([x1, x2]) = [-x2, x1]`.
+///
+/// # Shapes
+/// - `x: [B, H, T, hd]`, `cos`, `sin: [B, 1, T, hd]` → `[B, H, T, hd]`
+fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, t, hd] = x.dims();
+    let half = hd / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, half..hd]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// One pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    mlp_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// The policy transformer. Build it with [`PolicyModel::init`] (burn initialisers) or
+/// [`PolicyModel::from_weights`] (engine / checkpoint weights).
+#[derive(Module, Debug)]
+pub struct PolicyModel {
+    embed: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    /// `None` when the embedding is tied.
+    lm_head: Option<Linear>,
+    #[module(skip)]
+    config: ModelConfig,
+}
+
+impl PolicyModel {
+    /// A policy with burn's default random initialisers (seeded by the device RNG, so not
+    /// reproducible across processes). For a reproducible start use
+    /// `PolicyModel::from_weights(cfg, &Weights::random(cfg, seed), device)`.
+    pub fn init(cfg: &ModelConfig, device: &Device) -> Result<PolicyModel, TrainerError> {
+        cfg.validate()?;
+        let params = param_specs(cfg)
+            .into_iter()
+            .map(|(name, shape, transposed)| {
+                let n: usize = shape.iter().product();
+                let data = if name.ends_with("norm.weight") {
+                    vec![1.0; n]
+                } else {
+                    let fan_in = if transposed { shape[1] } else { shape[0] };
+                    let bound = (1.0 / fan_in as f64).sqrt();
+                    let init = Tensor::<1>::random(
+                        [n],
+                        burn::tensor::Distribution::Uniform(-bound, bound),
+                        device,
+                    );
+                    to_f32_vec(init.into_data())
+                };
+                let burn_shape = if transposed {
+                    vec![shape[1], shape[0]]
+                } else {
+                    shape
+                };
+                (data, burn_shape)
+            })
+            .collect();
+        Ok(Self::assemble(cfg, params, device))
+    }
+
+    /// The engine configuration this model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Logits for every position.
+    ///
+    /// `mask[b, i, j] = true` blocks query `i` from attending to key `j` (burn's convention);
+    /// every row should allow at least one key (padding rows may allow just themselves).
+    /// `positions` are the RoPE position ids (any non-negative values; they need not be
+    /// contiguous, which is what tree packing uses).
+    ///
+    /// # Shapes
+    /// - `tokens: [B, T]`, `positions: [B, T]`, `mask: [B, T, T]`
+    /// - returns logits `[B, T, vocab]`
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        mask: Tensor<3, Bool>,
+    ) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let device = tokens.device();
+        let bias = Tensor::<3>::zeros([b, t, t], &device)
+            .mask_fill(mask, BLOCKED_SCORE)
+            .unsqueeze_dim::<4>(1);
+        let (cos, sin) = self.rope_tables(positions);
+        let mut x = self.embed.forward(tokens);
+        for layer in &self.layers {
+            let h = layer
+                .attn
+                .forward(layer.attn_norm.forward(x.clone()), &cos, &sin, &bias);
+            x = x + h;
+            let h = layer.mlp.forward(layer.mlp_norm.forward(x.clone()));
+            x = x + h;
+        }
+        let x = self.norm.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.embed.weight.val().transpose().unsqueeze_dim::<3>(0)),
+        }
+    }
+
+    /// `cos`/`sin` tables `[B, 1, T, hd]` for the given positions `[B, T]`.
+    fn rope_tables(&self, positions: Tensor<2, Int>) -> (Tensor<4>, Tensor<4>) {
+        let hd = self.config.head_dim();
+        let half = hd / 2;
+        let device = positions.device();
+        // In f32 like Hugging Face and the engine: 1 / theta^(2i / hd).
+        let theta = self.config.rope_theta;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
+            .collect();
+        let inv_freq = Tensor::<1>::from_data(TensorData::new(inv_freq, [half]), &device)
+            .reshape([1, 1, half]);
+        let angles = positions.float().unsqueeze_dim::<3>(2) * inv_freq; // [B, T, hd/2]
+        let full = Tensor::cat(vec![angles.clone(), angles], 2).unsqueeze_dim::<4>(1);
+        (full.clone().cos(), full.sin())
+    }
+
+    /// All weights as engine [`Weights`]: Hugging Face names, `[out, in]` matrices (see the
+    /// module docs). Sync the engine with `engine.load_weights(&model.to_weights())`.
+    pub fn to_weights(&self) -> Weights {
+        let mut weights = Weights::new();
+        for ((name, shape, transposed), data) in param_specs(&self.config)
+            .into_iter()
+            .zip(self.param_data())
+        {
+            let data = to_f32_vec(data);
+            // burn [in, out] = [shape[1], shape[0]] -> HF [out, in].
+            let data = if transposed {
+                transpose(&data, shape[1], shape[0])
+            } else {
+                data
+            };
+            weights
+                .insert(name, shape, data)
+                .expect("shape and data come from the same parameter");
+        }
+        weights
+    }
+
+    /// Builds a model on `device` from engine [`Weights`] (Hugging Face names and layout). Every
+    /// tensor of [`Weights::expected_shapes`] must be present with its shape; extra tensors are
+    /// ignored. On an autodiff device the parameters require gradients.
+    pub fn from_weights(
+        cfg: &ModelConfig,
+        weights: &Weights,
+        device: &Device,
+    ) -> Result<PolicyModel, TrainerError> {
+        cfg.validate()?;
+        let mut params = Vec::new();
+        for (name, shape, transposed) in param_specs(cfg) {
+            let found = weights
+                .get(&name)
+                .ok_or_else(|| TrainerError::MissingTensor { name: name.clone() })?;
+            if found.shape != shape || found.data.len() != shape.iter().product::<usize>() {
+                return Err(TrainerError::ShapeMismatch {
+                    name,
+                    expected: shape,
+                    found: found.shape.clone(),
+                });
+            }
+            params.push(if transposed {
+                (
+                    transpose(&found.data, shape[0], shape[1]),
+                    vec![shape[1], shape[0]],
+                )
+            } else {
+                (found.data.clone(), shape)
+            });
+        }
+        Ok(Self::assemble(cfg, params, device))
+    }
+
+    /// Builds the module tree from canonical-order parameter data (burn layout).
+    fn assemble(cfg: &ModelConfig, params: Vec<(Vec<f32>, Vec<usize>)>, device: &Device) -> Self {
+        let eps = cfg.norm_eps as f64;
+        let mut c = Cursor {
+            items: params.into_iter(),
+            next_id: 0,
+            device,
+        };
+        let embed = Embedding { weight: c.matrix() };
+        let hd = cfg.head_dim();
+        let layers = (0..cfg.n_layers)
+            .map(|_| {
+                let attn_norm = c.norm(eps);
+                let attn = Attention {
+                    q_proj: c.linear(),
+                    k_proj: c.linear(),
+                    v_proj: c.linear(),
+                    o_proj: c.linear(),
+                    n_heads: cfg.n_heads,
+                    n_kv_heads: cfg.n_kv_heads,
+                    head_dim: hd,
+                };
+                let mlp_norm = c.norm(eps);
+                let mlp = Mlp {
+                    gate_proj: c.linear(),
+                    up_proj: c.linear(),
+                    down_proj: c.linear(),
+                };
+                Block {
+                    attn_norm,
+                    attn,
+                    mlp_norm,
+                    mlp,
+                }
+            })
+            .collect();
+        let norm = c.norm(eps);
+        let lm_head = (!cfg.tie_embeddings).then(|| c.linear());
+        PolicyModel {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            config: cfg.clone(),
+        }
+    }
+
+    /// The parameter values in canonical order (burn layout), read back to the host.
+    pub(crate) fn param_data(&self) -> Vec<TensorData> {
+        let mut out = vec![self.embed.weight.val().into_data()];
+        for layer in &self.layers {
+            out.push(layer.attn_norm.gamma.val().into_data());
+            for linear in [
+                &layer.attn.q_proj,
+                &layer.attn.k_proj,
+                &layer.attn.v_proj,
+                &layer.attn.o_proj,
+            ] {
+                out.push(linear.weight.val().into_data());
+            }
+            out.push(layer.mlp_norm.gamma.val().into_data());
+            for linear in [&layer.mlp.gate_proj, &layer.mlp.up_proj, &layer.mlp.down_proj] {
+                out.push(linear.weight.val().into_data());
+            }
+        }
+        out.push(self.norm.gamma.val().into_data());
+        if let Some(head) = &self.lm_head {
+            out.push(head.weight.val().into_data());
+        }
+        out
+    }
+}
+
+/// Hands out canonical-order parameters with canonical ids.
+struct Cursor<'a> {
+    items: std::vec::IntoIter<(Vec<f32>, Vec<usize>)>,
+    next_id: u64,
+    device: &'a Device,
+}
+
+impl Cursor<'_> {
+    fn take<const D: usize>(&mut self) -> Param<Tensor<D>> {
+        let (data, shape) = self.items.next().expect("one entry per parameter spec");
+        let tensor = Tensor::<D>::from_data(TensorData::new(data, shape), self.device);
+        let mut param = Param::from_tensor(tensor);
+        param.id = ParamId::from(self.next_id);
+        self.next_id += 1;
+        param
+    }
+
+    fn matrix(&mut self) -> Param<Tensor<2>> {
+        self.take()
+    }
+
+    fn linear(&mut self) -> Linear {
+        Linear {
+            weight: self.take(),
+            bias: None,
+        }
+    }
+
+    fn norm(&mut self, epsilon: f64) -> RmsNorm {
+        RmsNorm {
+            gamma: self.take(),
+            epsilon,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+    use rollout::engine::Engine;
+
+    /// Causal mask `[1, T, T]` (true above the diagonal) and positions `0..T`.
+    fn causal_inputs(tokens: &[u32], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<3, Bool>) {
+        let t = tokens.len();
+        let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
+        let pos: Vec<i64> = (0..t as i64).collect();
+        let mask: Vec<bool> = (0..t * t).map(|k| k % t > k / t).collect();
+        (
+            Tensor::from_data(TensorData::new(ids, [1, t]), device),
+            Tensor::from_data(TensorData::new(pos, [1, t]), device),
+            Tensor::from_data(TensorData::new(mask, [1, t, t]), device),
+        )
+    }
+
+    /// Max |burn − engine| over all logits of a random sequence.
+    fn parity(cfg: &ModelConfig, weights: &Weights, len: usize, seed: u64) -> f32 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let tokens: Vec<u32> = (0..len)
+            .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+            .collect();
+        let engine = Engine::new(cfg.clone(), weights).unwrap();
+        let expected = engine.forward_full(&tokens);
+        let device = Device::flex();
+        let model = PolicyModel::from_weights(cfg, weights, &device).unwrap();
+        let (ids, pos, mask) = causal_inputs(&tokens, &device);
+        let logits = to_f32_vec(model.forward(ids, pos, mask).into_data());
+        assert_eq!(logits.len(), expected.len());
+        logits
+            .iter()
+            .zip(expected.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn logits_match_engine_tiny() {
+        let cfg = ModelConfig::tiny();
+        // A larger init scale than the default 0.02 so logits spread over O(1) and a mismatch
+        // in any component would show.
+        let weights = Weights::random_with_std(&cfg, 11, 0.08);
+        let diff = parity(&cfg, &weights, 64, 1);
+        eprintln!("burn vs engine (tiny, 64 tokens): max |logit diff| = {diff:e}");
+        assert!(diff <= 1e-4, "max abs logit diff {diff}");
+        let diff = parity(&cfg, &Weights::random(&cfg, 3), 64, 2);
+        assert!(diff <= 1e-4, "max abs logit diff {diff} (default init)");
+    }
+
+    #[test]
+    fn logits_match_engine_grouped_query_and_tied() {
+        let cfg = ModelConfig {
+            d_model: 64,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            d_ff: 96,
+            tie_embeddings: true,
+            ..ModelConfig::tiny()
+        };
+        let weights = Weights::random_with_std(&cfg, 5, 0.1);
+        let diff = parity(&cfg, &weights, 48, 3);
+        eprintln!("burn vs engine (GQA, tied): max |logit diff| = {diff:e}");
+        assert!(diff <= 1e-4, "max abs logit diff {diff}");
+    }
+
+    #[test]
+    fn weights_round_trip_exactly() {
+        let cfg = ModelConfig {
+            n_kv_heads: 2,
+            ..ModelConfig::tiny()
+        };
+        let weights = Weights::random(&cfg, 9);
+        let device = Device::flex().autodiff();
+        let model = PolicyModel::from_weights(&cfg, &weights, &device).unwrap();
+        assert_eq!(model.to_weights(), weights);
+        assert_eq!(model.num_params(), cfg.num_params());
+    }
+
+    #[test]
+    fn from_weights_reports_missing_and_misshapen_tensors() {
+        let cfg = ModelConfig::tiny();
+        let device = Device::flex();
+        let mut weights = Weights::random(&cfg, 1);
+        weights.remove("model.norm.weight");
+        let err = PolicyModel::from_weights(&cfg, &weights, &device).unwrap_err();
+        assert!(matches!(err, TrainerError::MissingTensor { name } if name == "model.norm.weight"));
+        let mut weights = Weights::random(&cfg, 1);
+        weights.insert("model.norm.weight", vec![3], vec![1.0; 3]).unwrap();
+        let err = PolicyModel::from_weights(&cfg, &weights, &device).unwrap_err();
+        assert!(matches!(err, TrainerError::ShapeMismatch { .. }));
+    }
+}

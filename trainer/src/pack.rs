@@ -1,0 +1,646 @@
+//! Training sequences: tree-packed and flattened policy-gradient batches, and SFT batches
+//! (DESIGN §8).
+//!
+//! Every loss in this crate reads the same host-side structure, a [`PackedSequence`]: tokens,
+//! RoPE positions, an attention structure, and a list of [`Target`]s. A target names the token to
+//! score, the position whose logits score it (its *source*), its behaviour logprob and three
+//! weights `P`, `N`, `W` (see [`crate::loss`]). Sequences of one mini-batch are padded into a
+//! [`TrainBatch`], whose tensors a model consumes.
+//!
+//! # Tree packing ([`pack_trees`])
+//! Each tree of a [`TaskRollout`] becomes one sequence: the prompt, then the tree's nodes in
+//! depth-first order (children in id order). A token's RoPE position is its position on its own
+//! root-to-node path (prompt tokens `0..p`, a top node continues at `p`, a child continues where
+//! its parent ended), and it attends to the prompt, to the tokens of its ancestor nodes and to the
+//! earlier tokens of its own node — exactly the context it had when it was sampled. So a shared
+//! prefix is forwarded and back-propagated once, and the cost grows with unique tokens.
+//!
+//! Each action token `t` of node `s` is one target. Its source is the previous token on the path:
+//! the previous token of `s`, or for the first token of `s` the last token of the nearest
+//! ancestor with tokens (or of the prompt). With `a(s, l)` the advantage of `s`'s tokens in the
+//! trajectory ending at leaf `l` ([`AdvantageOutput::token_advantage`]) and `c_l` the loss weight
+//! of trajectory `l` (below), the weights sum over the leaves below `s`:
+//! - `P_s = Σ_l c_l · max(a(s,l), 0)`, `N_s = Σ_l c_l · min(a(s,l), 0)`, `W_s = Σ_l c_l`.
+//!
+//! Because a token's probability ratio is the same in every trajectory through it,
+//! `Σ_l c_l · min(r·a, clip(r)·a) = P·min(r, clip r) + N·max(r, clip r)`: the packed loss equals
+//! the per-trajectory loss.
+//!
+//! # Flattened ([`flatten_trees`])
+//! One sequence per leaf: the prompt and the tokens on the leaf's path, positions `0..`, causal
+//! attention; each action token of node `s` has `P = c_l·max(a(s,l), 0)`, `N = c_l·min(a(s,l), 0)`,
+//! `W = c_l`. This is the reference the packed batch must match, and the chain-sampling baseline.
+//!
+//! # Loss aggregation ([`LossAgg`])
+//! With `n_l` the action tokens on trajectory `l`'s path and `L` the number of trajectories with
+//! at least one action token, over all groups passed to one builder call (one mini-batch):
+//! - `token-mean`: `c_l = 1 / Σ_l n_l` (every action token of the batch weighs the same);
+//! - `seq-mean-token-mean`: `c_l = 1 / (L · n_l)` (mean over trajectories of their token mean).
+//!
+//! Either way `Σ_targets W = 1` for the flattened batch and the packed batch alike.
+//! Prompt and observation tokens are never targets.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use rollout::advantage::AdvantageOutput;
+use rollout::tree::{NodeId, TaskRollout};
+
+use crate::TrainerError;
+
+/// How per-token losses are averaged (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum LossAgg {
+    /// Every action token of the batch has the same weight (the default, as in verl/DAPO).
+    #[default]
+    #[serde(rename = "token-mean")]
+    TokenMean,
+    /// Mean over trajectories of each trajectory's token mean (GRPO's original aggregation).
+    #[serde(rename = "seq-mean-token-mean")]
+    SeqMeanTokenMean,
+}
+
+impl LossAgg {
+    /// The name used in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossAgg::TokenMean => "token-mean",
+            LossAgg::SeqMeanTokenMean => "seq-mean-token-mean",
+        }
+    }
+}
+
+impl fmt::Display for LossAgg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for LossAgg {
+    type Err = TrainerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [LossAgg::TokenMean, LossAgg::SeqMeanTokenMean]
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| TrainerError::Config {
+                reason: format!("unknown loss aggregation '{s}' (known: token-mean, seq-mean-token-mean)"),
+            })
+    }
+}
+
+/// One scored token of a [`PackedSequence`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Target {
+    /// Index (in the sequence) of the position whose logits score the token.
+    pub source: u32,
+    /// The token id being scored.
+    pub token: u32,
+    /// Behaviour logprob of the token (from the engine at sampling time; 0 for SFT).
+    pub old_logprob: f32,
+    /// `P`: weight of the positive-advantage part of the PPO objective.
+    pub pos_weight: f32,
+    /// `N`: weight of the negative-advantage part (≤ 0).
+    pub neg_weight: f32,
+    /// `W`: weight of the KL, entropy and cross-entropy terms.
+    pub weight: f32,
+}
+
+/// One training sequence (see the module docs).
+///
+/// Attention structure: every token belongs to a *span* (span 0 is the prompt, then one span per
+/// tree node); span `k > 0` has a parent span `span_parent[k]` and token `i` may attend token
+/// `j` iff `j ≤ i` and `span[j]` is `span[i]` or one of its ancestors. A flattened or SFT
+/// sequence is a single span: plain causal attention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedSequence {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// RoPE position of each token.
+    pub positions: Vec<u32>,
+    /// Span of each token.
+    pub span: Vec<u32>,
+    /// Parent of each span (`None` for span 0 and only there).
+    pub span_parent: Vec<Option<u32>>,
+    /// Scored tokens.
+    pub targets: Vec<Target>,
+}
+
+impl PackedSequence {
+    /// A causal single-span sequence with positions `0..len`.
+    pub fn causal(tokens: Vec<u32>, targets: Vec<Target>) -> Self {
+        let n = tokens.len();
+        PackedSequence {
+            positions: (0..n as u32).collect(),
+            span: vec![0; n],
+            span_parent: vec![None],
+            tokens,
+            targets,
+        }
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the sequence has no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// `ancestor[k][m]`: span `m` is span `k` or one of its ancestors.
+    fn span_ancestry(&self) -> Vec<Vec<bool>> {
+        let n = self.span_parent.len();
+        let mut table = vec![vec![false; n]; n];
+        for (k, row) in table.iter_mut().enumerate() {
+            let mut cur = Some(k as u32);
+            while let Some(m) = cur {
+                row[m as usize] = true;
+                cur = self.span_parent[m as usize];
+            }
+        }
+        table
+    }
+
+    /// Whether token `i` may attend token `j`.
+    pub fn attends(&self, i: usize, j: usize) -> bool {
+        if j > i {
+            return false;
+        }
+        let target = self.span[j];
+        let mut cur = Some(self.span[i]);
+        while let Some(m) = cur {
+            if m == target {
+                return true;
+            }
+            cur = self.span_parent[m as usize];
+        }
+        false
+    }
+}
+
+/// Per-leaf loss weights `c_l` for the leaves of all groups (see [`LossAgg`]).
+fn leaf_weights(groups: &[(&TaskRollout, &AdvantageOutput)], agg: LossAgg) -> Vec<Vec<f64>> {
+    let counts: Vec<Vec<usize>> = groups
+        .iter()
+        .map(|(r, _)| {
+            r.nodes
+                .iter()
+                .map(|n| if n.is_leaf() { r.path_action_tokens(n.id) } else { 0 })
+                .collect()
+        })
+        .collect();
+    let total: usize = counts.iter().flatten().sum();
+    let trajectories = counts.iter().flatten().filter(|&&n| n > 0).count();
+    counts
+        .iter()
+        .map(|per_node| {
+            per_node
+                .iter()
+                .map(|&n| match (n, agg) {
+                    (0, _) => 0.0,
+                    (_, LossAgg::TokenMean) => 1.0 / total as f64,
+                    (_, LossAgg::SeqMeanTokenMean) => 1.0 / (trajectories as f64 * n as f64),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Checks the group's structure against what packing relies on.
+fn check_group(rollout: &TaskRollout, adv: &AdvantageOutput) -> Result<(), TrainerError> {
+    let n = rollout.nodes.len();
+    if adv.leaf_adv.len() != n || adv.node_adv.len() != n {
+        return Err(TrainerError::batch(format!(
+            "task {}: advantages cover {} nodes, the rollout has {n}",
+            rollout.task_id,
+            adv.node_adv.len()
+        )));
+    }
+    if rollout.prompt_tokens.is_empty() {
+        return Err(TrainerError::batch(format!(
+            "task {}: empty prompt (the first action token needs a source position)",
+            rollout.task_id
+        )));
+    }
+    for node in &rollout.nodes {
+        let parent_ok = node.parent.is_none_or(|p| p < node.id);
+        if !parent_ok || node.id as usize >= n {
+            return Err(TrainerError::batch(format!(
+                "task {}: node {} has parent {:?}; parents must precede children",
+                rollout.task_id, node.id, node.parent
+            )));
+        }
+        if node.is_action() && node.logprobs.len() != node.tokens.len() {
+            return Err(TrainerError::batch(format!(
+                "task {}: action node {} has {} tokens but {} logprobs",
+                rollout.task_id,
+                node.id,
+                node.tokens.len(),
+                node.logprobs.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `(P, N, W)` of every node of a group, summed over the leaves below it (module docs).
+fn node_weights(rollout: &TaskRollout, adv: &AdvantageOutput, c: &[f64]) -> Vec<[f64; 3]> {
+    let mut w = vec![[0.0f64; 3]; rollout.nodes.len()];
+    for leaf in rollout.nodes.iter().filter(|n| n.is_leaf()) {
+        let cl = c[leaf.id as usize];
+        if cl == 0.0 {
+            continue;
+        }
+        for s in rollout.path(leaf.id) {
+            if !rollout.node(s).is_action() {
+                continue;
+            }
+            let a = adv.token_advantage(s, leaf.id) as f64;
+            let e = &mut w[s as usize];
+            e[0] += cl * a.max(0.0);
+            e[1] += cl * a.min(0.0);
+            e[2] += cl;
+        }
+    }
+    w
+}
+
+/// Tree-packed sequences: one per tree of each group, in group then tree order (module docs).
+/// `groups` is one mini-batch: the aggregation weights `c_l` are computed over all of it.
+pub fn pack_trees(
+    groups: &[(&TaskRollout, &AdvantageOutput)],
+    agg: LossAgg,
+) -> Result<Vec<PackedSequence>, TrainerError> {
+    for (r, a) in groups {
+        check_group(r, a)?;
+    }
+    let c = leaf_weights(groups, agg);
+    let mut out = Vec::new();
+    for ((rollout, adv), c) in groups.iter().zip(&c) {
+        let w = node_weights(rollout, adv, c);
+        for tree in 0..rollout.num_trees {
+            out.push(pack_one_tree(rollout, tree, &w));
+        }
+    }
+    Ok(out)
+}
+
+fn pack_one_tree(rollout: &TaskRollout, tree: u32, w: &[[f64; 3]]) -> PackedSequence {
+    let prompt = &rollout.prompt_tokens;
+    let mut seq = PackedSequence {
+        tokens: prompt.clone(),
+        positions: (0..prompt.len() as u32).collect(),
+        span: vec![0; prompt.len()],
+        span_parent: vec![None],
+        targets: Vec::new(),
+    };
+    // DFS with an explicit stack of (node, parent span, path length so far, index of the last
+    // token on the path so far).
+    let last_prompt = prompt.len() as u32 - 1;
+    let mut stack: Vec<(NodeId, u32, u32, u32)> = rollout
+        .nodes
+        .iter()
+        .filter(|n| n.parent.is_none() && n.tree == tree)
+        .rev()
+        .map(|n| (n.id, 0, prompt.len() as u32, last_prompt))
+        .collect();
+    while let Some((id, parent_span, depth, mut last)) = stack.pop() {
+        let node = rollout.node(id);
+        let span = seq.span_parent.len() as u32;
+        seq.span_parent.push(Some(parent_span));
+        let [p, n, wt] = w[id as usize];
+        for (k, &token) in node.tokens.iter().enumerate() {
+            let index = seq.tokens.len() as u32;
+            if node.is_action() {
+                seq.targets.push(Target {
+                    source: last,
+                    token,
+                    old_logprob: node.logprobs[k],
+                    pos_weight: p as f32,
+                    neg_weight: n as f32,
+                    weight: wt as f32,
+                });
+            }
+            seq.tokens.push(token);
+            seq.positions.push(depth + k as u32);
+            seq.span.push(span);
+            last = index;
+        }
+        let depth = depth + node.tokens.len() as u32;
+        for &child in node.children.iter().rev() {
+            stack.push((child, span, depth, last));
+        }
+    }
+    seq
+}
+
+/// Flattened sequences: one per leaf trajectory with at least one action token, in group then
+/// leaf-id order (module docs). `groups` is one mini-batch.
+pub fn flatten_trees(
+    groups: &[(&TaskRollout, &AdvantageOutput)],
+    agg: LossAgg,
+) -> Result<Vec<PackedSequence>, TrainerError> {
+    for (r, a) in groups {
+        check_group(r, a)?;
+    }
+    let c = leaf_weights(groups, agg);
+    let mut out = Vec::new();
+    for ((rollout, adv), c) in groups.iter().zip(&c) {
+        for leaf in rollout.nodes.iter().filter(|n| n.is_leaf()) {
+            let cl = c[leaf.id as usize];
+            if cl == 0.0 {
+                continue;
+            }
+            let mut tokens = rollout.prompt_tokens.clone();
+            let mut targets = Vec::new();
+            for s in rollout.path(leaf.id) {
+                let node = rollout.node(s);
+                if node.is_action() {
+                    let a = adv.token_advantage(s, leaf.id) as f64;
+                    for (k, &token) in node.tokens.iter().enumerate() {
+                        targets.push(Target {
+                            source: (tokens.len() + k - 1) as u32,
+                            token,
+                            old_logprob: node.logprobs[k],
+                            pos_weight: (cl * a.max(0.0)) as f32,
+                            neg_weight: (cl * a.min(0.0)) as f32,
+                            weight: cl as f32,
+                        });
+                    }
+                }
+                tokens.extend_from_slice(&node.tokens);
+            }
+            out.push(PackedSequence::causal(tokens, targets));
+        }
+    }
+    Ok(out)
+}
+
+/// SFT sequences from tokenized demonstrations: `(tokens, loss_mask)` pairs where
+/// `loss_mask[i]` marks `tokens[i]` as a target (e.g. `datasets::Encoded`). Targets are scored
+/// from the previous position with weight `W = 1 / (targets in all examples)` (token-mean);
+/// a masked first token has no previous position and is skipped.
+pub fn sft_sequences<'a>(
+    examples: impl IntoIterator<Item = (&'a [u32], &'a [bool])>,
+) -> Result<Vec<PackedSequence>, TrainerError> {
+    let mut out = Vec::new();
+    for (i, (tokens, mask)) in examples.into_iter().enumerate() {
+        if tokens.len() != mask.len() {
+            return Err(TrainerError::batch(format!(
+                "demonstration {i}: {} tokens but {} mask entries",
+                tokens.len(),
+                mask.len()
+            )));
+        }
+        let targets = (1..tokens.len())
+            .filter(|&t| mask[t])
+            .map(|t| Target {
+                source: t as u32 - 1,
+                token: tokens[t],
+                old_logprob: 0.0,
+                pos_weight: 0.0,
+                neg_weight: 0.0,
+                weight: 1.0,
+            })
+            .collect();
+        out.push(PackedSequence::causal(tokens.to_vec(), targets));
+    }
+    let total: usize = out.iter().map(|s| s.targets.len()).sum();
+    for t in out.iter_mut().flat_map(|s| s.targets.iter_mut()) {
+        t.weight = 1.0 / total as f32;
+    }
+    Ok(out)
+}
+
+/// A padded mini-batch of sequences, ready for [`TrainBatch::to_device`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainBatch {
+    /// The sequences (rows).
+    pub sequences: Vec<PackedSequence>,
+}
+
+impl TrainBatch {
+    /// A batch of the given sequences.
+    pub fn new(sequences: Vec<PackedSequence>) -> Self {
+        TrainBatch { sequences }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.sequences.len()
+    }
+
+    /// Padded row length (the longest sequence).
+    pub fn padded_len(&self) -> usize {
+        self.sequences.iter().map(|s| s.len()).max().unwrap_or(0)
+    }
+
+    /// Total number of targets.
+    pub fn num_targets(&self) -> usize {
+        self.sequences.iter().map(|s| s.targets.len()).sum()
+    }
+
+    /// Non-padding tokens (what a forward pass really computes).
+    pub fn num_tokens(&self) -> usize {
+        self.sequences.iter().map(|s| s.len()).sum()
+    }
+
+    /// Pads the rows to a common length and uploads everything. Padding tokens are id 0 at
+    /// position 0, attend only to themselves, are attended by nobody, and are never targets.
+    pub fn to_device(&self, device: &Device) -> Result<DeviceBatch, TrainerError> {
+        let (b, t) = (self.rows(), self.padded_len());
+        if b == 0 || t == 0 {
+            return Err(TrainerError::batch("empty batch"));
+        }
+        let mut tokens = vec![0i64; b * t];
+        let mut positions = vec![0i64; b * t];
+        let mut mask = vec![true; b * t * t];
+        let mut src = Vec::new();
+        let mut tgt = Vec::new();
+        let mut cols: [Vec<f32>; 4] = Default::default();
+        for (row, seq) in self.sequences.iter().enumerate() {
+            let n = seq.len();
+            let ancestry = seq.span_ancestry();
+            for i in 0..t {
+                tokens[row * t + i] = seq.tokens.get(i).map_or(0, |&x| x as i64);
+                positions[row * t + i] = seq.positions.get(i).map_or(0, |&x| x as i64);
+                let mrow = &mut mask[(row * t + i) * t..(row * t + i + 1) * t];
+                if i >= n {
+                    mrow[i] = false;
+                    continue;
+                }
+                let anc = &ancestry[seq.span[i] as usize];
+                for j in 0..=i {
+                    mrow[j] = !anc[seq.span[j] as usize];
+                }
+            }
+            for target in &seq.targets {
+                if target.source as usize >= n {
+                    return Err(TrainerError::batch(format!(
+                        "target source {} outside a sequence of {n} tokens",
+                        target.source
+                    )));
+                }
+                src.push((row * t) as i64 + target.source as i64);
+                tgt.push(target.token as i64);
+                cols[0].push(target.old_logprob);
+                cols[1].push(target.pos_weight);
+                cols[2].push(target.neg_weight);
+                cols[3].push(target.weight);
+            }
+        }
+        let k = src.len();
+        if k == 0 {
+            return Err(TrainerError::batch("batch has no targets"));
+        }
+        let int2 = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [b, t]), device);
+        let int1 = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [k]), device);
+        let float1 = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [k]), device);
+        let [old, pos, neg, weight] = cols;
+        Ok(DeviceBatch {
+            tokens: int2(tokens),
+            positions: int2(positions),
+            mask: Tensor::<3, Bool>::from_data(TensorData::new(mask, [b, t, t]), device),
+            source: int1(src),
+            target: int1(tgt),
+            old_logprob: float1(old),
+            pos_weight: float1(pos),
+            neg_weight: float1(neg),
+            weight: float1(weight),
+        })
+    }
+}
+
+/// A [`TrainBatch`] on a device. `K` is the number of targets.
+///
+/// # Shapes
+/// - `tokens`, `positions: [B, T]`; `mask: [B, T, T]` (true = blocked)
+/// - `source: [K]` (flat index `row·T + position` into `[B·T]`), `target: [K]`
+/// - `old_logprob`, `pos_weight`, `neg_weight`, `weight: [K]`
+#[derive(Debug, Clone)]
+pub struct DeviceBatch {
+    /// Token ids.
+    pub tokens: Tensor<2, Int>,
+    /// RoPE positions.
+    pub positions: Tensor<2, Int>,
+    /// Attention mask, `true` = blocked.
+    pub mask: Tensor<3, Bool>,
+    /// Flat logit source index of each target.
+    pub source: Tensor<1, Int>,
+    /// Target token ids.
+    pub target: Tensor<1, Int>,
+    /// Behaviour logprobs.
+    pub old_logprob: Tensor<1>,
+    /// `P` weights.
+    pub pos_weight: Tensor<1>,
+    /// `N` weights.
+    pub neg_weight: Tensor<1>,
+    /// `W` weights.
+    pub weight: Tensor<1>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollout::advantage::{grpo, treerl};
+    use rollout::tree::LeafInfo;
+
+    /// prompt [1,2]; tree 0: a(3,4) -> o(5) -> {b(6) leaf r=1, c(7,8) leaf r=0}; tree 1: d(9) leaf.
+    fn sample() -> TaskRollout {
+        let mut r = TaskRollout::new(0, "p", vec![1, 2]);
+        let t0 = r.new_tree();
+        let a = r
+            .add_action(None, t0, vec![3, 4], "a", vec![-0.1, -0.2], vec![0.0; 2])
+            .unwrap();
+        let o = r.add_observation(a, vec![5], "o").unwrap();
+        let b = r
+            .add_action(Some(o), t0, vec![6], "b", vec![-0.3], vec![0.0])
+            .unwrap();
+        let c = r
+            .add_action(Some(o), t0, vec![7, 8], "c", vec![-0.4, -0.5], vec![0.0; 2])
+            .unwrap();
+        let t1 = r.new_tree();
+        let d = r
+            .add_action(None, t1, vec![9], "d", vec![-0.6], vec![0.0])
+            .unwrap();
+        r.set_leaf(b, LeafInfo::finished(1.0, envs::Outcome::Solved))
+            .unwrap();
+        r.set_leaf(c, LeafInfo::finished(0.0, envs::Outcome::Failed))
+            .unwrap();
+        r.set_leaf(d, LeafInfo::finished(1.0, envs::Outcome::Solved))
+            .unwrap();
+        r.validate().unwrap();
+        r
+    }
+
+    #[test]
+    fn packed_layout_positions_sources_and_mask() {
+        let r = sample();
+        let adv = grpo(&r);
+        let seqs = pack_trees(&[(&r, &adv)], LossAgg::TokenMean).unwrap();
+        assert_eq!(seqs.len(), 2);
+        let s = &seqs[0];
+        // DFS: prompt, a, o, b, c.
+        assert_eq!(s.tokens, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(s.positions, vec![0, 1, 2, 3, 4, 5, 5, 6]);
+        // Targets: 3 (src 1), 4 (src 2), 6 (src 4 = observation), 7 (src 4), 8 (src 6).
+        let src: Vec<(u32, u32)> = s.targets.iter().map(|t| (t.token, t.source)).collect();
+        assert_eq!(src, vec![(3, 1), (4, 2), (6, 4), (7, 4), (8, 6)]);
+        // c's tokens (7 at index 6) do not see b's token (index 5).
+        assert!(!s.attends(6, 5));
+        assert!(s.attends(6, 4) && s.attends(7, 6) && s.attends(5, 0));
+        assert!(!s.attends(4, 5));
+        // Token-mean: 3 + 4 + 1 = 8 trajectory tokens; `a` is below two leaves.
+        let wa = s.targets[0].weight;
+        assert!((wa - 2.0 / 8.0).abs() < 1e-7);
+        let total_w: f32 = seqs.iter().flat_map(|s| &s.targets).map(|t| t.weight).sum();
+        assert!((total_w - 1.0).abs() < 1e-6);
+        let flat = flatten_trees(&[(&r, &adv)], LossAgg::TokenMean).unwrap();
+        assert_eq!(flat.len(), 3);
+        assert_eq!(flat[1].tokens, vec![1, 2, 3, 4, 5, 7, 8]);
+        let flat_w: f32 = flat.iter().flat_map(|s| &s.targets).map(|t| t.weight).sum();
+        assert!((flat_w - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn packed_weights_sum_flattened_weights() {
+        let r = sample();
+        for adv in [grpo(&r), treerl(&r)] {
+            for agg in [LossAgg::TokenMean, LossAgg::SeqMeanTokenMean] {
+                let packed = pack_trees(&[(&r, &adv)], agg).unwrap();
+                let flat = flatten_trees(&[(&r, &adv)], agg).unwrap();
+                let sum = |seqs: &[PackedSequence], f: fn(&Target) -> f32| -> f64 {
+                    seqs.iter().flat_map(|s| &s.targets).map(|t| f(t) as f64).sum()
+                };
+                for f in [
+                    (|t: &Target| t.pos_weight) as fn(&Target) -> f32,
+                    |t| t.neg_weight,
+                    |t| t.weight,
+                ] {
+                    assert!((sum(&packed, f) - sum(&flat, f)).abs() < 1e-6);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn device_batch_masks_padding() {
+        let r = sample();
+        let adv = grpo(&r);
+        let batch = TrainBatch::new(pack_trees(&[(&r, &adv)], LossAgg::TokenMean).unwrap());
+        let db = batch.to_device(&Device::flex()).unwrap();
+        let mask: Vec<bool> = db.mask.into_data().try_into_vec().unwrap();
+        let t = batch.padded_len();
+        assert_eq!(t, 8);
+        // Row 1 is prompt + d (3 tokens): position 5 is padding and sees only itself.
+        let row = |b: usize, i: usize| &mask[(b * t + i) * t..(b * t + i + 1) * t];
+        assert_eq!(row(1, 5).iter().filter(|&&m| !m).count(), 1);
+        assert!(!row(1, 5)[5]);
+        assert!(row(1, 2)[5], "real tokens never see padding");
+        let src: Vec<i64> = db.source.into_data().convert::<i64>().try_into_vec().unwrap();
+        assert_eq!(src.last(), Some(&(t as i64 + 1)));
+    }
+}
