@@ -356,6 +356,48 @@ mod tests {
     }
 
     #[test]
+    fn every_env_yields_successful_demos() {
+        let dir = crate::testutil::TempDir::new("demos");
+        let file = dir.file(
+            "qa.jsonl",
+            concat!(
+                "{\"prompt\":\"6 x 7?\",\"answer\":42}\n",
+                "{\"prompt\":\"Capital of Zed?\",\"answer\":\"Zo\"}\n"
+            )
+            .as_bytes(),
+        );
+        let specs = [
+            multihop("2"),
+            EnvSpec::from_name("countdown", &[]).unwrap(),
+            EnvSpec::from_name("maze", &[]).unwrap(),
+            crate::qa_spec_from_file(&file, envs::qa::Verifier::Exact).unwrap(),
+        ];
+        let opts = DemoOptions {
+            mistake_rate: 0.5,
+            seed: 4,
+        };
+        for spec in &specs {
+            let ids: Vec<u64> = (0..12).collect();
+            let demos = demonstrations(spec, &ids, &opts);
+            assert_eq!(
+                demos.len(),
+                ids.len(),
+                "{}: the expert solves every task",
+                spec.name()
+            );
+            for (demo, id) in demos.iter().zip(&ids) {
+                assert_eq!(demo.task_id, *id);
+                assert_eq!(demo.env, spec.name());
+                assert!(demo.success && demo.reward == 1.0 && demo.mistakes <= 1);
+                assert!(demo.turns.len() <= spec.make(*id).max_turns());
+                if spec.name() == "qa-file" || spec.name() == "countdown" {
+                    assert_eq!((demo.turns.len(), demo.mistakes), (1, 0), "single turn");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn transcript_drops_only_the_final_observation() {
         let demo = Demonstration {
             task_id: 0,

@@ -36,6 +36,8 @@ pub mod demos;
 mod error;
 pub mod taskfile;
 pub mod tasks;
+#[cfg(test)]
+mod testutil;
 
 pub use demos::{DemoOptions, Demonstration, Encoded, Turn, demonstrations};
 pub use error::{DatasetError, Location};

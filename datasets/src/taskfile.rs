@@ -22,7 +22,7 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::{Array, AsArray};
 use arrow::compute::cast;
@@ -295,40 +295,6 @@ fn column_text(array: &dyn Array) -> Result<Vec<Option<String>>, arrow::error::A
     })
 }
 
-/// Where a test writes its files: a fresh directory removed on drop.
-#[cfg(test)]
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-#[cfg(test)]
-impl TempDir {
-    pub(crate) fn new(name: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let unique = format!(
-            "arbor-datasets-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = std::env::temp_dir().join(unique);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub(crate) fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
-    }
-}
-
-#[cfg(test)]
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -337,11 +303,12 @@ mod tests {
         ArrayRef, BooleanArray, Float64Array, Int64Array, LargeStringArray, StringArray,
         StringViewArray,
     };
-    use arrow::datatypes::{Field, Schema};
     use arrow::record_batch::RecordBatch;
     use parquet::arrow::ArrowWriter;
 
     use super::*;
+    use crate::testutil::TempDir;
+    use std::path::PathBuf;
 
     fn pair(prompt: &str, answer: &str) -> QaPair {
         QaPair {
@@ -567,7 +534,8 @@ mod tests {
         );
         let err = load_qa_file(&path).unwrap_err();
         assert!(
-            matches!(&err, DatasetError::MissingField { at: Location::Line(2), field, .. } if field == "answer"),
+            matches!(&err, DatasetError::MissingField { at: Location::Line(2), field, .. }
+                if field == "answer"),
             "{err:?}"
         );
         assert_names(&err, &path, &["line 2", "missing field \"answer\""]);
@@ -610,8 +578,11 @@ mod tests {
             let path = dir.file(&format!("t{i}.jsonl"), &bytes);
             let err = load_qa_file(&path).unwrap_err();
             assert!(
-                matches!(&err, DatasetError::WrongType { at: Location::Line(2), field: f, found: t, .. }
-                    if f == field && t == found),
+                matches!(
+                    &err,
+                    DatasetError::WrongType { at: Location::Line(2), field: f, found: t, .. }
+                        if f == field && t == found
+                ),
                 "{err:?}"
             );
             assert_names(&err, &path, &["line 2", &format!("\"{field}\""), found]);
@@ -657,7 +628,8 @@ mod tests {
         );
         let err = load_qa_file(&path).unwrap_err();
         assert!(
-            matches!(&err, DatasetError::NullValue { at: Location::Line(2), field, .. } if field == "prompt"),
+            matches!(&err, DatasetError::NullValue { at: Location::Line(2), field, .. }
+                if field == "prompt"),
             "{err:?}"
         );
         assert_names(&err, &path, &["line 2", "\"prompt\" is null"]);
@@ -675,7 +647,8 @@ mod tests {
         );
         let err = load_qa_file(&path).unwrap_err();
         assert!(
-            matches!(&err, DatasetError::NullValue { at: Location::Row(3), field, .. } if field == "answer"),
+            matches!(&err, DatasetError::NullValue { at: Location::Row(3), field, .. }
+                if field == "answer"),
             "{err:?}"
         );
         assert_names(&err, &path, &["row 3", "\"answer\" is null"]);

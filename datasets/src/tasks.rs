@@ -183,8 +183,8 @@ impl TaskSet {
     /// `(split, step, count, seed)`.
     ///
     /// - Generated environments: `count` distinct ids drawn uniformly from the split's range with
-    ///   `rng_for(&[seed, step, SAMPLE_SALT, split])`; a smaller `count` gives a prefix of a larger
-    ///   one.
+    ///   `rng_for(&[seed, step, SAMPLE_SALT, split])` (at most `2^32`); a smaller `count` gives a
+    ///   prefix of a larger one.
     /// - `qa-file`: the batches walk through shuffles of the split's rows, one shuffle per epoch
     ///   (seeded by `(seed, epoch)`); step `s` takes stream positions `s * count .. (s + 1) *
     ///   count`. With a fixed `count` every row is seen once per epoch; a batch that straddles two
@@ -198,6 +198,7 @@ impl TaskSet {
                     Split::Train => TRAIN_IDS,
                     Split::Eval => EVAL_IDS,
                 };
+                let count = (count as u64).min(range.end - range.start) as usize;
                 let mut rng = rng_for(&[seed, step, SAMPLE_SALT, self.split.tag()]);
                 let mut seen = HashSet::with_capacity(count);
                 let mut ids = Vec::with_capacity(count);

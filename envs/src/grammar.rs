@@ -59,7 +59,13 @@ mod tests {
     #[test]
     fn parses_well_formed_actions() {
         let a = parse_action("  search[Kelda Morr] ").unwrap();
-        assert_eq!(a, ParsedAction { name: "search", arg: "Kelda Morr" });
+        assert_eq!(
+            a,
+            ParsedAction {
+                name: "search",
+                arg: "Kelda Morr"
+            }
+        );
         let a = parse_action("answer[ 12 ]").unwrap();
         assert_eq!(a.arg, "12");
         let a = parse_action("answer[(1+2)*[3]]").unwrap();
@@ -68,7 +74,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed_actions_with_a_reason() {
-        for bad in ["", "search", "search[x", "]x[", "Search[x]", "[x]", "a[x] extra", "s p[x]"] {
+        for bad in [
+            "",
+            "search",
+            "search[x",
+            "]x[",
+            "Search[x]",
+            "[x]",
+            "a[x] extra",
+            "s p[x]",
+        ] {
             let err = parse_action(bad).unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }

@@ -143,7 +143,9 @@ pub enum EnvError {
         reason: String,
     },
     /// `qa-file` tasks come from a file, which `EnvSpec::from_name` cannot read.
-    #[error("environment 'qa-file' needs a task file (JSONL or Parquet with prompt/answer columns)")]
+    #[error(
+        "environment 'qa-file' needs a task file (JSONL or Parquet with prompt/answer columns)"
+    )]
     NeedsTaskFile,
     /// A `qa-file` task set with no tasks in it.
     #[error("the qa task set is empty")]

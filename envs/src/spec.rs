@@ -51,15 +51,20 @@ fn apply<K: Knobs>(env: &str, knobs: &[(&str, &str)]) -> Result<K, EnvError> {
             return Err(EnvError::UnknownKnob {
                 env: env.to_string(),
                 knob: knob.to_string(),
-                known: K::KNOBS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
+                known: K::KNOBS
+                    .iter()
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
-        cfg.set_knob(knob, value).map_err(|reason| EnvError::BadKnob {
-            env: env.to_string(),
-            knob: knob.to_string(),
-            value: value.to_string(),
-            reason,
-        })?;
+        cfg.set_knob(knob, value)
+            .map_err(|reason| EnvError::BadKnob {
+                env: env.to_string(),
+                knob: knob.to_string(),
+                value: value.to_string(),
+                reason,
+            })?;
     }
     Ok(cfg)
 }

@@ -24,8 +24,8 @@ pub enum Command {
     Rollout(Placeholder),
     /// Evaluate a checkpoint on held-out tasks (not built yet).
     Eval(Placeholder),
-    /// Benchmarks: engine, sampler, train (not built yet).
-    Bench(Placeholder),
+    /// Benchmarks that print ratios measured in one run: engine, sampler, train.
+    Bench(BenchArgs),
     /// Summarise a run directory (not built yet).
     Inspect(Placeholder),
 }
@@ -70,4 +70,59 @@ pub struct ShowArgs {
     /// Let the expert make one recoverable mistake when the environment offers one.
     #[arg(long)]
     pub mistake: bool,
+}
+
+/// `arbor bench engine|sampler|train`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[command(subcommand)]
+    pub which: BenchWhich,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchWhich {
+    /// Engine decode tokens/s and GFLOP/s by batch size, prefill tokens/s, and the GEMM peak.
+    Engine(EngineBenchArgs),
+    /// Chain vs tree sampling on multihop at equal budgets: trajectories, distinct per 1k tokens,
+    /// cache share, wall time.
+    Sampler(SamplerBenchArgs),
+}
+
+/// `arbor bench engine`.
+#[derive(Debug, Args)]
+pub struct EngineBenchArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// A seconds-long smoke run (tiny preset, small batches).
+    #[arg(long)]
+    pub quick: bool,
+    /// Model presets to measure.
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
+    pub presets: Vec<String>,
+}
+
+/// `arbor bench sampler`.
+#[derive(Debug, Args)]
+pub struct SamplerBenchArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Per-task token budgets.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
+    pub budgets: Vec<u32>,
+    /// Tasks (held-out multihop tasks) per budget and sampler.
+    #[arg(long, default_value_t = 8)]
+    pub tasks: usize,
+    /// multihop hops.
+    #[arg(long, default_value_t = 3)]
+    pub hops: u32,
+    /// Model preset of the seeded random policy (used without --checkpoint).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Seed of the random weights and of sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }

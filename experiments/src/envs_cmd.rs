@@ -1,6 +1,6 @@
 //! `arbor envs`: list environments, show an expert episode.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use envs::{ENV_NAMES, Env, EnvSpec, Expert};
 
 use crate::cli::{EnvsAction, EnvsArgs, ShowArgs};
@@ -20,7 +20,10 @@ fn list() {
     for name in ENV_NAMES {
         println!("{name}");
         for knob in EnvSpec::knobs_of(name).unwrap_or(&[]) {
-            println!("    {:<12} default {:<6} {}", knob.name, knob.default, knob.doc);
+            println!(
+                "    {:<12} default {:<6} {}",
+                knob.name, knob.default, knob.doc
+            );
         }
     }
     println!("\nShow an expert episode: arbor envs show multihop --seed 7 --knob hops=3");
@@ -43,9 +46,14 @@ fn show_episode(args: &ShowArgs) -> anyhow::Result<()> {
         let Some(path) = &args.tasks else {
             bail!("qa-file needs --tasks FILE (JSONL or Parquet with prompt/answer columns)");
         };
-        let verifier = knobs.iter().find(|(k, _)| *k == "verifier").map(|(_, v)| *v);
-        datasets::taskfile::qa_spec_from_file(path, verifier.unwrap_or("exact"))
-            .with_context(|| format!("loading {}", path.display()))?
+        let name = knobs
+            .iter()
+            .find(|(k, _)| *k == "verifier")
+            .map_or("exact", |(_, v)| *v);
+        let Some(verifier) = envs::qa::Verifier::from_name(name) else {
+            bail!("unknown qa-file verifier '{name}' (expected exact or numeric)");
+        };
+        datasets::taskfile::qa_spec_from_file(path, verifier)?
     } else {
         EnvSpec::from_name(&args.env, &knobs)?
     };

@@ -3,10 +3,12 @@
 //! # Map
 //! - [`cli`] — the clap command line (one subcommand per module below).
 //! - [`envs_cmd`] — `arbor envs`: list environments and show expert episodes.
+//! - [`bench`] — `arbor bench`: engine and sampler benchmarks (ratios measured in one run).
 //!
 //! Errors: every command returns `anyhow::Result`; `main` prints the error chain on one line and
 //! exits with status 1 (2 for usage errors, from clap). Nothing panics on bad input.
 
+mod bench;
 mod cli;
 mod envs_cmd;
 
@@ -25,11 +27,11 @@ fn main() {
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Envs(args) => envs_cmd::run(args),
+        cli::Command::Bench(args) => bench::run(args),
         cli::Command::Train(_)
         | cli::Command::Sweep(_)
         | cli::Command::Rollout(_)
         | cli::Command::Eval(_)
-        | cli::Command::Bench(_)
         | cli::Command::Inspect(_) => {
             anyhow::bail!("this command is not built yet; see `arbor --help` for what is")
         }

@@ -185,7 +185,10 @@ impl Policy for ScriptedPolicy {
                 probs
                     .iter()
                     .enumerate()
-                    .fold((0, f32::MIN), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
+                    .fold(
+                        (0, f32::MIN),
+                        |best, (i, &p)| if p > best.1 { (i, p) } else { best },
+                    )
                     .0 as u32
             } else {
                 let u = envs::rng::uniform(&[r.rng_key]) as f32;
@@ -212,7 +215,10 @@ impl Policy for ScriptedPolicy {
                 logprob: probs[token as usize].ln(),
                 entropy,
             });
-            self.seqs.get_mut(&r.seq).expect("checked above").push(token);
+            self.seqs
+                .get_mut(&r.seq)
+                .expect("checked above")
+                .push(token);
             self.stats.computed_tokens += 1;
         }
         Ok(out)
@@ -266,7 +272,9 @@ mod tests {
         let a = p.start(&[257, b'\n' as u32]).unwrap();
         let b = p.fork(a).unwrap();
         let params = SamplingParams::default();
-        let ra = p.decode(&[DecodeRequest { seq: a, rng_key: 5 }], &params).unwrap();
+        let ra = p
+            .decode(&[DecodeRequest { seq: a, rng_key: 5 }], &params)
+            .unwrap();
         let rb = p
             .decode(
                 &[

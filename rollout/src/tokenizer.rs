@@ -59,7 +59,11 @@ impl Tokenizer for ByteTokenizer {
         text.bytes().map(u32::from).collect()
     }
     fn decode(&self, tokens: &[u32]) -> String {
-        let bytes: Vec<u8> = tokens.iter().filter(|&&t| t < 256).map(|&t| t as u8).collect();
+        let bytes: Vec<u8> = tokens
+            .iter()
+            .filter(|&&t| t < 256)
+            .map(|&t| t as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
     /// UTF-8 continuation bytes (`0x80..=0xBF`) are not boundaries: cutting before one could

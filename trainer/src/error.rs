@@ -20,6 +20,12 @@ pub enum TrainerError {
         /// The Hugging Face tensor name.
         name: String,
     },
+    /// A weight set or checkpoint holds a tensor the model does not have.
+    #[error("unexpected tensor `{name}`")]
+    UnexpectedTensor {
+        /// The tensor name.
+        name: String,
+    },
     /// A named weight has the wrong shape for the model configuration.
     #[error("tensor `{name}` has shape {found:?}, the model configuration needs {expected:?}")]
     ShapeMismatch {

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! The same function computes the tree-packed and the flattened loss; only the weights differ.
-//! SFT is `−Σ_k W · new_k` ([`sft_loss`]).
+//! The SFT loss is in [`crate::sft`].
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::Tensor;
@@ -96,7 +96,7 @@ fn row_entropy(logp_rows: Tensor<2>) -> Tensor<1> {
         .neg()
 }
 
-fn scalar(t: Tensor<1>) -> f32 {
+pub(crate) fn scalar(t: Tensor<1>) -> f32 {
     to_f32_vec(t.into_data())[0]
 }
 
@@ -148,18 +148,99 @@ pub fn policy_loss(
     (loss, stats)
 }
 
-/// SFT cross-entropy `−Σ_k W_k · logp_k` (token-mean when the batch comes from
-/// [`crate::pack::sft_sequences`]).
-///
-/// # Shapes
-/// - returns a loss of shape `[1]`
-pub fn sft_loss(model: &PolicyModel, batch: &DeviceBatch) -> (Tensor<1>, LossStats) {
-    let (logp, _) = target_logprobs(model, batch);
-    let loss = (batch.weight.clone() * logp).sum().neg();
-    let stats = LossStats {
-        loss: scalar(loss.clone().detach()),
-        targets: batch.source.dims()[0],
-        ..LossStats::default()
-    };
-    (loss, stats)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{LossAgg, TrainBatch, flatten_trees, pack_trees};
+    use crate::test_util::{norm, param_grads, random_rollout, small_config};
+    use burn::optim::GradientsParams;
+    use burn::tensor::Device;
+    use rollout::advantage::{Estimator, estimate};
+    use rollout::engine::Weights;
+
+    /// Loss value, stats and per-parameter gradients of one batch.
+    fn loss_and_grads(
+        model: &PolicyModel,
+        reference: &PolicyModel,
+        batch: &TrainBatch,
+        cfg: &PpoConfig,
+    ) -> (f32, LossStats, Vec<Option<Vec<f32>>>) {
+        let device = Device::flex().autodiff();
+        let db = batch.to_device(&device).unwrap();
+        let (ref_lp, _) = target_logprobs(reference, &batch.to_device(&Device::flex()).unwrap());
+        let (loss, stats) = policy_loss(model, &db, Some(&ref_lp.autodiff()), cfg);
+        let value = scalar(loss.clone().detach());
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        (value, stats, param_grads(model, &grads))
+    }
+
+    /// The tree-packed loss equals the flattened (per-trajectory) loss, and so does every
+    /// parameter gradient, on random trees, for both aggregations and for a trajectory-level
+    /// (tree-GRPO) and the node-level (TreeRL) estimator, with the KL and entropy terms on.
+    ///
+    /// Tolerance: both sides compute the same sums in f32, in different orders (a shared-prefix
+    /// token's gradient is accumulated once in the packed row, from several rows in the flattened
+    /// batch; masked attention entries contribute exact zeros). Rounding of such reorderings is a
+    /// few f32 ulps relative to the size of the result, so we require, per parameter tensor,
+    /// `‖g_packed − g_flat‖ ≤ 1e-5 · ‖g_flat‖` (norm-relative, so that entries that are zero up
+    /// to cancellation do not need an absolute threshold); `‖g_flat‖` is floored at 1e-12 for
+    /// parameters with no gradient signal (exactly zero on both sides, e.g. unused embedding
+    /// rows are part of a larger tensor and never alone).
+    #[test]
+    fn packed_loss_and_gradients_equal_flattened() {
+        let cfg = small_config();
+        let ppo = PpoConfig {
+            kl_coef: 0.05,
+            entropy_coef: 0.01,
+            ..PpoConfig::default()
+        };
+        let (mut worst_loss, mut worst_grad) = (0.0f64, 0.0f64);
+        let mut clip_seen = (false, false);
+        for seed in 0..2u64 {
+            let rollouts: Vec<_> = (0..2)
+                .map(|task| random_rollout(task, seed * 10 + task, cfg.vocab_size))
+                .collect();
+            let device = Device::flex().autodiff();
+            let model =
+                PolicyModel::from_weights(&cfg, &Weights::random_with_std(&cfg, seed, 0.1), &device)
+                    .unwrap();
+            let reference = PolicyModel::from_weights(
+                &cfg,
+                &Weights::random_with_std(&cfg, seed + 100, 0.1),
+                &Device::flex(),
+            )
+            .unwrap();
+            for estimator in [Estimator::TreeGrpo, Estimator::TreeRl] {
+                let advs = estimate(estimator, &rollouts).unwrap();
+                let groups: Vec<_> = rollouts.iter().zip(&advs).collect();
+                for agg in [LossAgg::TokenMean, LossAgg::SeqMeanTokenMean] {
+                    let packed = TrainBatch::new(pack_trees(&groups, agg).unwrap());
+                    let flat = TrainBatch::new(flatten_trees(&groups, agg).unwrap());
+                    assert!(packed.num_tokens() < flat.num_tokens());
+                    let (lp, sp, gp) = loss_and_grads(&model, &reference, &packed, &ppo);
+                    let (lf, sf, gf) = loss_and_grads(&model, &reference, &flat, &ppo);
+                    let rel = ((lp - lf) as f64).abs() / (lf as f64).abs().max(1e-12);
+                    assert!(rel <= 1e-5, "{estimator} {agg}: loss {lp} vs {lf}");
+                    worst_loss = worst_loss.max(rel);
+                    for (stat_p, stat_f) in [(sp.kl, sf.kl), (sp.entropy, sf.entropy)] {
+                        assert!((stat_p - stat_f).abs() <= 1e-5 * stat_f.abs().max(1e-6));
+                    }
+                    clip_seen.0 |= sf.clip_frac > 0.0;
+                    clip_seen.1 |= sf.clip_frac < 1.0;
+                    assert_eq!(gp.len(), gf.len());
+                    for (k, (p, f)) in gp.iter().zip(&gf).enumerate() {
+                        let (p, f) = (p.as_ref().unwrap(), f.as_ref().unwrap());
+                        let diff: Vec<f32> = p.iter().zip(f).map(|(a, b)| a - b).collect();
+                        let rel = norm(&diff) / norm(f).max(1e-12);
+                        assert!(rel <= 1e-5, "{estimator} {agg}: parameter {k} rel diff {rel}");
+                        worst_grad = worst_grad.max(rel);
+                    }
+                }
+            }
+        }
+        assert!(clip_seen.0 && clip_seen.1, "both PPO branches exercised");
+        eprintln!(
+            "packed vs flattened: max loss rel diff {worst_loss:e}, max grad rel diff {worst_grad:e}"
+        );
+    }
 }

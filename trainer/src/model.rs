@@ -42,7 +42,7 @@ fn is_transposed(name: &str) -> bool {
 /// The canonical parameter list: name, Hugging Face shape and whether burn stores it
 /// transposed. The order (the engine's [`Weights::expected_shapes`]) also defines the
 /// parameter ids.
-fn param_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, bool)> {
+pub(crate) fn param_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, bool)> {
     Weights::expected_shapes(cfg)
         .into_iter()
         .map(|(name, shape)| {

@@ -379,42 +379,6 @@ pub fn flatten_trees(
     Ok(out)
 }
 
-/// SFT sequences from tokenized demonstrations: `(tokens, loss_mask)` pairs where
-/// `loss_mask[i]` marks `tokens[i]` as a target (e.g. `datasets::Encoded`). Targets are scored
-/// from the previous position with weight `W = 1 / (targets in all examples)` (token-mean);
-/// a masked first token has no previous position and is skipped.
-pub fn sft_sequences<'a>(
-    examples: impl IntoIterator<Item = (&'a [u32], &'a [bool])>,
-) -> Result<Vec<PackedSequence>, TrainerError> {
-    let mut out = Vec::new();
-    for (i, (tokens, mask)) in examples.into_iter().enumerate() {
-        if tokens.len() != mask.len() {
-            return Err(TrainerError::batch(format!(
-                "demonstration {i}: {} tokens but {} mask entries",
-                tokens.len(),
-                mask.len()
-            )));
-        }
-        let targets = (1..tokens.len())
-            .filter(|&t| mask[t])
-            .map(|t| Target {
-                source: t as u32 - 1,
-                token: tokens[t],
-                old_logprob: 0.0,
-                pos_weight: 0.0,
-                neg_weight: 0.0,
-                weight: 1.0,
-            })
-            .collect();
-        out.push(PackedSequence::causal(tokens.to_vec(), targets));
-    }
-    let total: usize = out.iter().map(|s| s.targets.len()).sum();
-    for t in out.iter_mut().flat_map(|s| s.targets.iter_mut()) {
-        t.weight = 1.0 / total as f32;
-    }
-    Ok(out)
-}
-
 /// A padded mini-batch of sequences, ready for [`TrainBatch::to_device`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainBatch {

@@ -42,6 +42,10 @@ pub(crate) struct Model {
     rope_sin: Vec<f32>,
 }
 
+/// With at least this many tokens in a forward call, attention runs one task per token;
+/// below, one task per (token, head).
+const ATTN_ROWS_PER_TASK_SPLIT: usize = 8;
+
 /// A run of consecutive new tokens of one sequence, pushed through the model together.
 pub(crate) struct RowGroup<'a> {
     /// The sequence's KV blocks for positions `0..start`; extended to `start + tokens.len()`.
@@ -216,25 +220,27 @@ impl Model {
                     groups.iter().map(|g| g.blocks.as_slice()).collect();
                 let qkv_s = qkv.as_slice().expect("standard layout");
                 let attn_s = attn.as_slice_mut().expect("standard layout");
-                attn_s.par_chunks_mut(hd).enumerate().for_each_init(
-                    Vec::new,
-                    |scores, (i, out)| {
-                        let (r, h) = (i / nh, i % nh);
+                // One task per token (all heads) when there are enough tokens to share out;
+                // otherwise one per (token, head). Results are the same either way.
+                let heads_per_task = if rows >= ATTN_ROWS_PER_TASK_SPLIT {
+                    nh
+                } else {
+                    1
+                };
+                let tasks_per_row = nh / heads_per_task;
+                attn_s
+                    .par_chunks_mut(heads_per_task * hd)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scores, (i, out)| {
+                        let r = i / tasks_per_row;
+                        let h0 = (i % tasks_per_row) * heads_per_task;
                         let (gi, pos) = meta[r];
-                        let q = &qkv_s[r * width + h * hd..r * width + (h + 1) * hd];
+                        let q = &qkv_s[r * width..r * width + qw];
+                        let heads = h0..h0 + heads_per_task;
                         attend(
-                            tables[gi],
-                            dims,
-                            l,
-                            h / group_size,
-                            pos,
-                            q,
-                            scale,
-                            out,
-                            scores,
+                            tables[gi], dims, l, group_size, heads, pos, q, scale, out, scores,
                         );
-                    },
-                );
+                    });
             }
             linear_acc(&attn, &layer.wo_t, &mut x);
             rms_norm_into(&x, &layer.mlp_norm, cfg.norm_eps, &mut xn);
@@ -415,60 +421,161 @@ fn swiglu_into(gu: &Array2<f32>, act: &mut Array2<f32>) {
     }
 }
 
-/// Causal attention of one query head at position `pos` over positions `0..=pos` of a sequence.
+/// Causal attention of query heads `heads` of one token at position `pos` over positions
+/// `0..=pos` of its sequence, in two passes over the blocks (scores, then values), all heads of a
+/// block together so that each pass streams the block's contiguous per-layer keys or values.
+/// A head's arithmetic does not depend on which other heads share the call or on the batch.
 ///
 /// # Shapes
-/// `q`, `out`: `[head_dim]`.
+/// `q`: `[n_heads * head_dim]` (the token's roped queries), `out`: `[heads.len() * head_dim]`.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     blocks: &[Arc<Block>],
     dims: KvDims,
     layer: usize,
-    g: usize,
+    group_size: usize,
+    heads: std::ops::Range<usize>,
     pos: usize,
     q: &[f32],
     scale: f32,
     out: &mut [f32],
-    scores: &mut Vec<f32>,
+    scratch: &mut Vec<f32>,
 ) {
-    let hd = dims.head_dim;
+    // Specialise the common head sizes so that inner loops have constant trip counts.
+    match dims.head_dim {
+        32 => attend_hd(
+            32, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
+        ),
+        64 => attend_hd(
+            64, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
+        ),
+        hd => attend_hd(
+            hd, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
+        ),
+    }
+}
+
+/// Lanes of the vectorised reductions in [`attend_hd`].
+const LANES: usize = 16;
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_hd(
+    hd: usize,
+    blocks: &[Arc<Block>],
+    dims: KvDims,
+    layer: usize,
+    group_size: usize,
+    heads: std::ops::Range<usize>,
+    pos: usize,
+    q: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let tile_len = hd * BLOCK_SIZE;
     let n = pos + 1;
     let nb = kv::blocks_for(n);
-    let tile = dims.tile(layer, g);
-    scores.clear();
-    scores.resize(nb * BLOCK_SIZE, 0.0);
-    for (blk, sc) in blocks[..nb].iter().zip(scores.chunks_exact_mut(BLOCK_SIZE)) {
-        let kt = &blk.k[tile..tile + hd * BLOCK_SIZE];
-        let mut acc = [0.0f32; BLOCK_SIZE];
-        for (d, &qd) in q.iter().enumerate() {
-            let krow = &kt[d * BLOCK_SIZE..(d + 1) * BLOCK_SIZE];
-            for s in 0..BLOCK_SIZE {
-                acc[s] += qd * krow[s];
+    let stride = nb * BLOCK_SIZE;
+    let nheads = heads.len();
+    let layer_at = dims.tile(layer, 0);
+    let layer_len = dims.n_kv_heads * tile_len;
+    scratch.clear();
+    scratch.resize(nheads * stride + nheads, 0.0);
+    let (scores, inv_sums) = scratch.split_at_mut(nheads * stride);
+
+    // Pass 1: scores[h, j] = q_h · k_j, 16 positions of a block as independent lanes.
+    for (b, blk) in blocks[..nb].iter().enumerate() {
+        let kl = &blk.k[layer_at..layer_at + layer_len];
+        for (i, h) in heads.clone().enumerate() {
+            let g = h / group_size;
+            let kt = &kl[g * tile_len..(g + 1) * tile_len];
+            let qh = &q[h * hd..(h + 1) * hd];
+            let mut acc = [0.0f32; BLOCK_SIZE];
+            for (krow, &qd) in kt.chunks_exact(BLOCK_SIZE).zip(qh) {
+                for s in 0..BLOCK_SIZE {
+                    acc[s] += qd * krow[s];
+                }
+            }
+            scores[i * stride + b * BLOCK_SIZE..][..BLOCK_SIZE].copy_from_slice(&acc);
+        }
+    }
+
+    // Softmax numerators exp(scale·s − max) per head; normalised at the end.
+    for (i, inv_sum) in inv_sums.iter_mut().enumerate() {
+        let sc = &mut scores[i * stride..i * stride + n];
+        // The maximum is exact in any order; scaling by a positive factor preserves it.
+        let m = lane_max(sc) * scale;
+        for v in sc.iter_mut() {
+            *v = exp_fast(*v * scale - m);
+        }
+        *inv_sum = 1.0 / lane_sum(sc);
+    }
+
+    // Pass 2: out_h = Σ_j p[h, j] v_j, accumulated LANES dimensions at a time in registers.
+    out.fill(0.0);
+    for (b, blk) in blocks[..nb].iter().enumerate() {
+        let vl = &blk.v[layer_at..layer_at + layer_len];
+        let valid = BLOCK_SIZE.min(n - b * BLOCK_SIZE);
+        for (i, h) in heads.clone().enumerate() {
+            let g = h / group_size;
+            let vt = &vl[g * tile_len..(g + 1) * tile_len];
+            let oh = &mut out[i * hd..(i + 1) * hd];
+            let ph = &scores[i * stride + b * BLOCK_SIZE..][..valid];
+            let full = hd / LANES * LANES;
+            for c in (0..full).step_by(LANES) {
+                let mut acc = [0.0f32; LANES];
+                acc.copy_from_slice(&oh[c..c + LANES]);
+                for (s, &p) in ph.iter().enumerate() {
+                    let v = &vt[s * hd + c..s * hd + c + LANES];
+                    for e in 0..LANES {
+                        acc[e] += p * v[e];
+                    }
+                }
+                oh[c..c + LANES].copy_from_slice(&acc);
+            }
+            for e in full..hd {
+                for (s, &p) in ph.iter().enumerate() {
+                    oh[e] += p * vt[s * hd + e];
+                }
             }
         }
-        sc.copy_from_slice(&acc);
     }
-    let sc = &mut scores[..n];
-    let mut m = f32::NEG_INFINITY;
-    for v in sc.iter_mut() {
-        *v *= scale;
-        m = m.max(*v);
-    }
-    for v in sc.iter_mut() {
-        *v = exp_fast(*v - m);
-    }
-    let sum: f32 = sc.iter().sum();
-    out.fill(0.0);
-    for (j, &p) in sc.iter().enumerate() {
-        let vt = &blocks[j / BLOCK_SIZE].v[tile + (j % BLOCK_SIZE) * hd..][..hd];
-        for (o, &v) in out.iter_mut().zip(vt) {
-            *o += p * v;
+    for (oh, &inv) in out.chunks_exact_mut(hd).zip(inv_sums.iter()) {
+        for o in oh.iter_mut() {
+            *o *= inv;
         }
     }
-    let inv = 1.0 / sum;
-    for o in out.iter_mut() {
-        *o *= inv;
+}
+
+/// Maximum of a non-empty slice (NaNs ignored), with vectorisable lane-wise comparisons.
+fn lane_max(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for e in 0..LANES {
+            lanes[e] = if ch[e] > lanes[e] { ch[e] } else { lanes[e] };
+        }
     }
+    lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+/// Sum of a slice in LANES interleaved partial sums (a fixed order that depends only on the
+/// length, so results are reproducible).
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for ch in chunks {
+        for e in 0..LANES {
+            lanes[e] += ch[e];
+        }
+    }
+    lanes.iter().chain(rest).sum()
 }
 
 /// `e^x` in f32 from plain arithmetic (Cephes-style range reduction and a degree-6 polynomial),

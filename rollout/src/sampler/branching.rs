@@ -201,7 +201,11 @@ fn candidates<E: Env>(
             let inside = i > 0 && span.is_action[i - 1];
             let at_segment = offset > 0 && offset % cfg.segment_len == 0;
             if inside && can_split(span.tokens[i]) && (tokens || at_segment) {
-                let kind = if at_segment { Kind::Segment } else { Kind::Token };
+                let kind = if at_segment {
+                    Kind::Segment
+                } else {
+                    Kind::Token
+                };
                 let pos = span.start + i;
                 out.push(Candidate {
                     owner: Some(s),

@@ -110,6 +110,9 @@ pub struct SamplerConfig {
     pub segment_len: usize,
     /// How fork points are chosen. Default: random.
     pub branch: BranchPolicy,
+    /// Most trajectories per task group (`0`: no limit, the budget decides). Evaluation uses
+    /// `1` with the chain sampler: one episode per task. Default: 0.
+    pub max_trajectories: usize,
 }
 
 impl Default for SamplerConfig {
@@ -125,6 +128,7 @@ impl Default for SamplerConfig {
             granularity: Granularity::Step,
             segment_len: 16,
             branch: BranchPolicy::Random,
+            max_trajectories: 0,
         }
     }
 }
@@ -158,7 +162,10 @@ impl SamplerConfig {
             return fail("initial_chains", "must be at least 1");
         }
         if self.kind == SamplerKind::Tree && self.branches_per_round == 0 {
-            return fail("branches_per_round", "must be at least 1 for the tree sampler");
+            return fail(
+                "branches_per_round",
+                "must be at least 1 for the tree sampler",
+            );
         }
         if self.segment_len == 0 {
             return fail("segment_len", "must be at least 1");
@@ -194,7 +201,12 @@ mod tests {
         ] {
             assert_eq!(b.as_str().parse::<BranchPolicy>().unwrap(), b);
         }
-        assert!("forest".parse::<SamplerKind>().unwrap_err().contains("chain, tree"));
+        assert!(
+            "forest"
+                .parse::<SamplerKind>()
+                .unwrap_err()
+                .contains("chain, tree")
+        );
     }
 
     #[test]

@@ -448,7 +448,9 @@ where
         order.sort_by_key(|&i| (pending[i].task, std::cmp::Reverse(pending[i].live)));
         let mut pending: Vec<Option<PendingStep<E>>> = pending.into_iter().map(Some).collect();
         for i in order {
-            let p = pending[i].take().expect("each pending step is applied once");
+            let p = pending[i]
+                .take()
+                .expect("each pending step is applied once");
             let outcome = &steps[i];
             let st = &mut states[p.task];
             let reward = st.live[p.live].reward + outcome.reward;
@@ -529,7 +531,11 @@ where
 {
     if !st.started_initial {
         st.started_initial = true;
-        for _ in 0..cfg.initial_chains {
+        let initial = match cfg.max_trajectories {
+            0 => cfg.initial_chains,
+            cap => cfg.initial_chains.min(cap),
+        };
+        for _ in 0..initial {
             let tree = next_tree(st);
             start_branch(policy, st, tree, None, 0)?;
         }
@@ -550,7 +556,10 @@ where
                 .iter()
                 .map(|l| (cost - path_actions(&st.spans, l.span, usize::MAX) as f64).max(1.0))
                 .sum();
-            while remaining as f64 - committed >= cost {
+            let under_cap = |st: &TaskState<E>| {
+                cfg.max_trajectories == 0 || st.spans.len() < cfg.max_trajectories
+            };
+            while remaining as f64 - committed >= cost && under_cap(st) {
                 let tree = next_tree(st);
                 start_branch(policy, st, tree, None, 0)?;
                 committed += cost;
@@ -573,15 +582,22 @@ where
                 return Ok(());
             }
             let split = |t: u32| tokenizer.can_split_before(t);
-            let picks =
-                branching::choose(cfg, st, remaining, policy.max_len(), &split, seed, step);
+            let picks = branching::choose(cfg, st, remaining, policy.max_len(), &split, seed, step);
             st.rounds += 1;
             st.round_start_generated = st.generated;
             if picks.is_empty() {
                 st.finished = true;
                 return Ok(());
             }
-            for pick in picks {
+            let room = match cfg.max_trajectories {
+                0 => usize::MAX,
+                cap => cap.saturating_sub(st.spans.len()),
+            };
+            if room == 0 {
+                st.finished = true;
+                return Ok(());
+            }
+            for pick in picks.into_iter().take(room) {
                 st.used.insert((pick.owner.unwrap_or(usize::MAX), pick.pos));
                 start_branch(policy, st, pick.tree, pick.owner, pick.pos)?;
             }
@@ -591,11 +607,7 @@ where
 }
 
 fn next_tree<E>(st: &TaskState<E>) -> u32 {
-    st.spans
-        .iter()
-        .map(|s| s.tree + 1)
-        .max()
-        .unwrap_or(0)
+    st.spans.iter().map(|s| s.tree + 1).max().unwrap_or(0)
 }
 
 /// Starts a span of `tree` that forks off `owner` at absolute position `pos` (or from the prompt).
@@ -747,13 +759,8 @@ fn to_rollout<E: Env>(
         if span.dropped {
             continue;
         }
-        let tree = *tree_ids
-            .entry(span.tree)
-            .or_insert_with(|| out.new_tree());
-        let mut parent = match span.parent {
-            None => None,
-            Some(o) => Some(node_at[&(o, span.start)]),
-        };
+        let tree = *tree_ids.entry(span.tree).or_insert_with(|| out.new_tree());
+        let mut parent = span.parent.map(|o| node_at[&(o, span.start)]);
         // Cut points: kind changes, fork points, segment boundaries.
         let mut cuts: BTreeSet<usize> = span.forks.clone();
         let mut turn_offset = if span.parent.is_some() {
@@ -812,7 +819,7 @@ fn to_rollout<E: Env>(
             lo = hi;
         }
         let leaf = parent.expect("a kept span has at least one node");
-        let info = span.leaf.clone().unwrap_or(LeafInfo::truncated(None));
+        let info = span.leaf.unwrap_or(LeafInfo::truncated(None));
         debug_assert_eq!(out.node(leaf).kind, NodeKind::Action);
         out.set_leaf(leaf, info).map_err(err)?;
     }

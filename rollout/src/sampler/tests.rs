@@ -59,7 +59,10 @@ fn replay(rollout: &TaskRollout, leaf: NodeId, mut env: AnyEnv) {
         }
     }
     let info = rollout.node(leaf).leaf.as_ref().unwrap();
-    assert!(info.truncated || last_done, "a finished leaf ended its episode");
+    assert!(
+        info.truncated || last_done,
+        "a finished leaf ended its episode"
+    );
 }
 
 #[test]
@@ -92,6 +95,7 @@ fn budget_is_a_hard_cap_and_accounting_matches_a_recount() {
             segment_len: rng.random_range(1..8),
             branch: branches[rng.random_range(0..4)],
             sampling: SamplingParams::default(),
+            max_trajectories: rng.random_range(0..6),
         };
         let max_len = rng.random_range(140..400);
         let mut policy = ScriptedPolicy::new(&MAZE_PHRASES, rng.random_range(0.0..0.5), max_len);
@@ -99,14 +103,32 @@ fn budget_is_a_hard_cap_and_accounting_matches_a_recount() {
             .map(|i| (case * 7 + i, spec.make(case * 7 + i)))
             .collect();
         let mut sink: Vec<TaskRollout> = Vec::new();
-        let stats = sample(&cfg, &mut policy, &ByteTokenizer, &tasks, case, 0, &mut sink)
-            .unwrap_or_else(|e| panic!("case {case}: {e}"));
+        let stats = sample(
+            &cfg,
+            &mut policy,
+            &ByteTokenizer,
+            &tasks,
+            case,
+            0,
+            &mut sink,
+        )
+        .unwrap_or_else(|e| panic!("case {case}: {e}"));
         let mut recount = 0;
         for r in &sink {
             r.validate().unwrap();
             let unique = r.action_tokens_unique();
-            assert!(unique <= cfg.budget as usize, "case {case}: {unique} > {}", cfg.budget);
+            assert!(
+                unique <= cfg.budget as usize,
+                "case {case}: {unique} > {}",
+                cfg.budget
+            );
             recount += unique as u64;
+            if cfg.max_trajectories > 0 {
+                assert!(
+                    r.num_leaves() <= cfg.max_trajectories,
+                    "case {case}: trajectory cap"
+                );
+            }
             for leaf in r.leaves() {
                 assert!(r.path_tokens(leaf).len() + r.prompt_tokens.len() <= max_len);
             }
@@ -135,8 +157,14 @@ fn leaves_replay_and_nodes_continue_their_parents_context() {
         let tasks = maze_tasks(6, "3");
         let mut policy = ScriptedPolicy::new(&MAZE_PHRASES, 0.05, 1024);
         let (stats, rollouts) = run(&cfg, &mut policy, &tasks, 11);
-        assert!(stats.successes > 0, "{granularity} {branch}: some random walk solves a maze");
-        assert!(stats.trajectories > 6 * 2, "{granularity} {branch}: branches were added");
+        assert!(
+            stats.successes > 0,
+            "{granularity} {branch}: some random walk solves a maze"
+        );
+        assert!(
+            stats.trajectories > 6 * 2,
+            "{granularity} {branch}: branches were added"
+        );
         for (r, (_, env)) in rollouts.iter().zip(&tasks) {
             r.validate().unwrap();
             for leaf in r.leaves() {
@@ -245,14 +273,27 @@ fn tiny_budget_and_small_context_truncate_but_never_drop_trajectories() {
     assert_eq!(stats.generated_tokens, 15);
     assert_eq!(stats.truncated, stats.trajectories);
     for r in &rollouts {
-        assert!(r.leaves().iter().all(|&l| r.node(l).leaf.as_ref().unwrap().truncated));
+        assert!(
+            r.leaves()
+                .iter()
+                .all(|&l| r.node(l).leaf.as_ref().unwrap().truncated)
+        );
     }
     // A context window just above the prompt: every trajectory is cut by the window.
     let prompt_len = 1 + tasks[0].1.prompt().len();
     let mut policy = ScriptedPolicy::new(&MAZE_PHRASES, 0.0, prompt_len + 12);
     let cfg = SamplerConfig::default();
     let mut sink: Vec<TaskRollout> = Vec::new();
-    let stats = sample(&cfg, &mut policy, &ByteTokenizer, &tasks[..1], 0, 0, &mut sink).unwrap();
+    let stats = sample(
+        &cfg,
+        &mut policy,
+        &ByteTokenizer,
+        &tasks[..1],
+        0,
+        0,
+        &mut sink,
+    )
+    .unwrap();
     assert!(stats.truncated > 0);
     sink[0].validate().unwrap();
 }
@@ -281,4 +322,22 @@ fn bad_config_and_oversized_prompt_are_errors() {
     .unwrap_err();
     assert!(matches!(err, SamplerError::PromptTooLong { .. }));
     assert!(sink.is_empty());
+}
+
+#[test]
+fn max_trajectories_caps_each_group() {
+    let tasks = maze_tasks(4, "4");
+    for kind in [SamplerKind::Chain, SamplerKind::Tree] {
+        let cfg = SamplerConfig {
+            kind,
+            budget: 4096,
+            initial_chains: 1,
+            max_trajectories: 1,
+            ..Default::default()
+        };
+        let mut policy = ScriptedPolicy::new(&MAZE_PHRASES, 0.05, 1024);
+        let (stats, rollouts) = run(&cfg, &mut policy, &tasks, 2);
+        assert_eq!(stats.trajectories, 4, "{kind}");
+        assert!(rollouts.iter().all(|r| r.num_leaves() == 1));
+    }
 }

@@ -1,0 +1,191 @@
+//! `arbor bench`: benchmarks are programs that print ratios measured in one run (STYLE §14).
+
+use anyhow::Context;
+use envs::{AnyEnv, EnvSpec};
+use rollout::engine::bench::{BenchOptions, EngineBenchRow};
+use rollout::engine::{Engine, ModelConfig, Weights};
+use rollout::sampler::{SamplerConfig, SamplerKind, SamplerStats, sample};
+use rollout::tokenizer::ByteTokenizer;
+use rollout::tree::TaskRollout;
+use serde::Serialize;
+
+use crate::cli::{BenchArgs, BenchWhich, EngineBenchArgs, SamplerBenchArgs};
+
+/// Runs `arbor bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.which {
+        BenchWhich::Engine(a) => engine(&a),
+        BenchWhich::Sampler(a) => sampler(&a),
+    }
+}
+
+fn engine(args: &EngineBenchArgs) -> anyhow::Result<()> {
+    let mut opts = if args.quick {
+        BenchOptions::quick()
+    } else {
+        BenchOptions::default()
+    };
+    if !args.quick {
+        opts.presets = args.presets.clone();
+    }
+    let rows = rollout::engine::bench::run(&opts)?;
+    if args.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(&engine_json(r))?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<7} {:>6} {:>8} {:>12} {:>9} {:>9}",
+        "bench", "preset", "batch", "context", "tokens/s", "GFLOP/s", "of peak"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:<7} {:>6} {:>8} {:>12.0} {:>9.1} {:>8.1}%",
+            r.bench,
+            r.preset,
+            r.batch,
+            r.context_len,
+            r.tokens_per_s,
+            r.gflops,
+            100.0 * r.gflops / r.peak_gflops
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct EngineJson<'a> {
+    bench: &'a str,
+    preset: &'a str,
+    batch: usize,
+    tokens_per_s: f64,
+    gflops: f64,
+    peak_gflops: f64,
+}
+
+fn engine_json(r: &EngineBenchRow) -> EngineJson<'_> {
+    EngineJson {
+        bench: &r.bench,
+        preset: &r.preset,
+        batch: r.batch,
+        tokens_per_s: r.tokens_per_s,
+        gflops: r.gflops,
+        peak_gflops: r.peak_gflops,
+    }
+}
+
+#[derive(Serialize)]
+struct SamplerRow {
+    bench: &'static str,
+    sampler: &'static str,
+    budget: u32,
+    policy: String,
+    generated_tokens: u64,
+    trajectories: u64,
+    distinct_per_1k: f64,
+    cache_read_share: f64,
+    truncated: u64,
+    success_rate: f64,
+    wall_ms: u64,
+}
+
+fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
+    let hops = args.hops.to_string();
+    let spec = EnvSpec::from_name("multihop", &[("hops", hops.as_str())])?;
+    // Held-out task ids (the eval range), the same for every budget and sampler.
+    let tasks: Vec<(u64, AnyEnv)> = (0..args.tasks as u64)
+        .map(|i| {
+            let id = (1u64 << 32) + i;
+            (id, spec.make(id))
+        })
+        .collect();
+    let cfg = ModelConfig::preset(&args.preset)?;
+    let weights = Weights::random(&cfg, args.seed);
+    let policy_name = format!(
+        "{} with seeded random weights (seed {})",
+        args.preset, args.seed
+    );
+    let mut engine = Engine::new(cfg, &weights).context("building the engine")?;
+    let mut rows = Vec::new();
+    for &budget in &args.budgets {
+        for kind in [SamplerKind::Chain, SamplerKind::Tree] {
+            let sc = SamplerConfig {
+                kind,
+                budget,
+                ..SamplerConfig::default()
+            };
+            let mut sink: Vec<TaskRollout> = Vec::new();
+            let stats: SamplerStats = sample(
+                &sc,
+                &mut engine,
+                &ByteTokenizer,
+                &tasks,
+                args.seed,
+                0,
+                &mut sink,
+            )?;
+            rows.push(SamplerRow {
+                bench: "sampler",
+                sampler: kind.as_str(),
+                budget,
+                policy: policy_name.clone(),
+                generated_tokens: stats.generated_tokens,
+                trajectories: stats.trajectories,
+                distinct_per_1k: stats.distinct_per_1k(),
+                cache_read_share: stats.cache_read_share(),
+                truncated: stats.truncated,
+                success_rate: stats.success_rate(),
+                wall_ms: stats.wall_ms,
+            });
+        }
+    }
+    if args.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "policy: {policy_name}; multihop hops={}, {} held-out tasks, temperature 1",
+        args.hops, args.tasks
+    );
+    println!(
+        "{:>6} {:<6} {:>9} {:>6} {:>10} {:>7} {:>6} {:>8} {:>8}",
+        "budget",
+        "sampler",
+        "generated",
+        "traj",
+        "distinct/1k",
+        "cache",
+        "trunc",
+        "success",
+        "wall ms"
+    );
+    for r in &rows {
+        println!(
+            "{:>6} {:<7} {:>9} {:>6} {:>11.2} {:>7.3} {:>6} {:>8.3} {:>8}",
+            r.budget,
+            r.sampler,
+            r.generated_tokens,
+            r.trajectories,
+            r.distinct_per_1k,
+            r.cache_read_share,
+            r.truncated,
+            r.success_rate,
+            r.wall_ms
+        );
+    }
+    println!("\nratios tree / chain at equal budget:");
+    for pair in rows.chunks(2) {
+        let (c, t) = (&pair[0], &pair[1]);
+        println!(
+            "  budget {:>5}: distinct/1k x{:.2}, trajectories x{:.2}, wall x{:.2}",
+            c.budget,
+            t.distinct_per_1k / c.distinct_per_1k.max(1e-9),
+            t.trajectories as f64 / (c.trajectories as f64).max(1e-9),
+            t.wall_ms as f64 / (c.wall_ms as f64).max(1e-9),
+        );
+    }
+    Ok(())
+}

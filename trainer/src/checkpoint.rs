@@ -1,0 +1,395 @@
+//! Checkpoints: weights, optimizer state and counters in a directory, written atomically
+//! (DESIGN §8, §9, §11).
+//!
+//! # Layout
+//! ```text
+//! <root>/step-<N>/model.safetensors      policy weights
+//! <root>/step-<N>/reference.safetensors  frozen KL reference (only when the trainer has one)
+//! <root>/step-<N>/optimizer.safetensors  AdamW moments: `exp_avg.<name>`, `exp_avg_sq.<name>`;
+//!                                        metadata `step` = updates applied
+//! <root>/step-<N>/config.json            the engine `ModelConfig` (architecture)
+//! <root>/step-<N>/state.json             counters, seed, phase, trainer settings
+//! <root>/latest                          text file: the name of the newest complete `step-<N>`
+//! ```
+//!
+//! # Weights (`model.safetensors`, `reference.safetensors`)
+//! f32 tensors under the Hugging Face Llama names in PyTorch `[out, in]` layout, with header
+//! metadata `format = "pt"`, so `safetensors.torch.load_file` returns a state dict that
+//! `transformers.LlamaForCausalLM` (with a `LlamaConfig` built from `config.json`:
+//! `hidden_size = d_model`, `num_hidden_layers = n_layers`, `num_attention_heads = n_heads`,
+//! `num_key_value_heads = n_kv_heads`, `intermediate_size = d_ff`, `rope_theta`,
+//! `rms_norm_eps = norm_eps`, `tie_word_embeddings = tie_embeddings`, no biases) loads directly:
+//!
+//! | name | shape |
+//! |---|---|
+//! | `model.embed_tokens.weight` | `[vocab_size, d_model]` |
+//! | `model.layers.{i}.input_layernorm.weight` | `[d_model]` |
+//! | `model.layers.{i}.self_attn.q_proj.weight` | `[n_heads·head_dim, d_model]` |
+//! | `model.layers.{i}.self_attn.k_proj.weight` | `[n_kv_heads·head_dim, d_model]` |
+//! | `model.layers.{i}.self_attn.v_proj.weight` | `[n_kv_heads·head_dim, d_model]` |
+//! | `model.layers.{i}.self_attn.o_proj.weight` | `[d_model, n_heads·head_dim]` |
+//! | `model.layers.{i}.post_attention_layernorm.weight` | `[d_model]` |
+//! | `model.layers.{i}.mlp.gate_proj.weight` | `[d_ff, d_model]` |
+//! | `model.layers.{i}.mlp.up_proj.weight` | `[d_ff, d_model]` |
+//! | `model.layers.{i}.mlp.down_proj.weight` | `[d_model, d_ff]` |
+//! | `model.norm.weight` | `[d_model]` |
+//! | `lm_head.weight` | `[vocab_size, d_model]` (absent when `tie_embeddings`) |
+//!
+//! The optimizer moments use the same names and layouts (PyTorch AdamW's `exp_avg` and
+//! `exp_avg_sq`), prefixed by `exp_avg.` and `exp_avg_sq.`.
+//!
+//! # Atomicity
+//! Every file is written to a temporary file in its final directory, fsynced, renamed over its
+//! final name, and the directory is fsynced. `latest` is updated the same way only after the whole
+//! step directory is complete, so a crash at any point leaves `latest` naming a complete
+//! checkpoint (or no `latest` at all).
+//!
+//! # Loading
+//! [`load`] checks that every file is present and parses, that every tensor is f32 with the shape
+//! `config.json` implies and that no tensor is missing or extra, and returns typed errors
+//! ([`TrainerError::MissingFile`], [`TrainerError::CorruptFile`], [`TrainerError::MissingTensor`],
+//! [`TrainerError::ShapeMismatch`], [`TrainerError::UnexpectedTensor`]). [`resume`] also compares
+//! the stored architecture with the one the run expects ([`TrainerError::ConfigMismatch`]).
+//! Resuming is exact: weights, moments and counters round-trip bit-for-bit, so k steps + save +
+//! load + m steps equals k + m uninterrupted steps.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use rollout::engine::{ModelConfig, Weights};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::TrainerError;
+use crate::optim::AdamWState;
+use crate::trainer::{Trainer, TrainerConfig, TrainerState};
+
+/// File name of the policy weights.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// File name of the frozen reference weights.
+pub const REFERENCE_FILE: &str = "reference.safetensors";
+/// File name of the optimizer moments.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// File name of the architecture.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the counters and settings.
+pub const STATE_FILE: &str = "state.json";
+/// Name of the pointer to the newest checkpoint in a checkpoint root.
+pub const LATEST_FILE: &str = "latest";
+
+/// Version of the `state.json` layout.
+const FORMAT_VERSION: u32 = 1;
+
+/// Contents of `state.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct StateFile {
+    format_version: u32,
+    state: TrainerState,
+    trainer_config: TrainerConfig,
+    has_reference: bool,
+}
+
+/// Everything a checkpoint directory holds, verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// The architecture.
+    pub model_config: ModelConfig,
+    /// The trainer settings of the run that wrote it.
+    pub trainer_config: TrainerConfig,
+    /// Policy weights.
+    pub weights: Weights,
+    /// Frozen reference weights, if the trainer had a reference.
+    pub reference: Option<Weights>,
+    /// Optimizer moments and step count.
+    pub optimizer: AdamWState,
+    /// Counters, seed, phase.
+    pub state: TrainerState,
+}
+
+impl Checkpoint {
+    /// The checkpoint's trainer state, taken from `trainer`.
+    pub fn of(trainer: &Trainer) -> Self {
+        Checkpoint {
+            model_config: trainer.model_config().clone(),
+            trainer_config: *trainer.config(),
+            weights: trainer.weights(),
+            reference: trainer.reference_weights(),
+            optimizer: trainer.optimizer_state(),
+            state: *trainer.state(),
+        }
+    }
+
+    /// A trainer continuing this checkpoint on `device` with the stored settings.
+    pub fn into_trainer(self, device: &Device) -> Result<Trainer, TrainerError> {
+        Trainer::restore(
+            &self.model_config,
+            self.trainer_config,
+            &self.weights,
+            self.reference.as_ref(),
+            &self.optimizer,
+            self.state,
+            device,
+        )
+    }
+}
+
+/// Writes `bytes` to `dir/name` atomically (temporary file, fsync, rename, fsync of `dir`).
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), TrainerError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })();
+    result.map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        TrainerError::io(&path, source)
+    })
+}
+
+/// Serializes named tensors (with optional name prefix) to safetensors bytes.
+fn safetensors_bytes(
+    sets: &[(&str, &Weights)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, TrainerError> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (prefix, weights) in sets {
+        for (name, t) in weights.iter() {
+            let bytes: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            owned.push((format!("{prefix}{name}"), t.shape.clone(), bytes));
+        }
+    }
+    let views = owned
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|view| (name.as_str(), view))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| TrainerError::Config {
+            reason: format!("cannot describe tensor for safetensors: {err}"),
+        })?;
+    safetensors::serialize(views, Some(metadata)).map_err(|err| TrainerError::Config {
+        reason: format!("cannot serialize safetensors: {err}"),
+    })
+}
+
+/// Writes `trainer`'s checkpoint into `dir` (created if needed); see the module docs.
+pub fn save_dir(dir: &Path, trainer: &Trainer) -> Result<(), TrainerError> {
+    let ckpt = Checkpoint::of(trainer);
+    fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+    let pt = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_atomic(dir, MODEL_FILE, &safetensors_bytes(&[("", &ckpt.weights)], pt.clone())?)?;
+    if let Some(reference) = &ckpt.reference {
+        write_atomic(dir, REFERENCE_FILE, &safetensors_bytes(&[("", reference)], pt)?)?;
+    } else {
+        match fs::remove_file(dir.join(REFERENCE_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TrainerError::io(dir.join(REFERENCE_FILE), e)),
+        }
+    }
+    let opt_meta = HashMap::from([("step".to_string(), ckpt.optimizer.step.to_string())]);
+    let opt = safetensors_bytes(
+        &[
+            ("exp_avg.", &ckpt.optimizer.exp_avg),
+            ("exp_avg_sq.", &ckpt.optimizer.exp_avg_sq),
+        ],
+        opt_meta,
+    )?;
+    write_atomic(dir, OPTIMIZER_FILE, &opt)?;
+    write_atomic(dir, CONFIG_FILE, to_json(&ckpt.model_config).as_bytes())?;
+    let state = StateFile {
+        format_version: FORMAT_VERSION,
+        state: ckpt.state,
+        trainer_config: ckpt.trainer_config,
+        has_reference: ckpt.reference.is_some(),
+    };
+    write_atomic(dir, STATE_FILE, to_json(&state).as_bytes())?;
+    Ok(())
+}
+
+/// Pretty JSON of plain data (maps with string keys only, so serialization cannot fail).
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("plain data serializes") + "\n"
+}
+
+/// Saves `trainer` as `root/step-<step>` and then points `root/latest` at it. Returns the
+/// checkpoint directory.
+pub fn save(root: &Path, step: u64, trainer: &Trainer) -> Result<PathBuf, TrainerError> {
+    let name = format!("step-{step}");
+    let dir = root.join(&name);
+    save_dir(&dir, trainer)?;
+    write_atomic(root, LATEST_FILE, format!("{name}\n").as_bytes())?;
+    Ok(dir)
+}
+
+/// The checkpoint directory `root/latest` points at.
+pub fn latest(root: &Path) -> Result<PathBuf, TrainerError> {
+    let text = read(&root.join(LATEST_FILE))?;
+    let name = String::from_utf8(text)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && !s.contains(['/', '\\']) && s != "..")
+        .ok_or_else(|| TrainerError::CorruptFile {
+            path: root.join(LATEST_FILE),
+            reason: "expected the name of a checkpoint directory".into(),
+        })?;
+    Ok(root.join(name))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TrainerError> {
+    fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => TrainerError::MissingFile {
+            path: path.to_path_buf(),
+        },
+        _ => TrainerError::io(path, e),
+    })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainerError> {
+    serde_json::from_slice(&read(path)?).map_err(|e| TrainerError::CorruptFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a safetensors file: its tensors (split by name prefix) and metadata.
+fn read_safetensors(
+    path: &Path,
+    prefixes: &[&str],
+) -> Result<(Vec<Weights>, HashMap<String, String>), TrainerError> {
+    let bytes = read(path)?;
+    let corrupt = |reason: String| TrainerError::CorruptFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut sets = vec![Weights::new(); prefixes.len()];
+    for (name, view) in tensors.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(corrupt(format!("tensor `{name}` is {:?}, not F32", view.dtype())));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let Some((k, rest)) = prefixes
+            .iter()
+            .enumerate()
+            .find_map(|(k, p)| name.strip_prefix(p).map(|rest| (k, rest)))
+        else {
+            return Err(TrainerError::UnexpectedTensor { name });
+        };
+        sets[k]
+            .insert(rest, view.shape().to_vec(), data)
+            .map_err(|e| corrupt(e.to_string()))?;
+    }
+    Ok((sets, metadata.metadata().clone().unwrap_or_default()))
+}
+
+/// Checks names and shapes of a weight set against `cfg`. With `partial`, missing tensors are
+/// allowed (optimizer moments of parameters that never had a gradient).
+fn check_shapes(weights: &Weights, cfg: &ModelConfig, partial: bool) -> Result<(), TrainerError> {
+    let expected = Weights::expected_shapes(cfg);
+    for (name, shape) in &expected {
+        match weights.get(name) {
+            None if partial => {}
+            None => return Err(TrainerError::MissingTensor { name: name.clone() }),
+            Some(t) if &t.shape != shape => {
+                return Err(TrainerError::ShapeMismatch {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: t.shape.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((name, _)) = weights
+        .iter()
+        .find(|(name, _)| !expected.iter().any(|(n, _)| n == name))
+    {
+        return Err(TrainerError::UnexpectedTensor {
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads and verifies the checkpoint in `dir` (see the module docs).
+pub fn load(dir: &Path) -> Result<Checkpoint, TrainerError> {
+    let model_config: ModelConfig = read_json(&dir.join(CONFIG_FILE))?;
+    model_config.validate()?;
+    let state_path = dir.join(STATE_FILE);
+    let state: StateFile = read_json(&state_path)?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(TrainerError::CorruptFile {
+            path: state_path,
+            reason: format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                state.format_version
+            ),
+        });
+    }
+    let (mut sets, _) = read_safetensors(&dir.join(MODEL_FILE), &[""])?;
+    let weights = sets.remove(0);
+    check_shapes(&weights, &model_config, false)?;
+    let reference = if state.has_reference {
+        let (mut sets, _) = read_safetensors(&dir.join(REFERENCE_FILE), &[""])?;
+        let reference = sets.remove(0);
+        check_shapes(&reference, &model_config, false)?;
+        Some(reference)
+    } else {
+        None
+    };
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let (mut sets, metadata) = read_safetensors(&opt_path, &["exp_avg_sq.", "exp_avg."])?;
+    let (exp_avg_sq, exp_avg) = (sets.remove(0), sets.remove(0));
+    check_shapes(&exp_avg, &model_config, true)?;
+    check_shapes(&exp_avg_sq, &model_config, true)?;
+    let step = metadata
+        .get("step")
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| TrainerError::CorruptFile {
+            path: opt_path,
+            reason: "metadata `step` missing or not a number".into(),
+        })?;
+    Ok(Checkpoint {
+        model_config,
+        trainer_config: state.trainer_config,
+        weights,
+        reference,
+        optimizer: AdamWState {
+            step,
+            exp_avg,
+            exp_avg_sq,
+        },
+        state: state.state,
+    })
+}
+
+/// Loads `dir`, checks that its architecture is `expected`, and returns a trainer continuing it
+/// on `device` with the stored trainer settings.
+pub fn resume(
+    dir: &Path,
+    expected: &ModelConfig,
+    device: &Device,
+) -> Result<Trainer, TrainerError> {
+    let ckpt = load(dir)?;
+    if &ckpt.model_config != expected {
+        let json = |c: &ModelConfig| serde_json::to_string(c).expect("plain data serializes");
+        return Err(TrainerError::ConfigMismatch {
+            expected: json(expected),
+            found: json(&ckpt.model_config),
+        });
+    }
+    ckpt.into_trainer(device)
+}

@@ -1,0 +1,334 @@
+//! [`Trainer`]: the optimisation state of a run — policy, optional frozen reference, AdamW,
+//! step counters — and the SFT and RL update steps.
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rollout::engine::{ModelConfig, Weights};
+
+use crate::TrainerError;
+use crate::loss::{LossStats, PpoConfig, policy_loss, target_logprobs};
+use crate::model::PolicyModel;
+use crate::optim::{AdamW, AdamWConfig, AdamWState};
+use crate::pack::TrainBatch;
+use crate::sft::sft_loss;
+
+/// Trainer settings.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainerConfig {
+    /// Optimizer settings (learning rate, betas, weight decay, gradient clipping).
+    pub optim: AdamWConfig,
+    /// PPO loss settings.
+    pub ppo: PpoConfig,
+    /// Seed of the initial weights ([`Trainer::new`]) and of the mini-batch shuffling.
+    /// By default, this is 0.
+    pub seed: u64,
+    /// Whether [`Trainer::rl_step`] visits the mini-batches of each epoch in a seeded random
+    /// order (otherwise in the order given). By default, this is enabled.
+    pub shuffle_minibatches: bool,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            optim: AdamWConfig::default(),
+            ppo: PpoConfig::default(),
+            seed: 0,
+            shuffle_minibatches: true,
+        }
+    }
+}
+
+/// Which kind of update the run is doing (recorded in checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// No update yet.
+    #[default]
+    Init,
+    /// Supervised warm start.
+    Sft,
+    /// Reinforcement learning.
+    Rl,
+}
+
+/// Counters and seed: everything besides weights and optimizer moments that a resumed run needs
+/// to continue exactly. Every random draw of the trainer comes from an RNG derived from
+/// `(seed, counter, ...)`, so no RNG state needs saving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    /// The run's seed.
+    pub seed: u64,
+    /// [`Trainer::sft_step`] calls so far.
+    pub sft_steps: u64,
+    /// [`Trainer::rl_step`] calls so far.
+    pub rl_steps: u64,
+    /// The phase of the last step (or as set by [`Trainer::set_phase`]).
+    pub phase: Phase,
+}
+
+/// Statistics of one [`Trainer::sft_step`] or [`Trainer::rl_step`], averaged over its optimizer
+/// updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepStats {
+    /// Loss.
+    pub loss: f32,
+    /// K3 KL to the reference (0 without one, and for SFT).
+    pub kl: f32,
+    /// Policy entropy at the targets (nats; 0 for SFT).
+    pub entropy: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Fraction of clipped ratios (0 for SFT).
+    pub clip_frac: f32,
+    /// Optimizer updates applied.
+    pub updates: usize,
+    /// Targets (scored tokens) per update pass, summed over updates.
+    pub targets: usize,
+    /// Tokens forwarded (padding excluded), summed over updates.
+    pub tokens: usize,
+}
+
+/// The device training runs on by default: burn's Flex CPU backend with autodiff.
+pub fn default_device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// Policy, optional frozen reference, optimizer and counters (module docs).
+#[derive(Debug)]
+pub struct Trainer {
+    config: TrainerConfig,
+    device: Device,
+    model: PolicyModel,
+    /// On the device without autodiff: it is never differentiated.
+    reference: Option<PolicyModel>,
+    optim: AdamW,
+    state: TrainerState,
+}
+
+impl Trainer {
+    /// A trainer whose policy starts from `Weights::random(model_config, config.seed)` (the
+    /// engine's seeded initialisation) on [`default_device`].
+    pub fn new(model_config: &ModelConfig, config: TrainerConfig) -> Result<Self, TrainerError> {
+        let weights = Weights::random(model_config, config.seed);
+        Self::from_weights(model_config, &weights, config, &default_device())
+    }
+
+    /// A trainer whose policy starts from `weights`, on `device` (autodiff is enabled on it).
+    pub fn from_weights(
+        model_config: &ModelConfig,
+        weights: &Weights,
+        config: TrainerConfig,
+        device: &Device,
+    ) -> Result<Self, TrainerError> {
+        let device = device.clone().autodiff();
+        Ok(Trainer {
+            model: PolicyModel::from_weights(model_config, weights, &device)?,
+            reference: None,
+            optim: AdamW::new(config.optim)?,
+            state: TrainerState {
+                seed: config.seed,
+                ..TrainerState::default()
+            },
+            config,
+            device,
+        })
+    }
+
+    /// A trainer continuing from saved parts (see [`crate::checkpoint`]). `config.seed` is
+    /// replaced by the saved seed.
+    pub fn restore(
+        model_config: &ModelConfig,
+        config: TrainerConfig,
+        weights: &Weights,
+        reference: Option<&Weights>,
+        optimizer: &AdamWState,
+        state: TrainerState,
+        device: &Device,
+    ) -> Result<Self, TrainerError> {
+        let config = TrainerConfig {
+            seed: state.seed,
+            ..config
+        };
+        let mut trainer = Self::from_weights(model_config, weights, config, device)?;
+        trainer.optim = AdamW::from_state(config.optim, optimizer, model_config, &trainer.device)?;
+        trainer.set_reference(reference)?;
+        trainer.state = state;
+        Ok(trainer)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// The model configuration.
+    pub fn model_config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    /// The training device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The policy.
+    pub fn model(&self) -> &PolicyModel {
+        &self.model
+    }
+
+    /// Counters, seed and phase.
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    /// Records the phase (checkpoints store it).
+    pub fn set_phase(&mut self, phase: Phase) {
+        self.state.phase = phase;
+    }
+
+    /// The learning rate of the next update.
+    pub fn lr(&self) -> f64 {
+        self.optim.config().lr
+    }
+
+    /// Sets the learning rate of later updates (schedules, or a different rate for RL after SFT).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.optim.set_lr(lr);
+    }
+
+    /// The policy weights for the engine: `engine.load_weights(&trainer.weights())`.
+    pub fn weights(&self) -> Weights {
+        self.model.to_weights()
+    }
+
+    /// The optimizer state (for checkpoints).
+    pub fn optimizer_state(&self) -> AdamWState {
+        self.optim.state(self.model.config())
+    }
+
+    /// Freezes a copy of the current policy as the KL reference.
+    pub fn freeze_reference(&mut self) {
+        self.reference = Some(self.model.valid());
+    }
+
+    /// Sets (or with `None` removes) the KL reference from weights.
+    pub fn set_reference(&mut self, weights: Option<&Weights>) -> Result<(), TrainerError> {
+        let plain = self.device.clone().without_autodiff();
+        self.reference = weights
+            .map(|w| PolicyModel::from_weights(self.model.config(), w, &plain))
+            .transpose()?;
+        Ok(())
+    }
+
+    /// The reference weights, if a reference is set.
+    pub fn reference_weights(&self) -> Option<Weights> {
+        self.reference.as_ref().map(PolicyModel::to_weights)
+    }
+
+    /// Backward pass and one optimizer update; returns the gradient norm.
+    fn apply(&mut self, loss: Tensor<1>) -> f32 {
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let (model, norm) = self.optim.step(self.model.clone(), &grads);
+        self.model = model;
+        norm as f32
+    }
+
+    /// One SFT update on a batch from [`crate::sft::sft_batch`].
+    pub fn sft_step(&mut self, batch: &TrainBatch) -> Result<StepStats, TrainerError> {
+        let db = batch.to_device(&self.device)?;
+        let lr = self.lr();
+        let (loss, stats) = sft_loss(&self.model, &db);
+        let grad_norm = self.apply(loss);
+        self.state.sft_steps += 1;
+        self.state.phase = Phase::Sft;
+        Ok(StepStats {
+            loss: stats.loss,
+            grad_norm,
+            lr,
+            updates: 1,
+            targets: stats.targets,
+            tokens: batch.num_tokens(),
+            ..StepStats::default()
+        })
+    }
+
+    /// PPO updates: `epochs` passes over `minibatches` (each from [`crate::pack::pack_trees`] or
+    /// [`crate::pack::flatten_trees`]), one optimizer update per mini-batch. With a reference
+    /// set, its logprobs are computed once per mini-batch before the first update. Statistics
+    /// are means over the updates.
+    pub fn rl_step(
+        &mut self,
+        minibatches: &[TrainBatch],
+        epochs: usize,
+    ) -> Result<StepStats, TrainerError> {
+        if minibatches.is_empty() || epochs == 0 {
+            return Err(TrainerError::batch("rl_step needs at least one mini-batch and epoch"));
+        }
+        let device_batches = minibatches
+            .iter()
+            .map(|b| b.to_device(&self.device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ref_logprobs = match &self.reference {
+            Some(reference) => {
+                let plain = self.device.clone().without_autodiff();
+                let mut out = Vec::with_capacity(minibatches.len());
+                for b in minibatches {
+                    let (logp, _) = target_logprobs(reference, &b.to_device(&plain)?);
+                    out.push(Some(logp.autodiff()));
+                }
+                out
+            }
+            None => vec![None; minibatches.len()],
+        };
+        let lr = self.lr();
+        let mut sum = StepStats::default();
+        let mut order: Vec<usize> = (0..minibatches.len()).collect();
+        for epoch in 0..epochs {
+            if self.config.shuffle_minibatches {
+                let mut rng = envs::rng::rng_for(&[
+                    self.state.seed,
+                    RL_SHUFFLE_STREAM,
+                    self.state.rl_steps,
+                    epoch as u64,
+                ]);
+                order.shuffle(&mut rng);
+            }
+            for &i in &order {
+                let (loss, stats): (Tensor<1>, LossStats) = policy_loss(
+                    &self.model,
+                    &device_batches[i],
+                    ref_logprobs[i].as_ref(),
+                    &self.config.ppo,
+                );
+                let grad_norm = self.apply(loss);
+                sum.loss += stats.loss;
+                sum.kl += stats.kl;
+                sum.entropy += stats.entropy;
+                sum.clip_frac += stats.clip_frac;
+                sum.grad_norm += grad_norm;
+                sum.updates += 1;
+                sum.targets += stats.targets;
+                sum.tokens += minibatches[i].num_tokens();
+            }
+        }
+        self.state.rl_steps += 1;
+        self.state.phase = Phase::Rl;
+        let n = sum.updates as f32;
+        Ok(StepStats {
+            loss: sum.loss / n,
+            kl: sum.kl / n,
+            entropy: sum.entropy / n,
+            grad_norm: sum.grad_norm / n,
+            clip_frac: sum.clip_frac / n,
+            lr,
+            ..sum
+        })
+    }
+}
+
+/// Stream tag of the RL mini-batch shuffle in `envs::rng::rng_for(&[seed, tag, step, epoch])`.
+const RL_SHUFFLE_STREAM: u64 = 0x5348_5546; // "SHUF"
