@@ -12,6 +12,7 @@
 //! - [`demos`] — [`demonstrations`] runs each environment's expert (optionally with one
 //!   recoverable mistake) into [`Demonstration`]s, and [`Demonstration::encode`] lays one out as
 //!   tokens with the SFT loss mask (action tokens and their `<eos>` only).
+//! - [`atomic`] — [`atomic::write_atomic`]: temp file, fsync, rename (every file arbor writes).
 //! - [`DatasetError`] — the crate's error type; [`Location`] is a line (JSONL) or row (Parquet).
 //!
 //! # Example
@@ -32,6 +33,7 @@
 //! assert!(!encoded.loss_mask[0]); // <bos> is never a target
 //! ```
 
+pub mod atomic;
 pub mod demos;
 mod error;
 pub mod taskfile;

@@ -16,8 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// List environments and their knobs, or show one expert episode.
     Envs(EnvsArgs),
-    /// Train a policy: SFT warm start, then tree/chain RL (not built yet).
-    Train(Placeholder),
+    /// Train a policy: SFT warm start, then tree (or chain) RL, with held-out evaluation before
+    /// and after RL. With no flags: multihop (2 hops), tiny model, tree-GRPO.
+    Train(TrainArgs),
     /// Sweep token budgets x samplers x seeds (not built yet).
     Sweep(Placeholder),
     /// Sample rollouts with a checkpoint and export them (not built yet).
@@ -125,4 +126,64 @@ pub struct SamplerBenchArgs {
     /// Seed of the random weights and of sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// `arbor train`. Every flag overrides the key of the TOML config named in its help; defaults are
+/// those of the config (shown here).
+#[derive(Debug, Args, Default)]
+pub struct TrainArgs {
+    /// TOML config file (every key optional).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// `env.name`: multihop, countdown, maze or qa-file [default: multihop].
+    #[arg(long)]
+    pub env: Option<String>,
+    /// `env.knobs`: difficulty knob `name=value`, repeatable [default for multihop: hops=2].
+    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
+    pub knobs: Vec<String>,
+    /// `env.tasks`: task file for qa-file (JSONL or Parquet with prompt/answer columns).
+    #[arg(long)]
+    pub tasks: Option<std::path::PathBuf>,
+    /// `model.preset`: tiny or small [default: tiny].
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// `sampler.kind`: tree or chain [default: tree].
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// `sampler.branch`: random, entropy, segment or adaptive [default: random].
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// `sampler.granularity`: step, segment or token [default: step].
+    #[arg(long)]
+    pub granularity: Option<String>,
+    /// `rl.estimator`: grpo, tree-grpo, treerl, treepo or rloo [default: tree-grpo].
+    #[arg(long)]
+    pub advantage: Option<String>,
+    /// `sampler.budget`: generated tokens per task group [default: 512].
+    #[arg(long)]
+    pub budget: Option<u32>,
+    /// `sft.steps` [default: 300].
+    #[arg(long)]
+    pub sft_steps: Option<usize>,
+    /// `rl.steps` [default: 40].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// `seed` [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// `out`: parent directory of run directories [default: runs].
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// `name`: run directory name [default: <env>-<sampler>, made unique].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `eval.episodes`: held-out episodes before and after RL [default: 256].
+    #[arg(long)]
+    pub episodes: Option<usize>,
+    /// Continue the run in `out/name` from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bars or per-step lines.
+    #[arg(long)]
+    pub quiet: bool,
 }

@@ -3,6 +3,8 @@
 //! # Map
 //! - [`cli`] — the clap command line (one subcommand per module below).
 //! - [`envs_cmd`] — `arbor envs`: list environments and show expert episodes.
+//! - [`config`] — the TOML run configuration and its defaults.
+//! - [`train`] — `arbor train`: SFT, evaluation, RL, run directory.
 //! - [`bench`] — `arbor bench`: engine and sampler benchmarks (ratios measured in one run).
 //!
 //! Errors: every command returns `anyhow::Result`; `main` prints the error chain on one line and
@@ -10,7 +12,9 @@
 
 mod bench;
 mod cli;
+mod config;
 mod envs_cmd;
+mod train;
 
 use clap::Parser;
 
@@ -28,8 +32,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Envs(args) => envs_cmd::run(args),
         cli::Command::Bench(args) => bench::run(args),
-        cli::Command::Train(_)
-        | cli::Command::Sweep(_)
+        cli::Command::Train(args) => train::run(args),
+        cli::Command::Sweep(_)
         | cli::Command::Rollout(_)
         | cli::Command::Eval(_)
         | cli::Command::Inspect(_) => {

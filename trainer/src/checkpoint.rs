@@ -154,10 +154,7 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), TrainerError
 }
 
 /// Serializes named tensors (with optional name prefix) to safetensors bytes.
-fn safetensors_bytes(
-    sets: &[(&str, &Weights)],
-    metadata: HashMap<String, String>,
-) -> Result<Vec<u8>, TrainerError> {
+fn safetensors_bytes(sets: &[(&str, &Weights)], metadata: HashMap<String, String>) -> Vec<u8> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (prefix, weights) in sets {
         for (name, t) in weights.iter() {
@@ -165,18 +162,13 @@ fn safetensors_bytes(
             owned.push((format!("{prefix}{name}"), t.shape.clone(), bytes));
         }
     }
-    let views = owned
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|view| (name.as_str(), view))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| TrainerError::Config {
-            reason: format!("cannot describe tensor for safetensors: {err}"),
-        })?;
-    safetensors::serialize(views, Some(metadata)).map_err(|err| TrainerError::Config {
-        reason: format!("cannot serialize safetensors: {err}"),
-    })
+    // `Weights` keeps `data.len() == product(shape)`, so describing and serializing cannot fail.
+    let views = owned.iter().map(|(name, shape, bytes)| {
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .expect("Weights keeps data and shape consistent");
+        (name.as_str(), view)
+    });
+    safetensors::serialize(views, Some(metadata)).expect("consistent tensors serialize")
 }
 
 /// Writes `trainer`'s checkpoint into `dir` (created if needed); see the module docs.
@@ -184,9 +176,17 @@ pub fn save_dir(dir: &Path, trainer: &Trainer) -> Result<(), TrainerError> {
     let ckpt = Checkpoint::of(trainer);
     fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
     let pt = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_atomic(dir, MODEL_FILE, &safetensors_bytes(&[("", &ckpt.weights)], pt.clone())?)?;
+    write_atomic(
+        dir,
+        MODEL_FILE,
+        &safetensors_bytes(&[("", &ckpt.weights)], pt.clone()),
+    )?;
     if let Some(reference) = &ckpt.reference {
-        write_atomic(dir, REFERENCE_FILE, &safetensors_bytes(&[("", reference)], pt)?)?;
+        write_atomic(
+            dir,
+            REFERENCE_FILE,
+            &safetensors_bytes(&[("", reference)], pt),
+        )?;
     } else {
         match fs::remove_file(dir.join(REFERENCE_FILE)) {
             Ok(()) => {}
@@ -201,7 +201,7 @@ pub fn save_dir(dir: &Path, trainer: &Trainer) -> Result<(), TrainerError> {
             ("exp_avg_sq.", &ckpt.optimizer.exp_avg_sq),
         ],
         opt_meta,
-    )?;
+    );
     write_atomic(dir, OPTIMIZER_FILE, &opt)?;
     write_atomic(dir, CONFIG_FILE, to_json(&ckpt.model_config).as_bytes())?;
     let state = StateFile {
@@ -274,7 +274,10 @@ fn read_safetensors(
     let mut sets = vec![Weights::new(); prefixes.len()];
     for (name, view) in tensors.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(corrupt(format!("tensor `{name}` is {:?}, not F32", view.dtype())));
+            return Err(corrupt(format!(
+                "tensor `{name}` is {:?}, not F32",
+                view.dtype()
+            )));
         }
         let data: Vec<f32> = view
             .data()
@@ -392,4 +395,136 @@ pub fn resume(
         });
     }
     ckpt.into_trainer(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::small_config;
+    use crate::trainer::default_device;
+    use crate::trainer::tests::{config, run_steps};
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("arbor-trainer-ckpt-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// k steps + save + load + m steps equals k + m uninterrupted steps, bit for bit (weights,
+    /// reference, optimizer moments, counters and step statistics).
+    #[test]
+    fn resume_is_exact() {
+        let cfg = small_config();
+        let root = tempdir("resume");
+        let mut a = Trainer::new(&cfg, config(5)).unwrap();
+        run_steps(&mut a, 0, 3); // 2 SFT + 1 RL, the reference is frozen
+        let dir = save(&root, 3, &a).unwrap();
+        assert_eq!(latest(&root).unwrap(), dir);
+        let mut b = resume(&latest(&root).unwrap(), &cfg, &default_device()).unwrap();
+        assert_eq!(Checkpoint::of(&b), Checkpoint::of(&a));
+        let sa = run_steps(&mut a, 3, 5);
+        let sb = run_steps(&mut b, 3, 5);
+        assert_eq!(sa, sb);
+        assert_eq!(Checkpoint::of(&a), Checkpoint::of(&b));
+        // No temporary files are left behind.
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+        // A newer checkpoint moves `latest`.
+        let newer = save(&root, 5, &a).unwrap();
+        assert_eq!(latest(&root).unwrap(), newer);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn load_reports_broken_checkpoints() {
+        let cfg = small_config();
+        let root = tempdir("broken");
+        let trainer = Trainer::new(&cfg, config(1)).unwrap();
+        let fresh = |name: &str| {
+            let dir = root.join(name);
+            save_dir(&dir, &trainer).unwrap();
+            dir
+        };
+
+        // Truncated weights.
+        let dir = fresh("truncated");
+        let path = dir.join(MODEL_FILE);
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load(&dir).unwrap_err();
+        assert!(matches!(err, TrainerError::CorruptFile { .. }), "{err}");
+
+        // Missing file.
+        let dir = fresh("missing");
+        fs::remove_file(dir.join(OPTIMIZER_FILE)).unwrap();
+        let err = load(&dir).unwrap_err();
+        assert!(
+            matches!(err, TrainerError::MissingFile { ref path } if path.ends_with(OPTIMIZER_FILE))
+        );
+
+        // A tensor with the wrong shape.
+        let dir = fresh("shape");
+        let mut weights = trainer.weights();
+        weights
+            .insert(
+                "model.norm.weight",
+                vec![cfg.d_model + 1],
+                vec![1.0; cfg.d_model + 1],
+            )
+            .unwrap();
+        let bytes = safetensors_bytes(&[("", &weights)], HashMap::new());
+        write_atomic(&dir, MODEL_FILE, &bytes).unwrap();
+        let err = load(&dir).unwrap_err();
+        assert!(
+            matches!(err, TrainerError::ShapeMismatch { ref name, .. } if name == "model.norm.weight")
+        );
+
+        // Architecture mismatch.
+        let dir = fresh("config");
+        let other = ModelConfig {
+            n_layers: cfg.n_layers + 1,
+            ..cfg.clone()
+        };
+        let err = resume(&dir, &other, &default_device()).unwrap_err();
+        assert!(matches!(err, TrainerError::ConfigMismatch { .. }), "{err}");
+        // Unparseable state and a dangling `latest`.
+        fs::write(dir.join(STATE_FILE), b"{ not json").unwrap();
+        assert!(matches!(
+            load(&dir).unwrap_err(),
+            TrainerError::CorruptFile { .. }
+        ));
+        assert!(matches!(
+            latest(&root).unwrap_err(),
+            TrainerError::MissingFile { .. }
+        ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn weights_file_is_plain_safetensors_with_hugging_face_names() {
+        let cfg = small_config();
+        let root = tempdir("format");
+        let trainer = Trainer::new(&cfg, config(2)).unwrap();
+        save_dir(&root, &trainer).unwrap();
+        let bytes = fs::read(root.join(MODEL_FILE)).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let expected = Weights::expected_shapes(&cfg);
+        assert_eq!(st.names().len(), expected.len());
+        for (name, shape) in expected {
+            let view = st.tensor(&name).unwrap();
+            assert_eq!(view.dtype(), Dtype::F32);
+            assert_eq!(view.shape(), shape.as_slice());
+        }
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
+        let stored: ModelConfig =
+            serde_json::from_slice(&fs::read(root.join(CONFIG_FILE)).unwrap()).unwrap();
+        assert_eq!(stored, cfg);
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

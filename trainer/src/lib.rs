@@ -1,5 +1,50 @@
-//! trainer crate (in progress).
-#![allow(missing_docs)]
+//! Training for arbor policies (DESIGN §8): a burn model with the engine's architecture, SFT and
+//! tree-packed PPO losses, AdamW, checkpoints, and weight sync to the engine.
+//!
+//! # Map
+//! - [`model`] — [`model::PolicyModel`], the policy as burn modules (embedding, RMSNorm, RoPE at
+//!   explicit positions, grouped-query causal attention, SwiGLU), built from the engine's
+//!   [`rollout::engine::ModelConfig`]; [`model::PolicyModel::from_weights`] /
+//!   [`model::PolicyModel::to_weights`] convert from / to engine [`rollout::engine::Weights`]
+//!   (Hugging Face names, `[out, in]` matrices).
+//! - [`pack`] — training sequences: [`pack::pack_trees`] (one packed sequence per rollout tree:
+//!   DFS order, path positions, ancestors-only attention, per-token weights summed over the
+//!   leaves below), [`pack::flatten_trees`] (one causal row per trajectory, the reference), loss
+//!   aggregation [`pack::LossAgg`], and padded mini-batches [`pack::TrainBatch`].
+//! - [`loss`] — [`loss::policy_loss`]: PPO-clip with optional K3 KL to a frozen reference and
+//!   entropy bonus; the same function scores packed and flattened batches.
+//! - [`sft`] — cross-entropy on the action tokens of encoded demonstrations.
+//! - [`optim`] — AdamW with global gradient-norm clipping and a name-keyed, checkpointable state.
+//! - [`trainer`] — [`Trainer`]: policy + reference + optimizer + counters;
+//!   [`Trainer::sft_step`], [`Trainer::rl_step`], [`Trainer::weights`] for engine sync.
+//! - [`checkpoint`] — atomic checkpoint directories (safetensors weights readable by PyTorch,
+//!   optimizer moments, `config.json`, `state.json`, `latest`) and exact resume.
+//! - [`TrainerError`] — the crate's error type.
+//!
+//! Training runs on `Device::flex().autodiff()` ([`trainer::default_device`]); nothing here
+//! assumes a CPU, so another burn device can be passed to [`Trainer::from_weights`].
+//!
+//! # Example
+//! ```
+//! use rollout::engine::{Engine, ModelConfig};
+//! use trainer::pack::TrainBatch;
+//! use trainer::{Trainer, TrainerConfig, sft};
+//!
+//! let cfg = ModelConfig { d_model: 32, n_layers: 1, n_heads: 2, n_kv_heads: 2, d_ff: 64,
+//!                         ..ModelConfig::tiny() };
+//! let mut trainer = Trainer::new(&cfg, TrainerConfig::default())?;
+//! // One demonstration: <bos> "hi" then the action "ok" + <eos> as targets.
+//! let tokens = [257, 104, 105, 111, 107, 258];
+//! let mask = [false, false, false, true, true, true];
+//! let batch = TrainBatch::new(sft::sft_sequences([(&tokens[..], &mask[..])])?);
+//! let stats = trainer.sft_step(&batch)?;
+//! assert!(stats.loss > 0.0 && stats.grad_norm > 0.0);
+//! // Weight sync to the inference engine, in memory.
+//! let engine = Engine::new(cfg.clone(), &trainer.weights())?;
+//! assert_eq!(engine.forward_full(&tokens).dim(), (6, cfg.vocab_size));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 pub mod checkpoint;
 mod error;
 pub mod loss;
@@ -7,8 +52,10 @@ pub mod model;
 pub mod optim;
 pub mod pack;
 pub mod sft;
-pub mod trainer;
 #[cfg(test)]
 mod test_util;
+pub mod trainer;
 
 pub use error::TrainerError;
+pub use model::PolicyModel;
+pub use trainer::{Phase, StepStats, Trainer, TrainerConfig, TrainerState};

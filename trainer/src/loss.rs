@@ -14,8 +14,8 @@
 //! The same function computes the tree-packed and the flattened loss; only the weights differ.
 //! The SFT loss is in [`crate::sft`].
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
 
 use crate::model::{PolicyModel, to_f32_vec};
 use crate::pack::DeviceBatch;
@@ -201,9 +201,12 @@ mod tests {
                 .map(|task| random_rollout(task, seed * 10 + task, cfg.vocab_size))
                 .collect();
             let device = Device::flex().autodiff();
-            let model =
-                PolicyModel::from_weights(&cfg, &Weights::random_with_std(&cfg, seed, 0.1), &device)
-                    .unwrap();
+            let model = PolicyModel::from_weights(
+                &cfg,
+                &Weights::random_with_std(&cfg, seed, 0.1),
+                &device,
+            )
+            .unwrap();
             let reference = PolicyModel::from_weights(
                 &cfg,
                 &Weights::random_with_std(&cfg, seed + 100, 0.1),
@@ -232,7 +235,10 @@ mod tests {
                         let (p, f) = (p.as_ref().unwrap(), f.as_ref().unwrap());
                         let diff: Vec<f32> = p.iter().zip(f).map(|(a, b)| a - b).collect();
                         let rel = norm(&diff) / norm(f).max(1e-12);
-                        assert!(rel <= 1e-5, "{estimator} {agg}: parameter {k} rel diff {rel}");
+                        assert!(
+                            rel <= 1e-5,
+                            "{estimator} {agg}: parameter {k} rel diff {rel}"
+                        );
                         worst_grad = worst_grad.max(rel);
                     }
                 }

@@ -99,7 +99,13 @@ pub struct Attention {
 
 impl Attention {
     /// `x: [B, T, d]`, `cos`/`sin: [B, 1, T, hd]`, `bias: [B, 1, T, T]` (0 or blocked).
-    fn forward(&self, x: Tensor<3>, cos: &Tensor<4>, sin: &Tensor<4>, bias: &Tensor<4>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        bias: &Tensor<4>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
@@ -258,9 +264,8 @@ impl PolicyModel {
     /// module docs). Sync the engine with `engine.load_weights(&model.to_weights())`.
     pub fn to_weights(&self) -> Weights {
         let mut weights = Weights::new();
-        for ((name, shape, transposed), data) in param_specs(&self.config)
-            .into_iter()
-            .zip(self.param_data())
+        for ((name, shape, transposed), data) in
+            param_specs(&self.config).into_iter().zip(self.param_data())
         {
             let data = to_f32_vec(data);
             // burn [in, out] = [shape[1], shape[0]] -> HF [out, in].
@@ -370,7 +375,11 @@ impl PolicyModel {
                 out.push(linear.weight.val().into_data());
             }
             out.push(layer.mlp_norm.gamma.val().into_data());
-            for linear in [&layer.mlp.gate_proj, &layer.mlp.up_proj, &layer.mlp.down_proj] {
+            for linear in [
+                &layer.mlp.gate_proj,
+                &layer.mlp.up_proj,
+                &layer.mlp.down_proj,
+            ] {
                 out.push(linear.weight.val().into_data());
             }
         }
@@ -425,7 +434,10 @@ mod tests {
     use rollout::engine::Engine;
 
     /// Causal mask `[1, T, T]` (true above the diagonal) and positions `0..T`.
-    fn causal_inputs(tokens: &[u32], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<3, Bool>) {
+    fn causal_inputs(
+        tokens: &[u32],
+        device: &Device,
+    ) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<3, Bool>) {
         let t = tokens.len();
         let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
         let pos: Vec<i64> = (0..t as i64).collect();
@@ -509,7 +521,9 @@ mod tests {
         let err = PolicyModel::from_weights(&cfg, &weights, &device).unwrap_err();
         assert!(matches!(err, TrainerError::MissingTensor { name } if name == "model.norm.weight"));
         let mut weights = Weights::random(&cfg, 1);
-        weights.insert("model.norm.weight", vec![3], vec![1.0; 3]).unwrap();
+        weights
+            .insert("model.norm.weight", vec![3], vec![1.0; 3])
+            .unwrap();
         let err = PolicyModel::from_weights(&cfg, &weights, &device).unwrap_err();
         assert!(matches!(err, TrainerError::ShapeMismatch { .. }));
     }

@@ -261,7 +261,10 @@ impl AdamW {
         // Gradients, hence moments, live on the device without autodiff.
         let device = &device.clone().without_autodiff();
         let specs = param_specs(cfg);
-        for (which, set) in [("exp_avg", &state.exp_avg), ("exp_avg_sq", &state.exp_avg_sq)] {
+        for (which, set) in [
+            ("exp_avg", &state.exp_avg),
+            ("exp_avg_sq", &state.exp_avg_sq),
+        ] {
             if let Some((name, _)) = set
                 .iter()
                 .find(|(name, _)| !specs.iter().any(|(n, _, _)| n == name))

@@ -85,7 +85,9 @@ impl FromStr for LossAgg {
             .into_iter()
             .find(|a| a.name() == s)
             .ok_or_else(|| TrainerError::Config {
-                reason: format!("unknown loss aggregation '{s}' (known: token-mean, seq-mean-token-mean)"),
+                reason: format!(
+                    "unknown loss aggregation '{s}' (known: token-mean, seq-mean-token-mean)"
+                ),
             })
     }
 }
@@ -188,7 +190,13 @@ fn leaf_weights(groups: &[(&TaskRollout, &AdvantageOutput)], agg: LossAgg) -> Ve
         .map(|(r, _)| {
             r.nodes
                 .iter()
-                .map(|n| if n.is_leaf() { r.path_action_tokens(n.id) } else { 0 })
+                .map(|n| {
+                    if n.is_leaf() {
+                        r.path_action_tokens(n.id)
+                    } else {
+                        0
+                    }
+                })
                 .collect()
         })
         .collect();
@@ -577,7 +585,10 @@ mod tests {
                 let packed = pack_trees(&[(&r, &adv)], agg).unwrap();
                 let flat = flatten_trees(&[(&r, &adv)], agg).unwrap();
                 let sum = |seqs: &[PackedSequence], f: fn(&Target) -> f32| -> f64 {
-                    seqs.iter().flat_map(|s| &s.targets).map(|t| f(t) as f64).sum()
+                    seqs.iter()
+                        .flat_map(|s| &s.targets)
+                        .map(|t| f(t) as f64)
+                        .sum()
                 };
                 for f in [
                     (|t: &Target| t.pos_weight) as fn(&Target) -> f32,
@@ -604,7 +615,12 @@ mod tests {
         assert_eq!(row(1, 5).iter().filter(|&&m| !m).count(), 1);
         assert!(!row(1, 5)[5]);
         assert!(row(1, 2)[5], "real tokens never see padding");
-        let src: Vec<i64> = db.source.into_data().convert::<i64>().try_into_vec().unwrap();
+        let src: Vec<i64> = db
+            .source
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec()
+            .unwrap();
         assert_eq!(src.last(), Some(&(t as i64 + 1)));
     }
 }

@@ -87,9 +87,18 @@ mod tests {
         let tokens = [257u32, 10, 11, 12, 258, 13];
         let mask = [false, false, true, true, true, false];
         let seqs = sft_sequences([(&tokens[..], &mask[..])]).unwrap();
-        let got: Vec<(u32, u32)> = seqs[0].targets.iter().map(|t| (t.source, t.token)).collect();
+        let got: Vec<(u32, u32)> = seqs[0]
+            .targets
+            .iter()
+            .map(|t| (t.source, t.token))
+            .collect();
         assert_eq!(got, vec![(1, 11), (2, 12), (3, 258)]);
-        assert!(seqs[0].targets.iter().all(|t| (t.weight - 1.0 / 3.0).abs() < 1e-7));
+        assert!(
+            seqs[0]
+                .targets
+                .iter()
+                .all(|t| (t.weight - 1.0 / 3.0).abs() < 1e-7)
+        );
         assert!(sft_sequences([(&tokens[..], &mask[..2])]).is_err());
     }
 }

@@ -112,5 +112,49 @@ pub fn param_grads(model: &PolicyModel, grads: &GradientsParams) -> Vec<Option<V
 
 /// Euclidean norm.
 pub fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// An RL mini-batch (tree-packed, token-mean, tree-GRPO) of two random task groups.
+pub fn rl_batch(seed: u64) -> crate::pack::TrainBatch {
+    let vocab = small_config().vocab_size;
+    let rollouts: Vec<_> = (0..2)
+        .map(|task| random_rollout(task, seed * 7 + task, vocab))
+        .collect();
+    let advs =
+        rollout::advantage::estimate(rollout::advantage::Estimator::TreeGrpo, &rollouts).unwrap();
+    let groups: Vec<_> = rollouts.iter().zip(&advs).collect();
+    crate::pack::TrainBatch::new(
+        crate::pack::pack_trees(&groups, crate::pack::LossAgg::TokenMean).unwrap(),
+    )
+}
+
+/// An SFT batch of three random demonstrations (`<bos>`-like prompt, then alternating action
+/// (targets) and observation spans).
+pub fn sft_demo_batch(seed: u64) -> crate::pack::TrainBatch {
+    let vocab = small_config().vocab_size;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let demos: Vec<(Vec<u32>, Vec<bool>)> = (0..3)
+        .map(|_| {
+            let mut tokens = random_tokens(&mut rng, vocab, 5);
+            let mut mask = vec![false; tokens.len()];
+            for turn in 0..rng.random_range(1..=3) {
+                let action = random_tokens(&mut rng, vocab, 6);
+                mask.extend(std::iter::repeat_n(true, action.len()));
+                tokens.extend(action);
+                if turn < 2 {
+                    let obs = random_tokens(&mut rng, vocab, 4);
+                    mask.extend(std::iter::repeat_n(false, obs.len()));
+                    tokens.extend(obs);
+                }
+            }
+            (tokens, mask)
+        })
+        .collect();
+    let seqs =
+        crate::sft::sft_sequences(demos.iter().map(|(t, m)| (t.as_slice(), m.as_slice()))).unwrap();
+    crate::pack::TrainBatch::new(seqs)
 }

@@ -49,7 +49,7 @@ fn default_norm_eps() -> f32 {
 
 impl ModelConfig {
     /// The `tiny` preset: d=128, 4 layers, 4 heads, ff 512, context 1024, byte vocabulary
-    /// (about 0.85 M parameters).
+    /// (1.12 M parameters).
     pub fn tiny() -> Self {
         ModelConfig {
             vocab_size: crate::tokenizer::ByteTokenizer::VOCAB,
@@ -66,7 +66,7 @@ impl ModelConfig {
     }
 
     /// The `small` preset: d=256, 6 layers, 8 heads, ff 1024, context 1024, byte vocabulary
-    /// (about 6.4 M parameters).
+    /// (6.43 M parameters).
     pub fn small() -> Self {
         ModelConfig {
             d_model: 256,
@@ -119,19 +119,19 @@ impl ModelConfig {
         if self.vocab_size > u32::MAX as usize {
             return bad("vocab_size", "must fit token ids in u32".into());
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(
                 "n_heads",
                 format!("{} does not divide d_model {}", self.n_heads, self.d_model),
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(
                 "n_heads",
                 format!("head dimension {} must be even for RoPE", self.head_dim()),
             );
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "n_kv_heads",
                 format!(

@@ -171,9 +171,12 @@ impl Model {
     /// token's logits and keys/values are bitwise the same whether it is decoded alone, in a
     /// batch, or inside a prefill chunk of any size.
     ///
+    /// Every group must have at least one token.
+    ///
     /// # Shapes
     /// Returns `[groups.len(), vocab]`.
     pub fn forward_rows(&self, groups: &mut [RowGroup<'_>]) -> Array2<f32> {
+        debug_assert!(groups.iter().all(|g| !g.tokens.is_empty()));
         let cfg = &self.cfg;
         let (d, hd, nh, nkv) = (cfg.d_model, cfg.head_dim(), cfg.n_heads, cfg.n_kv_heads);
         let (qw, kvw) = (nh * hd, nkv * hd);
@@ -208,12 +211,25 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_into(&x, &layer.attn_norm, cfg.norm_eps, &mut xn);
             linear_into(&xn, &layer.wqkv_t, &mut qkv);
-            for (r, &(gi, pos)) in meta.iter().enumerate() {
-                let row = qkv.row_mut(r).into_slice().expect("standard layout");
-                // q and k heads are adjacent: rotate all n_heads + n_kv_heads of them.
-                self.rope(&mut row[..qw + kvw], pos);
-                let (k, v) = row[qw..].split_at(kvw);
-                kv::write(groups[gi].blocks, dims, l, pos, k, v);
+            {
+                // RoPE and cache writes, in parallel over sequences (each owns its blocks).
+                let mut parts: Vec<(&mut RowGroup<'_>, &mut [f32])> =
+                    Vec::with_capacity(groups.len());
+                let mut rest = qkv.as_slice_mut().expect("standard layout");
+                for g in groups.iter_mut() {
+                    let (mine, tail) = rest.split_at_mut(g.tokens.len() * width);
+                    parts.push((g, mine));
+                    rest = tail;
+                }
+                parts.par_iter_mut().for_each(|(g, rows)| {
+                    for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+                        let pos = g.start + i;
+                        // q and k heads are adjacent: rotate all n_heads + n_kv_heads of them.
+                        self.rope(&mut row[..qw + kvw], pos);
+                        let (k, v) = row[qw..].split_at(kvw);
+                        kv::write(g.blocks, dims, l, pos, k, v);
+                    }
+                });
             }
             {
                 let tables: Vec<&[Arc<Block>]> =
@@ -413,12 +429,14 @@ fn swiglu_into(gu: &Array2<f32>, act: &mut Array2<f32>) {
     let ff = act.ncols();
     let gu = gu.as_slice().expect("standard layout");
     let act = act.as_slice_mut().expect("standard layout");
-    for (a, g) in act.chunks_exact_mut(ff).zip(gu.chunks_exact(2 * ff)) {
-        let (gate, up) = g.split_at(ff);
-        for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
-            *a = g / (1.0 + exp_fast(-g)) * u;
-        }
-    }
+    act.par_chunks_mut(ff)
+        .zip(gu.par_chunks(2 * ff))
+        .for_each(|(a, g)| {
+            let (gate, up) = g.split_at(ff);
+            for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
+                *a = g / (1.0 + exp_fast(-g)) * u;
+            }
+        });
 }
 
 /// Causal attention of query heads `heads` of one token at position `pos` over positions
@@ -579,20 +597,26 @@ fn lane_sum(v: &[f32]) -> f32 {
 }
 
 /// `e^x` in f32 from plain arithmetic (Cephes-style range reduction and a degree-6 polynomial),
-/// so that loops over it vectorise and results do not depend on the platform's libm. Relative
-/// error below 3e-7 on `[-87, 88]`; inputs are clamped to that range (NaN stays NaN).
+/// written so that loops over it vectorise (no libm call, no saturating float-to-int cast) and
+/// results do not depend on the platform's libm. Relative error below 3e-7 on `[-87, 88]`;
+/// inputs are clamped to that range, NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp_fast(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer.
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    // 1.5 · 2^23: adding it rounds to an integer n, which then sits in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the bits: bits(t) − bits(ROUND) = n for |n| < 2^22.
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+    y * two_n
 }

@@ -62,7 +62,7 @@ pub fn sample_from_logits(logits: &[f32], params: &SamplingParams, rng_key: u64)
 
 fn choose(logits: &[f32], params: &SamplingParams, rng_key: u64) -> usize {
     let t = params.temperature;
-    if !(t > 0.0) || params.top_k == 1 || logits.len() == 1 {
+    if t.is_nan() || t <= 0.0 || params.top_k == 1 || logits.len() == 1 {
         return argmax(logits);
     }
     let m = logits[argmax(logits)];

@@ -387,6 +387,39 @@ fn cached_decode_equals_full_recomputation() {
     }
 }
 
+#[test]
+fn other_head_sizes_match_reference() {
+    // head_dim 64 (specialised kernel), 40 (16-lane chunks plus a remainder), 6 (remainder only),
+    // with grouped-query attention in two of them.
+    for (d_model, n_heads, n_kv_heads) in [(128, 2, 1), (80, 2, 2), (24, 4, 2)] {
+        let cfg = ModelConfig {
+            d_model,
+            n_heads,
+            n_kv_heads,
+            n_layers: 2,
+            d_ff: 64,
+            max_seq_len: 64,
+            ..ModelConfig::tiny()
+        };
+        let mut e = engine_for(&cfg, 12);
+        let tokens = toks(8, 45);
+        let full = e.forward_full(&tokens);
+        let s = e.start(&tokens[..1]).unwrap();
+        for (i, &t) in tokens.iter().enumerate().skip(1) {
+            let d = max_abs_diff(&logits(&e, s), full.row(i - 1).as_slice().unwrap());
+            assert!(
+                d <= REF_TOL,
+                "head_dim {}: position {i}: {d}",
+                cfg.head_dim()
+            );
+            e.append(s, &[t]).unwrap();
+        }
+        e.set_prefill_chunk(16);
+        let c = e.start(&tokens).unwrap();
+        assert_eq!(bits(&logits(&e, c)), bits(&logits(&e, s)));
+    }
+}
+
 // ---------------------------------------------------------------- forks
 
 #[test]
@@ -848,7 +881,10 @@ fn load_weights_swaps_the_model_and_drops_sequences() {
 fn quick_bench_returns_rows() {
     let rows = bench::run(&bench::BenchOptions::quick()).unwrap();
     let kinds: Vec<&str> = rows.iter().map(|r| r.bench.as_str()).collect();
-    assert_eq!(kinds, ["gemm_peak", "prefill", "decode", "decode"]);
+    assert_eq!(
+        kinds,
+        ["gemm_peak", "prefill", "decode", "decode", "decode_shared"]
+    );
     for r in &rows {
         assert!(r.gflops > 0.0 && r.peak_gflops > 0.0, "{r:?}");
         if r.bench != "gemm_peak" {

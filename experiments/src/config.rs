@@ -1,0 +1,301 @@
+//! Run configuration: a TOML file whose every key has a default, overridden by command-line
+//! flags. The resolved configuration is written to `runs/<name>/config.toml` and is all a rerun
+//! needs.
+//!
+//! ```toml
+//! name = "multihop-tree"   # run directory name (default: <env>-<sampler>, made unique)
+//! out = "runs"
+//! seed = 0
+//!
+//! [env]
+//! name = "multihop"
+//! knobs = { hops = "2" }
+//! # tasks = "qa.jsonl"     # qa-file only
+//!
+//! [model]
+//! preset = "tiny"
+//!
+//! [sft]
+//! steps = 300
+//!
+//! [rl]
+//! steps = 40
+//! estimator = "tree-grpo"
+//!
+//! [sampler]
+//! kind = "tree"
+//! budget = 512
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use envs::EnvSpec;
+use rollout::advantage::Estimator;
+use rollout::engine::ModelConfig;
+use rollout::sampler::SamplerConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything a training run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run directory name under `out`. Empty: `<env>-<sampler>`, with `-2`, `-3`, ... appended
+    /// if that directory exists.
+    pub name: String,
+    /// Parent directory of run directories. Default: `runs`.
+    pub out: PathBuf,
+    /// Seed of everything random in the run (weights, task draws, sampling, shuffles).
+    pub seed: u64,
+    /// The environment.
+    pub env: EnvSection,
+    /// The policy model.
+    pub model: ModelSection,
+    /// Supervised warm start.
+    pub sft: SftSection,
+    /// Reinforcement learning.
+    pub rl: RlSection,
+    /// Rollout sampling during RL.
+    pub sampler: SamplerConfig,
+    /// Held-out evaluation before and after RL.
+    pub eval: EvalSection,
+}
+
+/// `[env]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnvSection {
+    /// Environment name. Default: `multihop`.
+    pub name: String,
+    /// Difficulty knobs as text (`arbor envs` lists them). Default: `hops = "2"` for multihop.
+    pub knobs: BTreeMap<String, String>,
+    /// Task file for `qa-file` (JSONL or Parquet with `prompt`/`answer`).
+    pub tasks: Option<PathBuf>,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// Preset: `tiny` or `small`. Default: `tiny`.
+    pub preset: String,
+}
+
+/// `[sft]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftSection {
+    /// Optimizer steps (0 skips the warm start). Default: 300.
+    pub steps: usize,
+    /// Demonstrations per step. Default: 16.
+    pub batch: usize,
+    /// Distinct demonstrations generated (cycled through). Default: 2000.
+    pub demos: usize,
+    /// Learning rate. Default: 2e-3.
+    pub lr: f64,
+    /// Share of turns where the expert makes a recoverable mistake. Default: 0.2.
+    pub mistake_rate: f32,
+}
+
+/// `[rl]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlSection {
+    /// RL steps (each: sample, estimate, update). Default: 40.
+    pub steps: usize,
+    /// Tasks (prompt groups) per step. Default: 8.
+    pub tasks_per_step: usize,
+    /// Advantage estimator. Default: `tree-grpo`.
+    pub estimator: Estimator,
+    /// Learning rate. Default: 3e-4.
+    pub lr: f64,
+    /// Passes over each step's batch. Default: 1.
+    pub epochs: usize,
+    /// Mini-batches per pass (one optimizer update each). Default: 1.
+    pub minibatches: usize,
+    /// PPO clip range. Default: 0.2.
+    pub clip_eps: f32,
+    /// K3 KL coefficient to the SFT policy (0 disables the reference). Default: 0.001.
+    pub kl_coef: f32,
+    /// Entropy bonus coefficient. Default: 0.
+    pub entropy_coef: f32,
+    /// Loss aggregation: `token-mean` or `seq-mean-token-mean`. Default: `token-mean`.
+    pub loss_agg: String,
+    /// Train each tree as one packed sequence (true) or one row per trajectory. Default: true.
+    pub packed: bool,
+    /// Save a checkpoint every this many RL steps (0: only at the end). Default: 10.
+    pub checkpoint_every: usize,
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSection {
+    /// Held-out tasks, one episode each. Default: 256.
+    pub episodes: usize,
+    /// Sampling temperature of the episodes (0: greedy). Default: 1, the distribution RL trains.
+    pub temperature: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            name: String::new(),
+            out: PathBuf::from("runs"),
+            seed: 0,
+            env: EnvSection::default(),
+            model: ModelSection::default(),
+            sft: SftSection::default(),
+            rl: RlSection::default(),
+            sampler: SamplerConfig {
+                budget: 512,
+                ..SamplerConfig::default()
+            },
+            eval: EvalSection::default(),
+        }
+    }
+}
+
+impl Default for EnvSection {
+    fn default() -> Self {
+        EnvSection {
+            name: "multihop".into(),
+            knobs: BTreeMap::from([("hops".to_string(), "2".to_string())]),
+            tasks: None,
+        }
+    }
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            preset: "tiny".into(),
+        }
+    }
+}
+
+impl Default for SftSection {
+    fn default() -> Self {
+        SftSection {
+            steps: 300,
+            batch: 16,
+            demos: 2000,
+            lr: 2e-3,
+            mistake_rate: 0.2,
+        }
+    }
+}
+
+impl Default for RlSection {
+    fn default() -> Self {
+        RlSection {
+            steps: 40,
+            tasks_per_step: 8,
+            estimator: Estimator::TreeGrpo,
+            lr: 3e-4,
+            epochs: 1,
+            minibatches: 1,
+            clip_eps: 0.2,
+            kl_coef: 0.001,
+            entropy_coef: 0.0,
+            loss_agg: "token-mean".into(),
+            packed: true,
+            checkpoint_every: 10,
+        }
+    }
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            episodes: 256,
+            temperature: 1.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file (unknown keys are errors, missing keys take their defaults).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| {
+            // toml's message spans several lines; keep the first (it names the key).
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or_default().to_string();
+            anyhow::anyhow!("bad config {}: {} {}", path.display(), first, e.message())
+        })?;
+        Ok(cfg)
+    }
+
+    /// The resolved configuration as TOML.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("serialising the config")
+    }
+
+    /// Checks every value a run depends on; the first problem is the error.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.sampler.validate()?;
+        ModelConfig::preset(&self.model.preset)?;
+        self.loss_agg()?;
+        let positive = [
+            ("sft.batch", self.sft.batch),
+            ("sft.demos", self.sft.demos),
+            ("rl.tasks_per_step", self.rl.tasks_per_step),
+            ("rl.epochs", self.rl.epochs),
+            ("rl.minibatches", self.rl.minibatches),
+            ("eval.episodes", self.eval.episodes),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                bail!("config {key} must be at least 1");
+            }
+        }
+        if !(self.sft.lr > 0.0 && self.rl.lr > 0.0) {
+            bail!("config learning rates must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.sft.mistake_rate) {
+            bail!("config sft.mistake_rate must be in [0, 1]");
+        }
+        if self.eval.temperature < 0.0 || !self.eval.temperature.is_finite() {
+            bail!("config eval.temperature must be a finite number >= 0");
+        }
+        Ok(())
+    }
+
+    /// The loss aggregation.
+    pub fn loss_agg(&self) -> anyhow::Result<trainer::pack::LossAgg> {
+        use trainer::pack::LossAgg;
+        match self.rl.loss_agg.as_str() {
+            "token-mean" => Ok(LossAgg::TokenMean),
+            "seq-mean-token-mean" => Ok(LossAgg::SeqMeanTokenMean),
+            other => bail!("config rl.loss_agg '{other}' is not token-mean or seq-mean-token-mean"),
+        }
+    }
+
+    /// The environment family.
+    pub fn env_spec(&self) -> anyhow::Result<EnvSpec> {
+        if self.env.name == "qa-file" {
+            let Some(path) = &self.env.tasks else {
+                bail!("env qa-file needs a task file (--tasks FILE)");
+            };
+            let name = self
+                .env
+                .knobs
+                .get("verifier")
+                .map_or("exact", String::as_str);
+            let Some(verifier) = envs::qa::Verifier::from_name(name) else {
+                bail!("unknown qa-file verifier '{name}' (expected exact or numeric)");
+            };
+            return Ok(datasets::qa_spec_from_file(path, verifier)?);
+        }
+        let knobs: Vec<(&str, &str)> = self
+            .env
+            .knobs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Ok(EnvSpec::from_name(&self.env.name, &knobs)?)
+    }
+}

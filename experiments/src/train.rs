@@ -1,0 +1,543 @@
+//! `arbor train`: SFT warm start, held-out evaluation, RL with tree (or chain) rollouts,
+//! evaluation again, and a run directory with the resolved config, metrics and a summary.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use datasets::atomic::write_atomic;
+use datasets::{DemoOptions, Split, TaskSet, demonstrations};
+use envs::{AnyEnv, EnvSpec};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rollout::advantage::estimate;
+use rollout::engine::{Engine, ModelConfig};
+use rollout::policy::SamplingParams;
+use rollout::sampler::{SamplerConfig, SamplerKind, SamplerStats, sample};
+use rollout::tokenizer::ByteTokenizer;
+use rollout::tree::TaskRollout;
+use serde::Serialize;
+use trainer::loss::PpoConfig;
+use trainer::optim::AdamWConfig;
+use trainer::pack::{TrainBatch, flatten_trees, pack_trees};
+use trainer::sft::sft_batch;
+use trainer::trainer::{Trainer, TrainerConfig};
+
+use crate::cli::TrainArgs;
+use crate::config::TrainConfig;
+use crate::envs_cmd::parse_knobs;
+
+/// Held-out success of a policy.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EvalResult {
+    /// Episodes run.
+    pub episodes: usize,
+    /// Share solved.
+    pub success: f64,
+    /// Standard error of `success` (binomial, sqrt(p(1-p)/n)).
+    pub stderr: f64,
+    /// 95% interval (normal approximation), clipped to [0, 1].
+    pub ci95: (f64, f64),
+    /// Mean generated tokens per episode.
+    pub tokens_per_episode: f64,
+}
+
+/// One row of `metrics.csv` (DESIGN §9 metrics columns).
+#[derive(Debug, Clone, Serialize)]
+struct MetricsRow {
+    step: u64,
+    phase: &'static str,
+    reward_mean: f64,
+    success_rate: f64,
+    loss: f64,
+    kl: f64,
+    entropy: f64,
+    grad_norm: f64,
+    lr: f64,
+    generated_tokens: u64,
+    prefill_tokens: u64,
+    cached_tokens: u64,
+    cache_read_share: f64,
+    trajectories: u64,
+    distinct_trajectories: u64,
+    truncated: u64,
+    zero_adv_groups_frac: f64,
+    tokens_per_success: f64,
+    tokens_per_s: f64,
+    wall_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    success_before: f64,
+    success_after: f64,
+    stderr_before: f64,
+    stderr_after: f64,
+    eval_episodes: usize,
+    sft_steps: usize,
+    steps: usize,
+    generated_tokens: u64,
+    wall_s: f64,
+    sft_wall_s: f64,
+    rl_wall_s: f64,
+    config: &'a TrainConfig,
+}
+
+/// Applies the command-line overrides to a config.
+pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => TrainConfig::load(path)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(env) = &args.env
+        && *env != cfg.env.name
+    {
+        cfg.env.name = env.clone();
+        cfg.env.knobs.clear();
+    }
+    for (k, v) in parse_knobs(&args.knobs)? {
+        cfg.env.knobs.insert(k.to_string(), v.to_string());
+    }
+    if let Some(t) = &args.tasks {
+        cfg.env.tasks = Some(t.clone());
+    }
+    if let Some(p) = &args.preset {
+        cfg.model.preset = p.clone();
+    }
+    if let Some(s) = &args.sampler {
+        cfg.sampler.kind = s.parse().map_err(|e| anyhow::anyhow!("--sampler: {e}"))?;
+    }
+    if let Some(b) = &args.branch {
+        cfg.sampler.branch = b.parse().map_err(|e| anyhow::anyhow!("--branch: {e}"))?;
+    }
+    if let Some(g) = &args.granularity {
+        cfg.sampler.granularity = g
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
+    }
+    if let Some(a) = &args.advantage {
+        cfg.rl.estimator = a.parse().map_err(|e| anyhow::anyhow!("--advantage: {e}"))?;
+    }
+    if let Some(b) = args.budget {
+        cfg.sampler.budget = b;
+    }
+    if let Some(s) = args.sft_steps {
+        cfg.sft.steps = s;
+    }
+    if let Some(s) = args.steps {
+        cfg.rl.steps = s;
+    }
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    if let Some(o) = &args.out {
+        cfg.out = o.clone();
+    }
+    if let Some(n) = &args.name {
+        cfg.name = n.clone();
+    }
+    if let Some(e) = args.episodes {
+        cfg.eval.episodes = e;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// A progress bar on stderr, hidden under `--quiet` or when stderr is not a terminal.
+pub fn progress(len: u64, label: &str, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>5} [{bar:30}] {pos}/{len} {elapsed} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Picks the run directory: the configured name, or `<env>-<sampler>` made unique.
+fn run_dir(cfg: &mut TrainConfig, resume: bool) -> anyhow::Result<PathBuf> {
+    if cfg.name.is_empty() {
+        if resume {
+            bail!("--resume needs --name (the run directory to continue)");
+        }
+        let base = format!("{}-{}", cfg.env.name, cfg.sampler.kind);
+        let mut name = base.clone();
+        let mut k = 2;
+        while cfg.out.join(&name).exists() {
+            name = format!("{base}-{k}");
+            k += 1;
+        }
+        cfg.name = name;
+    }
+    let dir = cfg.out.join(&cfg.name);
+    if dir.exists() && !resume {
+        bail!(
+            "run directory {} exists; pass --resume to continue it or --name for a new run",
+            dir.display()
+        );
+    }
+    if !dir.exists() && resume {
+        bail!(
+            "cannot resume: run directory {} does not exist",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Runs `arbor train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let mut cfg = resolve(&args)?;
+    let spec = cfg.env_spec()?;
+    let dir = run_dir(&mut cfg, args.resume)?;
+    write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    let quiet = args.quiet;
+    let say = |line: String| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    };
+    say(format!(
+        "arbor train: {} ({}), {} model, sampler {} budget {}, estimator {}, run dir {}",
+        spec.name(),
+        spec.knob_values()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        cfg.model.preset,
+        cfg.sampler.kind,
+        cfg.sampler.budget,
+        cfg.rl.estimator,
+        dir.display()
+    ));
+    let started = Instant::now();
+    let model_cfg = ModelConfig::preset(&cfg.model.preset)?;
+    let tcfg = TrainerConfig {
+        optim: AdamWConfig {
+            lr: cfg.sft.lr,
+            ..AdamWConfig::default()
+        },
+        ppo: PpoConfig {
+            clip_eps: cfg.rl.clip_eps,
+            kl_coef: cfg.rl.kl_coef,
+            entropy_coef: cfg.rl.entropy_coef,
+            ..PpoConfig::default()
+        },
+        seed: cfg.seed,
+        shuffle_minibatches: true,
+    };
+    let mut trainer = Trainer::new(&model_cfg, tcfg)?;
+    let mut engine = Engine::new(model_cfg.clone(), &trainer.weights())?;
+    let mut metrics: Vec<MetricsRow> = Vec::new();
+    let train_set = TaskSet::new(spec.clone(), Split::Train);
+
+    // --- SFT warm start ---
+    let sft_started = Instant::now();
+    if cfg.sft.steps > 0 {
+        let ids = train_set.sample(u64::MAX, cfg.sft.demos, cfg.seed);
+        let opts = DemoOptions {
+            mistake_rate: cfg.sft.mistake_rate,
+            seed: cfg.seed,
+        };
+        let demos = demonstrations(&spec, &ids, &opts);
+        if demos.is_empty() {
+            bail!(
+                "the expert produced no successful demonstration for {}",
+                spec.name()
+            );
+        }
+        let encoded: Vec<_> = demos.iter().map(|d| d.encode(&ByteTokenizer)).collect();
+        let bar = progress(cfg.sft.steps as u64, "sft", quiet);
+        let mut order: Vec<usize> = (0..encoded.len()).collect();
+        for step in 0..cfg.sft.steps {
+            let start = (step * cfg.sft.batch) % encoded.len();
+            if start < cfg.sft.batch {
+                // A new pass over the demonstrations: reshuffle (seeded by pass).
+                use rand::seq::SliceRandom;
+                let pass = (step * cfg.sft.batch / encoded.len()) as u64;
+                order.shuffle(&mut envs::rng::rng_for(&[cfg.seed, 0x5F7, pass]));
+            }
+            let chunk: Vec<_> = (0..cfg.sft.batch)
+                .map(|i| encoded[order[(start + i) % encoded.len()]].clone())
+                .collect();
+            let t0 = Instant::now();
+            let stats = trainer.sft_step(&sft_batch(&chunk)?)?;
+            let wall = t0.elapsed();
+            bar.set_message(format!("loss {:.3}", stats.loss));
+            bar.inc(1);
+            metrics.push(MetricsRow {
+                step: step as u64,
+                phase: "sft",
+                loss: f64::from(stats.loss),
+                grad_norm: f64::from(stats.grad_norm),
+                lr: stats.lr,
+                tokens_per_s: stats.tokens as f64 / wall.as_secs_f64().max(1e-9),
+                wall_ms: wall.as_millis() as u64,
+                ..MetricsRow::empty()
+            });
+        }
+        bar.finish_and_clear();
+        engine.load_weights(&trainer.weights())?;
+        say(format!(
+            "sft: {} steps in {:.1}s, final loss {:.3}",
+            cfg.sft.steps,
+            sft_started.elapsed().as_secs_f64(),
+            metrics.last().map_or(0.0, |m| m.loss)
+        ));
+    }
+    let sft_wall = sft_started.elapsed().as_secs_f64();
+
+    // --- evaluation before RL ---
+    let eval_ids = train_set.eval_ids(cfg.eval.episodes);
+    let before = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
+    say(format!(
+        "eval before RL: success {:.3} ± {:.3} over {} held-out tasks",
+        before.success, before.stderr, before.episodes
+    ));
+    write_metrics(&dir, &metrics)?;
+
+    // --- RL ---
+    let rl_started = Instant::now();
+    if cfg.rl.kl_coef > 0.0 {
+        trainer.freeze_reference();
+    }
+    trainer.set_lr(cfg.rl.lr);
+    let agg = cfg.loss_agg()?;
+    let mut generated_total = 0u64;
+    let bar = progress(cfg.rl.steps as u64, "rl", quiet);
+    for step in 0..cfg.rl.steps as u64 {
+        let t0 = Instant::now();
+        let ids = train_set.sample(step, cfg.rl.tasks_per_step, cfg.seed);
+        let tasks: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, spec.make(id))).collect();
+        let mut rollouts: Vec<TaskRollout> = Vec::new();
+        let stats = sample(
+            &cfg.sampler,
+            &mut engine,
+            &ByteTokenizer,
+            &tasks,
+            cfg.seed,
+            step,
+            &mut rollouts,
+        )?;
+        generated_total += stats.generated_tokens;
+        let advantages = estimate(cfg.rl.estimator, &rollouts)?;
+        let groups: Vec<_> = rollouts.iter().zip(advantages.iter()).collect();
+        let seqs = if cfg.rl.packed {
+            pack_trees(&groups, agg)?
+        } else {
+            flatten_trees(&groups, agg)?
+        };
+        let n_mb = cfg.rl.minibatches.min(seqs.len()).max(1);
+        let mut minibatches: Vec<Vec<_>> = vec![Vec::new(); n_mb];
+        for (i, s) in seqs.into_iter().enumerate() {
+            minibatches[i % n_mb].push(s);
+        }
+        let minibatches: Vec<TrainBatch> = minibatches
+            .into_iter()
+            .filter(|m| !m.is_empty())
+            .map(TrainBatch::new)
+            .collect();
+        let train = if minibatches.is_empty() {
+            None
+        } else {
+            Some(trainer.rl_step(&minibatches, cfg.rl.epochs)?)
+        };
+        engine.load_weights(&trainer.weights())?;
+        let wall = t0.elapsed();
+        let row = rl_row(step, &stats, train.as_ref(), wall.as_millis() as u64);
+        bar.set_message(format!(
+            "reward {:.3} traj {} trunc {}",
+            row.reward_mean, row.trajectories, row.truncated
+        ));
+        bar.inc(1);
+        metrics.push(row);
+        write_metrics(&dir, &metrics)?;
+    }
+    bar.finish_and_clear();
+    let rl_wall = rl_started.elapsed().as_secs_f64();
+
+    let after = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
+    say(format!(
+        "eval after RL:  success {:.3} ± {:.3} over {} held-out tasks",
+        after.success, after.stderr, after.episodes
+    ));
+    let summary = Summary {
+        success_before: before.success,
+        success_after: after.success,
+        stderr_before: before.stderr,
+        stderr_after: after.stderr,
+        eval_episodes: after.episodes,
+        sft_steps: cfg.sft.steps,
+        steps: cfg.rl.steps,
+        generated_tokens: generated_total,
+        wall_s: started.elapsed().as_secs_f64(),
+        sft_wall_s: sft_wall,
+        rl_wall_s: rl_wall,
+        config: &cfg,
+    };
+    let json = serde_json::to_string_pretty(&summary)?;
+    write_atomic(&dir.join("summary.json"), json.as_bytes())?;
+    println!(
+        "success before RL {:.3} ± {:.3}, after RL {:.3} ± {:.3} ({} held-out tasks); {:.0}s; {}",
+        before.success,
+        before.stderr,
+        after.success,
+        after.stderr,
+        after.episodes,
+        summary.wall_s,
+        dir.join("summary.json").display()
+    );
+    Ok(())
+}
+
+impl MetricsRow {
+    fn empty() -> Self {
+        MetricsRow {
+            step: 0,
+            phase: "",
+            reward_mean: 0.0,
+            success_rate: 0.0,
+            loss: 0.0,
+            kl: 0.0,
+            entropy: 0.0,
+            grad_norm: 0.0,
+            lr: 0.0,
+            generated_tokens: 0,
+            prefill_tokens: 0,
+            cached_tokens: 0,
+            cache_read_share: 0.0,
+            trajectories: 0,
+            distinct_trajectories: 0,
+            truncated: 0,
+            zero_adv_groups_frac: 0.0,
+            tokens_per_success: 0.0,
+            tokens_per_s: 0.0,
+            wall_ms: 0,
+        }
+    }
+}
+
+fn rl_row(
+    step: u64,
+    s: &SamplerStats,
+    train: Option<&trainer::trainer::StepStats>,
+    wall_ms: u64,
+) -> MetricsRow {
+    MetricsRow {
+        step,
+        phase: "rl",
+        reward_mean: s.reward_mean(),
+        success_rate: s.success_rate(),
+        loss: train.map_or(0.0, |t| f64::from(t.loss)),
+        kl: train.map_or(0.0, |t| f64::from(t.kl)),
+        entropy: train.map_or(0.0, |t| f64::from(t.entropy)),
+        grad_norm: train.map_or(0.0, |t| f64::from(t.grad_norm)),
+        lr: train.map_or(0.0, |t| t.lr),
+        generated_tokens: s.generated_tokens,
+        prefill_tokens: s.prefill_tokens,
+        cached_tokens: s.cached_tokens,
+        cache_read_share: s.cache_read_share(),
+        trajectories: s.trajectories,
+        distinct_trajectories: s.distinct_trajectories,
+        truncated: s.truncated,
+        zero_adv_groups_frac: s.zero_adv_groups as f64 / (s.groups as f64).max(1.0),
+        tokens_per_success: if s.successes == 0 {
+            f64::NAN
+        } else {
+            s.generated_tokens as f64 / s.solved_groups.max(1) as f64
+        },
+        tokens_per_s: s.generated_tokens as f64 * 1000.0 / (wall_ms as f64).max(1.0),
+        wall_ms,
+    }
+}
+
+fn write_metrics(dir: &Path, rows: &[MetricsRow]) -> anyhow::Result<()> {
+    let mut out = String::from(
+        "step,phase,reward_mean,success_rate,loss,kl,entropy,grad_norm,lr,generated_tokens,\
+         prefill_tokens,cached_tokens,cache_read_share,trajectories,distinct_trajectories,\
+         truncated,zero_adv_groups_frac,tokens_per_success,tokens_per_s,wall_ms\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.step,
+            r.phase,
+            r.reward_mean,
+            r.success_rate,
+            r.loss,
+            r.kl,
+            r.entropy,
+            r.grad_norm,
+            r.lr,
+            r.generated_tokens,
+            r.prefill_tokens,
+            r.cached_tokens,
+            r.cache_read_share,
+            r.trajectories,
+            r.distinct_trajectories,
+            r.truncated,
+            r.zero_adv_groups_frac,
+            r.tokens_per_success,
+            r.tokens_per_s,
+            r.wall_ms
+        ));
+    }
+    write_atomic(&dir.join("metrics.csv"), out.as_bytes())?;
+    Ok(())
+}
+
+/// One episode per held-out task with the chain sampler (no budget pressure), at the eval
+/// temperature.
+pub fn evaluate(
+    engine: &mut Engine,
+    spec: &EnvSpec,
+    ids: &[u64],
+    cfg: &TrainConfig,
+    seed: u64,
+) -> anyhow::Result<EvalResult> {
+    let tasks: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, spec.make(id))).collect();
+    let max_turns = tasks
+        .iter()
+        .map(|(_, e)| envs::Env::max_turns(e))
+        .max()
+        .unwrap_or(1);
+    let sc = SamplerConfig {
+        kind: SamplerKind::Chain,
+        budget: (max_turns * cfg.sampler.max_action_tokens) as u32,
+        initial_chains: 1,
+        max_trajectories: 1,
+        max_action_tokens: cfg.sampler.max_action_tokens,
+        sampling: SamplingParams {
+            temperature: cfg.eval.temperature,
+            ..SamplingParams::default()
+        },
+        ..SamplerConfig::default()
+    };
+    let mut sink: Vec<TaskRollout> = Vec::new();
+    // A fixed evaluation stream: the same episodes' randomness before and after RL.
+    let stats = sample(
+        &sc,
+        engine,
+        &ByteTokenizer,
+        &tasks,
+        seed,
+        u64::MAX,
+        &mut sink,
+    )?;
+    let n = sink.len().max(1) as f64;
+    let p = stats.successes as f64 / n;
+    let se = (p * (1.0 - p) / n).sqrt();
+    Ok(EvalResult {
+        episodes: sink.len(),
+        success: p,
+        stderr: se,
+        ci95: ((p - 1.96 * se).max(0.0), (p + 1.96 * se).min(1.0)),
+        tokens_per_episode: stats.generated_tokens as f64 / n,
+    })
+}
