@@ -172,6 +172,49 @@ pub enum DatasetError {
         /// The fraction given.
         fraction: f64,
     },
+    /// Writing a run file (`trajectories.parquet`, `nodes.parquet`, `metrics.parquet`,
+    /// `metrics.csv`) failed: an I/O error (disk full, permissions, a missing run directory) or
+    /// a Parquet encoding error. The file at the final path still holds every step published
+    /// before the failure; the writer that failed refuses further writes.
+    #[error("cannot write run file {}: {reason}", .path.display())]
+    WriteRunFile {
+        /// The run file (its final path).
+        path: PathBuf,
+        /// The operating system's or the Parquet writer's reason.
+        reason: String,
+    },
+    /// A run file is missing, unreadable, not Parquet, or its columns are not the DESIGN §9
+    /// schema.
+    #[error("run file {}: {reason}", .path.display())]
+    BadRunFile {
+        /// The run file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A rollout handed to the exporter cannot be written: the tree fails its validation, the
+    /// advantages do not belong to it, or its `(step, task_id)` was already written.
+    #[error("step {step}, task {task_id}: cannot export rollout: {reason}")]
+    BadRollout {
+        /// The training step.
+        step: u64,
+        /// The task group.
+        task_id: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Exported run files break a DESIGN §9 invariant (budget, parent ids, transcripts, counts).
+    #[error("run file {}: step {step}, task {task_id}: {reason}", .path.display())]
+    Invariant {
+        /// The file holding the offending row.
+        path: PathBuf,
+        /// The training step.
+        step: u64,
+        /// The task group.
+        task_id: u64,
+        /// The invariant broken, with the values found.
+        reason: String,
+    },
     /// The environment rejected the tasks (for example an empty `qa-file` task set).
     #[error("{source}")]
     Env {

@@ -12,6 +12,11 @@
 //! - [`demos`] — [`demonstrations`] runs each environment's expert (optionally with one
 //!   recoverable mistake) into [`Demonstration`]s, and [`Demonstration::encode`] lays one out as
 //!   tokens with the SFT loss mask (action tokens and their `<eos>` only).
+//! - [`export`] — Parquet export/import of a run's rollouts and metrics:
+//!   [`export::RolloutWriter`] streams `trajectories.parquet` and `nodes.parquet` (one row group
+//!   per step, complete at their final paths after every step and after a crash),
+//!   [`export::MetricsWriter`] writes `metrics.parquet` + `metrics.csv`, `read_*` give the rows
+//!   back, and [`export::check_run_files`] checks the DESIGN §9 invariants of a run directory.
 //! - [`atomic`] — [`atomic::write_atomic`]: temp file, fsync, rename (every file arbor writes).
 //! - [`DatasetError`] — the crate's error type; [`Location`] is a line (JSONL) or row (Parquet).
 //!
@@ -36,6 +41,7 @@
 pub mod atomic;
 pub mod demos;
 mod error;
+pub mod export;
 pub mod taskfile;
 pub mod tasks;
 #[cfg(test)]

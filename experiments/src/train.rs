@@ -16,19 +16,20 @@ use rollout::policy::SamplingParams;
 use rollout::sampler::{SamplerConfig, SamplerKind, SamplerStats, sample};
 use rollout::tokenizer::ByteTokenizer;
 use rollout::tree::TaskRollout;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use trainer::checkpoint;
 use trainer::loss::PpoConfig;
 use trainer::optim::AdamWConfig;
 use trainer::pack::{TrainBatch, flatten_trees, pack_trees};
 use trainer::sft::sft_batch;
-use trainer::trainer::{Trainer, TrainerConfig};
+use trainer::trainer::{Trainer, TrainerConfig, default_device};
 
 use crate::cli::TrainArgs;
 use crate::config::TrainConfig;
 use crate::envs_cmd::parse_knobs;
 
 /// Held-out success of a policy.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct EvalResult {
     /// Episodes run.
     pub episodes: usize,
@@ -43,10 +44,10 @@ pub struct EvalResult {
 }
 
 /// One row of `metrics.csv` (DESIGN §9 metrics columns).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct MetricsRow {
     step: u64,
-    phase: &'static str,
+    phase: String,
     reward_mean: f64,
     success_rate: f64,
     loss: f64,
@@ -62,9 +63,45 @@ struct MetricsRow {
     distinct_trajectories: u64,
     truncated: u64,
     zero_adv_groups_frac: f64,
-    tokens_per_success: f64,
+    /// Generated tokens per solved task group (`None` when none was solved).
+    tokens_per_success: Option<f64>,
     tokens_per_s: f64,
     wall_ms: u64,
+}
+
+/// What a resumed run needs besides the checkpoint: written atomically with every checkpoint.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RunState {
+    before: Option<EvalResult>,
+    metrics: Vec<MetricsRow>,
+    generated_tokens: u64,
+    sft_wall_s: f64,
+    rl_wall_s: f64,
+    /// Wall time of the run up to the last save, over all invocations.
+    wall_s: f64,
+}
+
+impl RunState {
+    const FILE: &'static str = "run_state.json";
+
+    fn load(dir: &Path) -> anyhow::Result<RunState> {
+        let path = dir.join(Self::FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot resume: {} is missing", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("cannot resume: {} is corrupt", path.display()))
+    }
+
+    /// Saves a checkpoint of `trainer` and then this state (so the state never runs ahead of
+    /// the checkpoint it describes).
+    fn save_with(&self, dir: &Path, trainer: &Trainer) -> anyhow::Result<()> {
+        let st = trainer.state();
+        let tag = st.sft_steps + st.rl_steps;
+        checkpoint::save(&dir.join("checkpoints"), tag, trainer)?;
+        let json = serde_json::to_string(self)?;
+        write_atomic(&dir.join(Self::FILE), json.as_bytes())?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -232,14 +269,32 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         seed: cfg.seed,
         shuffle_minibatches: true,
     };
-    let mut trainer = Trainer::new(&model_cfg, tcfg)?;
+    let (mut trainer, mut run_state) = if args.resume {
+        let latest = checkpoint::latest(&dir.join("checkpoints"))
+            .context("cannot resume: no complete checkpoint")?;
+        let trainer = checkpoint::resume(&latest, &model_cfg, &default_device())
+            .with_context(|| format!("cannot resume from {}", latest.display()))?;
+        let mut state = RunState::load(&dir)?;
+        let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
+        state.metrics.retain(|m| {
+            (m.phase == "sft" && m.step < sft_done) || (m.phase == "rl" && m.step < rl_done)
+        });
+        say(format!(
+            "resuming {} after {sft_done} SFT and {rl_done} RL steps",
+            latest.display()
+        ));
+        (trainer, state)
+    } else {
+        (Trainer::new(&model_cfg, tcfg)?, RunState::default())
+    };
+    let prior_wall = run_state.wall_s;
     let mut engine = Engine::new(model_cfg.clone(), &trainer.weights())?;
-    let mut metrics: Vec<MetricsRow> = Vec::new();
     let train_set = TaskSet::new(spec.clone(), Split::Train);
 
     // --- SFT warm start ---
     let sft_started = Instant::now();
-    if cfg.sft.steps > 0 {
+    let sft_done = trainer.state().sft_steps as usize;
+    if sft_done < cfg.sft.steps {
         let ids = train_set.sample(u64::MAX, cfg.sft.demos, cfg.seed);
         let opts = DemoOptions {
             mistake_rate: cfg.sft.mistake_rate,
@@ -255,7 +310,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let encoded: Vec<_> = demos.iter().map(|d| d.encode(&ByteTokenizer)).collect();
         let bar = progress(cfg.sft.steps as u64, "sft", quiet);
         let mut order: Vec<usize> = (0..encoded.len()).collect();
-        for step in 0..cfg.sft.steps {
+        bar.set_position(sft_done as u64);
+        for step in sft_done..cfg.sft.steps {
             let start = (step * cfg.sft.batch) % encoded.len();
             if start < cfg.sft.batch {
                 // A new pass over the demonstrations: reshuffle (seeded by pass).
@@ -271,9 +327,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let wall = t0.elapsed();
             bar.set_message(format!("loss {:.3}", stats.loss));
             bar.inc(1);
-            metrics.push(MetricsRow {
+            run_state.metrics.push(MetricsRow {
                 step: step as u64,
-                phase: "sft",
+                phase: "sft".into(),
                 loss: f64::from(stats.loss),
                 grad_norm: f64::from(stats.grad_norm),
                 lr: stats.lr,
@@ -284,34 +340,44 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         bar.finish_and_clear();
         engine.load_weights(&trainer.weights())?;
+        run_state.sft_wall_s += sft_started.elapsed().as_secs_f64();
         say(format!(
             "sft: {} steps in {:.1}s, final loss {:.3}",
             cfg.sft.steps,
             sft_started.elapsed().as_secs_f64(),
-            metrics.last().map_or(0.0, |m| m.loss)
+            run_state.metrics.last().map_or(0.0, |m| m.loss)
         ));
     }
-    let sft_wall = sft_started.elapsed().as_secs_f64();
 
     // --- evaluation before RL ---
     let eval_ids = train_set.eval_ids(cfg.eval.episodes);
-    let before = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
+    let before = match run_state.before {
+        Some(b) => b,
+        None => {
+            let b = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
+            run_state.before = Some(b);
+            run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
+            run_state.save_with(&dir, &trainer)?;
+            b
+        }
+    };
     say(format!(
         "eval before RL: success {:.3} ± {:.3} over {} held-out tasks",
         before.success, before.stderr, before.episodes
     ));
-    write_metrics(&dir, &metrics)?;
+    write_metrics(&dir, &run_state.metrics)?;
 
     // --- RL ---
-    let rl_started = Instant::now();
-    if cfg.rl.kl_coef > 0.0 {
+    let mut rl_started = Instant::now();
+    if cfg.rl.kl_coef > 0.0 && trainer.reference_weights().is_none() {
         trainer.freeze_reference();
     }
     trainer.set_lr(cfg.rl.lr);
     let agg = cfg.loss_agg()?;
-    let mut generated_total = 0u64;
     let bar = progress(cfg.rl.steps as u64, "rl", quiet);
-    for step in 0..cfg.rl.steps as u64 {
+    let rl_done = trainer.state().rl_steps;
+    bar.set_position(rl_done);
+    for step in rl_done..cfg.rl.steps as u64 {
         let t0 = Instant::now();
         let ids = train_set.sample(step, cfg.rl.tasks_per_step, cfg.seed);
         let tasks: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, spec.make(id))).collect();
@@ -325,7 +391,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             step,
             &mut rollouts,
         )?;
-        generated_total += stats.generated_tokens;
+        run_state.generated_tokens += stats.generated_tokens;
         let advantages = estimate(cfg.rl.estimator, &rollouts)?;
         let groups: Vec<_> = rollouts.iter().zip(advantages.iter()).collect();
         let seqs = if cfg.rl.packed {
@@ -356,11 +422,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             row.reward_mean, row.trajectories, row.truncated
         ));
         bar.inc(1);
-        metrics.push(row);
-        write_metrics(&dir, &metrics)?;
+        run_state.metrics.push(row);
+        write_metrics(&dir, &run_state.metrics)?;
+        let last = step + 1 == cfg.rl.steps as u64;
+        let every = cfg.rl.checkpoint_every as u64;
+        if last || (every > 0 && (step + 1) % every == 0) {
+            run_state.rl_wall_s += rl_started.elapsed().as_secs_f64();
+            rl_started = Instant::now();
+            run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
+            run_state.save_with(&dir, &trainer)?;
+        }
     }
     bar.finish_and_clear();
-    let rl_wall = rl_started.elapsed().as_secs_f64();
 
     let after = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
     say(format!(
@@ -375,10 +448,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eval_episodes: after.episodes,
         sft_steps: cfg.sft.steps,
         steps: cfg.rl.steps,
-        generated_tokens: generated_total,
-        wall_s: started.elapsed().as_secs_f64(),
-        sft_wall_s: sft_wall,
-        rl_wall_s: rl_wall,
+        generated_tokens: run_state.generated_tokens,
+        wall_s: prior_wall + started.elapsed().as_secs_f64(),
+        sft_wall_s: run_state.sft_wall_s,
+        rl_wall_s: run_state.rl_wall_s,
         config: &cfg,
     };
     let json = serde_json::to_string_pretty(&summary)?;
@@ -400,7 +473,7 @@ impl MetricsRow {
     fn empty() -> Self {
         MetricsRow {
             step: 0,
-            phase: "",
+            phase: String::new(),
             reward_mean: 0.0,
             success_rate: 0.0,
             loss: 0.0,
@@ -416,7 +489,7 @@ impl MetricsRow {
             distinct_trajectories: 0,
             truncated: 0,
             zero_adv_groups_frac: 0.0,
-            tokens_per_success: 0.0,
+            tokens_per_success: None,
             tokens_per_s: 0.0,
             wall_ms: 0,
         }
@@ -431,7 +504,7 @@ fn rl_row(
 ) -> MetricsRow {
     MetricsRow {
         step,
-        phase: "rl",
+        phase: "rl".into(),
         reward_mean: s.reward_mean(),
         success_rate: s.success_rate(),
         loss: train.map_or(0.0, |t| f64::from(t.loss)),
@@ -447,11 +520,8 @@ fn rl_row(
         distinct_trajectories: s.distinct_trajectories,
         truncated: s.truncated,
         zero_adv_groups_frac: s.zero_adv_groups as f64 / (s.groups as f64).max(1.0),
-        tokens_per_success: if s.successes == 0 {
-            f64::NAN
-        } else {
-            s.generated_tokens as f64 / s.solved_groups.max(1) as f64
-        },
+        tokens_per_success: (s.solved_groups > 0)
+            .then(|| s.generated_tokens as f64 / s.solved_groups as f64),
         tokens_per_s: s.generated_tokens as f64 * 1000.0 / (wall_ms as f64).max(1.0),
         wall_ms,
     }
@@ -483,7 +553,7 @@ fn write_metrics(dir: &Path, rows: &[MetricsRow]) -> anyhow::Result<()> {
             r.distinct_trajectories,
             r.truncated,
             r.zero_adv_groups_frac,
-            r.tokens_per_success,
+            r.tokens_per_success.map_or(String::new(), |v| v.to_string()),
             r.tokens_per_s,
             r.wall_ms
         ));

@@ -110,7 +110,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// The checkpoint's trainer state, taken from `trainer`.
-    pub fn of(trainer: &Trainer) -> Self {
+    pub fn from_trainer(trainer: &Trainer) -> Self {
         Checkpoint {
             model_config: trainer.model_config().clone(),
             trainer_config: *trainer.config(),
@@ -173,7 +173,7 @@ fn safetensors_bytes(sets: &[(&str, &Weights)], metadata: HashMap<String, String
 
 /// Writes `trainer`'s checkpoint into `dir` (created if needed); see the module docs.
 pub fn save_dir(dir: &Path, trainer: &Trainer) -> Result<(), TrainerError> {
-    let ckpt = Checkpoint::of(trainer);
+    let ckpt = Checkpoint::from_trainer(trainer);
     fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
     let pt = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_atomic(
@@ -423,11 +423,11 @@ mod tests {
         let dir = save(&root, 3, &a).unwrap();
         assert_eq!(latest(&root).unwrap(), dir);
         let mut b = resume(&latest(&root).unwrap(), &cfg, &default_device()).unwrap();
-        assert_eq!(Checkpoint::of(&b), Checkpoint::of(&a));
+        assert_eq!(Checkpoint::from_trainer(&b), Checkpoint::from_trainer(&a));
         let sa = run_steps(&mut a, 3, 5);
         let sb = run_steps(&mut b, 3, 5);
         assert_eq!(sa, sb);
-        assert_eq!(Checkpoint::of(&a), Checkpoint::of(&b));
+        assert_eq!(Checkpoint::from_trainer(&a), Checkpoint::from_trainer(&b));
         // No temporary files are left behind.
         let names: Vec<String> = fs::read_dir(&dir)
             .unwrap()

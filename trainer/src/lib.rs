@@ -10,7 +10,8 @@
 //! - [`pack`] — training sequences: [`pack::pack_trees`] (one packed sequence per rollout tree:
 //!   DFS order, path positions, ancestors-only attention, per-token weights summed over the
 //!   leaves below), [`pack::flatten_trees`] (one causal row per trajectory, the reference), loss
-//!   aggregation [`pack::LossAgg`], and padded mini-batches [`pack::TrainBatch`].
+//!   aggregation [`pack::LossAgg`], padded mini-batches [`pack::TrainBatch`] and
+//!   [`pack::minibatches`] to split a batch of task groups.
 //! - [`loss`] — [`loss::policy_loss`]: PPO-clip with optional K3 KL to a frozen reference and
 //!   entropy bonus; the same function scores packed and flattened batches.
 //! - [`sft`] — cross-entropy on the action tokens of encoded demonstrations.

@@ -22,6 +22,7 @@ use crate::pack::DeviceBatch;
 
 /// PPO loss settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PpoConfig {
     /// Clip range ε of the ratio. By default, this is 0.2.
     pub clip_eps: f32,
@@ -43,6 +44,24 @@ impl Default for PpoConfig {
             kl_coef: 0.001,
             entropy_coef: 0.0,
             entropy_stats: true,
+        }
+    }
+}
+
+impl PpoConfig {
+    /// Checks the ranges: `0 < clip_eps < 1`, finite coefficients, `kl_coef ≥ 0`.
+    pub fn validate(&self) -> Result<(), crate::TrainerError> {
+        let ok = self.clip_eps > 0.0
+            && self.clip_eps < 1.0
+            && self.kl_coef.is_finite()
+            && self.kl_coef >= 0.0
+            && self.entropy_coef.is_finite();
+        if ok {
+            Ok(())
+        } else {
+            Err(crate::TrainerError::Config {
+                reason: format!("PPO settings out of range: {self:?}"),
+            })
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::model::{PolicyModel, param_specs, to_f32_vec, transpose};
 
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     /// Learning rate. By default, this is 1e-4 (the tiny presets train from scratch; verl's
     /// 1e-6 suits billion-parameter models).

@@ -233,11 +233,12 @@ fn check_group(rollout: &TaskRollout, adv: &AdvantageOutput) -> Result<(), Train
             rollout.task_id
         )));
     }
-    for node in &rollout.nodes {
+    for (index, node) in rollout.nodes.iter().enumerate() {
         let parent_ok = node.parent.is_none_or(|p| p < node.id);
-        if !parent_ok || node.id as usize >= n {
+        if !parent_ok || node.id as usize != index {
             return Err(TrainerError::batch(format!(
-                "task {}: node {} has parent {:?}; parents must precede children",
+                "task {}: node at index {index} has id {} and parent {:?}; ids must be arena \
+                 indices and parents must precede children",
                 rollout.task_id, node.id, node.parent
             )));
         }
@@ -276,8 +277,9 @@ fn node_weights(rollout: &TaskRollout, adv: &AdvantageOutput, c: &[f64]) -> Vec<
     w
 }
 
-/// Tree-packed sequences: one per tree of each group, in group then tree order (module docs).
-/// `groups` is one mini-batch: the aggregation weights `c_l` are computed over all of it.
+/// Tree-packed sequences: one per tree of each group, in group then tree order (module docs);
+/// a tree without action tokens has nothing to train and is skipped. `groups` is one
+/// mini-batch: the aggregation weights `c_l` are computed over all of it.
 pub fn pack_trees(
     groups: &[(&TaskRollout, &AdvantageOutput)],
     agg: LossAgg,
@@ -290,7 +292,10 @@ pub fn pack_trees(
     for ((rollout, adv), c) in groups.iter().zip(&c) {
         let w = node_weights(rollout, adv, c);
         for tree in 0..rollout.num_trees {
-            out.push(pack_one_tree(rollout, tree, &w));
+            let seq = pack_one_tree(rollout, tree, &w);
+            if !seq.targets.is_empty() {
+                out.push(seq);
+            }
         }
     }
     Ok(out)
@@ -382,6 +387,44 @@ pub fn flatten_trees(
                 tokens.extend_from_slice(&node.tokens);
             }
             out.push(PackedSequence::causal(tokens, targets));
+        }
+    }
+    Ok(out)
+}
+
+/// How trajectories become training rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Packing {
+    /// One packed sequence per tree ([`pack_trees`]); the default.
+    #[default]
+    Tree,
+    /// One causal row per trajectory ([`flatten_trees`]).
+    Flat,
+}
+
+/// Splits `groups` into mini-batches of at most `groups_per_batch` task groups (in order) and
+/// builds each one; the aggregation weights are computed per mini-batch, as its loss is.
+/// Mini-batches without targets are dropped.
+pub fn minibatches(
+    groups: &[(&TaskRollout, &AdvantageOutput)],
+    groups_per_batch: usize,
+    agg: LossAgg,
+    packing: Packing,
+) -> Result<Vec<TrainBatch>, TrainerError> {
+    if groups_per_batch == 0 {
+        return Err(TrainerError::Config {
+            reason: "groups_per_batch must be at least 1".into(),
+        });
+    }
+    let mut out = Vec::new();
+    for chunk in groups.chunks(groups_per_batch) {
+        let seqs = match packing {
+            Packing::Tree => pack_trees(chunk, agg)?,
+            Packing::Flat => flatten_trees(chunk, agg)?,
+        };
+        if seqs.iter().any(|s| !s.targets.is_empty()) {
+            out.push(TrainBatch::new(seqs));
         }
     }
     Ok(out)
@@ -599,6 +642,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn minibatches_normalise_each_batch() {
+        let (r1, r2) = (sample(), sample());
+        let (a1, a2) = (grpo(&r1), grpo(&r2));
+        let groups = [(&r1, &a1), (&r2, &a2)];
+        for packing in [Packing::Tree, Packing::Flat] {
+            let mbs = minibatches(&groups, 1, LossAgg::TokenMean, packing).unwrap();
+            assert_eq!(mbs.len(), 2);
+            for mb in &mbs {
+                let w: f32 = mb
+                    .sequences
+                    .iter()
+                    .flat_map(|s| &s.targets)
+                    .map(|t| t.weight)
+                    .sum();
+                assert!((w - 1.0).abs() < 1e-6);
+            }
+        }
+        assert!(minibatches(&groups, 0, LossAgg::TokenMean, Packing::Tree).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::sft::sft_loss;
 
 /// Trainer settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainerConfig {
     /// Optimizer settings (learning rate, betas, weight decay, gradient clipping).
     pub optim: AdamWConfig,
@@ -124,6 +125,7 @@ impl Trainer {
         config: TrainerConfig,
         device: &Device,
     ) -> Result<Self, TrainerError> {
+        config.ppo.validate()?;
         let device = device.clone().autodiff();
         Ok(Trainer {
             model: PolicyModel::from_weights(model_config, weights, &device)?,
@@ -456,84 +458,5 @@ pub(crate) mod tests {
             "first-moment norm {}",
             sq.sqrt()
         );
-    }
-}
-
-#[cfg(test)]
-mod timing_probe {
-    use super::*;
-    use crate::pack::{LossAgg, flatten_trees, pack_trees};
-    use rand::{RngExt, SeedableRng, rngs::StdRng};
-    use rollout::advantage::{Estimator, estimate};
-    use rollout::tree::{LeafInfo, TaskRollout};
-
-    fn toks(rng: &mut StdRng, lo: usize, hi: usize) -> Vec<u32> {
-        let n = rng.random_range(lo..=hi);
-        (0..n).map(|_| rng.random_range(0..256)).collect()
-    }
-
-    fn group(seed: u64) -> TaskRollout {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut r = TaskRollout::new(seed, "", toks(&mut rng, 80, 120));
-        for _ in 0..2 {
-            let t = r.new_tree();
-            let mut frontier = vec![None];
-            for depth in 0..3 {
-                let mut next = vec![];
-                for p in frontier {
-                    for _ in 0..2 {
-                        let a = toks(&mut rng, 15, 40);
-                        let lp = vec![-2.0; a.len()];
-                        let id = r.add_action(p, t, a, "", lp.clone(), lp).unwrap();
-                        if depth == 2 {
-                            r.set_leaf(id, LeafInfo::finished(rng.random::<f32>(), envs::Outcome::Failed)).unwrap();
-                        } else {
-                            let o = r.add_observation(id, toks(&mut rng, 20, 40), "").unwrap();
-                            next.push(Some(o));
-                        }
-                    }
-                }
-                frontier = next;
-            }
-        }
-        r.validate().unwrap();
-        r
-    }
-
-    #[test]
-    #[ignore]
-    fn probe() {
-        let cfg = ModelConfig::tiny();
-        let rollouts: Vec<_> = (0..2).map(group).collect();
-        let advs = estimate(Estimator::TreeGrpo, &rollouts).unwrap();
-        let groups: Vec<_> = rollouts.iter().zip(&advs).collect();
-        for packed in [true, false] {
-            let mut t = Trainer::new(&cfg, TrainerConfig::default()).unwrap();
-            let t0 = std::time::Instant::now();
-            let seqs = if packed { pack_trees(&groups, LossAgg::TokenMean) } else { flatten_trees(&groups, LossAgg::TokenMean) }.unwrap();
-            let b = TrainBatch::new(seqs);
-            let build = t0.elapsed();
-            let _ = t.rl_step(std::slice::from_ref(&b), 1).unwrap();
-            for _ in 0..2 {
-                let db = b.to_device(t.device()).unwrap();
-                let tf = std::time::Instant::now();
-                let (lp, _) = crate::loss::target_logprobs(&t.model, &db);
-                let v = lp.clone().sum().into_scalar::<f32>();
-                let fwd = tf.elapsed();
-                let tb = std::time::Instant::now();
-                let g = lp.sum().backward();
-                drop(g);
-                eprintln!("fwd {:?} bwd {:?} {v}", fwd, tb.elapsed());
-                let plain = Device::flex();
-                let m2 = t.model.valid();
-                let db2 = b.to_device(&plain).unwrap();
-                let tf = std::time::Instant::now();
-                let _ = crate::loss::target_logprobs(&m2, &db2).0.sum().into_scalar::<f32>();
-                eprintln!("plain fwd {:?}", tf.elapsed());
-            }
-            let t1 = std::time::Instant::now();
-            let s = t.rl_step(std::slice::from_ref(&b), 2).unwrap();
-            eprintln!("packed={packed} rows={} T={} tokens={} targets={} build={:?} 2 updates={:?} loss={}", b.rows(), b.padded_len(), b.num_tokens(), b.num_targets(), build, t1.elapsed(), s.loss);
-        }
     }
 }

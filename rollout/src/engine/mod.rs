@@ -9,7 +9,7 @@
 //!   (start, fork, fork_at, append, batched decode) and offers [`Engine::forward_full`], the
 //!   cache-free reference forward pass.
 //! - [`sample_from_logits`] — temperature / top-k / top-p sampling keyed by one `rng_key`.
-//! - [`bench`] — decode / prefill throughput and the GEMM peak, returned as rows.
+//! - [`bench`](mod@bench) — decode / prefill throughput and the GEMM peak, returned as rows.
 //! - [`EngineError`] — configuration and weight errors. Runtime errors of the policy calls are
 //!   [`crate::policy::PolicyError`]s.
 //!

@@ -11,9 +11,11 @@ use crate::tokenizer::ByteTokenizer;
 /// differences stay around 1e-6. The issue asks for 1e-5.
 const REF_TOL: f32 = 1e-5;
 
-/// Matrix weight std for tests: about 1/sqrt(d_model) of `tiny`, so that activations and logits
-/// are O(1) (with 0.02 every distribution is nearly uniform and comparisons say little).
-const TEST_STD: f32 = 0.08;
+/// Matrix weight std for tests: 2.5× the default init, so that attention scores spread enough
+/// for position and cache bugs to show, while f32 rounding differences between the cached path
+/// and the reference (both ~2e-6 from an f64 evaluation here) stay well inside [`REF_TOL`]
+/// (measured 2.4e-6 at 0.05; at 0.08 both f32 paths drift ~1e-5 from f64 and the bound is tight).
+const TEST_STD: f32 = 0.05;
 
 fn engine_for(cfg: &ModelConfig, seed: u64) -> Engine {
     Engine::new(cfg.clone(), &Weights::random_with_std(cfg, seed, TEST_STD)).unwrap()

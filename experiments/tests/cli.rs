@@ -1,0 +1,170 @@
+//! End-to-end tests of the `arbor` binary: bad input gives one clear line and a non-zero exit,
+//! and a resumed run ends exactly where the uninterrupted run ends.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn arbor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args(args)
+        .output()
+        .expect("the arbor binary runs")
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("arbor-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A config small enough for a test: a few SFT and RL steps on 1-hop multihop.
+fn tiny_config(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        r#"
+[env]
+name = "multihop"
+knobs = { hops = "1" }
+[sft]
+steps = 3
+batch = 4
+demos = 16
+[rl]
+steps = 3
+tasks_per_step = 2
+checkpoint_every = 1
+[sampler]
+budget = 96
+max_action_tokens = 24
+[eval]
+episodes = 4
+"#,
+    )
+    .unwrap();
+    path
+}
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(needle), "'{needle}' not in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let dir = scratch("bad");
+    let out_dir = dir.to_str().unwrap();
+    assert_one_line_error(
+        &arbor(&["train", "--env", "nope", "--out", out_dir]),
+        "unknown environment 'nope'",
+    );
+    assert_one_line_error(
+        &arbor(&["train", "--budget", "0", "--out", out_dir]),
+        "budget",
+    );
+    let missing = dir.join("missing.toml");
+    assert_one_line_error(
+        &arbor(&[
+            "train",
+            "--config",
+            missing.to_str().unwrap(),
+            "--out",
+            out_dir,
+        ]),
+        "cannot read config",
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[sft]\nstepz = 3\n").unwrap();
+    assert_one_line_error(
+        &arbor(&["train", "--config", bad.to_str().unwrap(), "--out", out_dir]),
+        "stepz",
+    );
+    assert_one_line_error(
+        &arbor(&["train", "--sampler", "forest", "--out", out_dir]),
+        "forest",
+    );
+    assert_one_line_error(
+        &arbor(&["train", "--env", "qa-file", "--out", out_dir]),
+        "needs a task file",
+    );
+    // Nothing was created for rejected runs.
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(entries.is_empty(), "{entries:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
+    let dir = scratch("resume");
+    let cfg = tiny_config(&dir);
+    let (cfg, out_dir) = (cfg.to_str().unwrap(), dir.to_str().unwrap());
+    let full = arbor(&[
+        "train", "--config", cfg, "--out", out_dir, "--name", "full", "--quiet",
+    ]);
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    // Stop after RL step 1, then resume to step 3.
+    let part = arbor(&[
+        "train", "--config", cfg, "--out", out_dir, "--name", "part", "--steps", "1",
+    ]);
+    assert!(
+        part.status.success(),
+        "{}",
+        String::from_utf8_lossy(&part.stderr)
+    );
+    let again = arbor(&[
+        "train", "--config", cfg, "--out", out_dir, "--name", "part", "--quiet",
+    ]);
+    assert_one_line_error(&again, "exists");
+    let resumed = arbor(&[
+        "train", "--config", cfg, "--out", out_dir, "--name", "part", "--resume", "--quiet",
+    ]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let weights = |run: &str| {
+        let root = dir.join(run).join("checkpoints");
+        let latest = std::fs::read_to_string(root.join("latest")).unwrap();
+        std::fs::read(root.join(latest.trim()).join("model.safetensors")).unwrap()
+    };
+    assert_eq!(
+        weights("full"),
+        weights("part"),
+        "resumed weights equal uninterrupted weights"
+    );
+    let summary = std::fs::read_to_string(dir.join("part").join("summary.json")).unwrap();
+    assert!(summary.contains("\"success_after\""));
+
+    // Corrupt the latest checkpoint's weights: resuming is a clear error and changes nothing.
+    let root = dir.join("part").join("checkpoints");
+    let latest = std::fs::read_to_string(root.join("latest")).unwrap();
+    let model = root.join(latest.trim()).join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let metrics_before = std::fs::read(dir.join("part").join("metrics.csv")).unwrap();
+    let out = arbor(&[
+        "train", "--config", cfg, "--out", out_dir, "--name", "part", "--resume", "--steps", "5",
+        "--quiet",
+    ]);
+    assert_one_line_error(&out, "cannot resume");
+    assert_eq!(
+        metrics_before,
+        std::fs::read(dir.join("part").join("metrics.csv")).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
