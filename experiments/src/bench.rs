@@ -9,13 +9,14 @@ use rollout::tokenizer::ByteTokenizer;
 use rollout::tree::TaskRollout;
 use serde::Serialize;
 
-use crate::cli::{BenchArgs, BenchWhich, EngineBenchArgs, SamplerBenchArgs};
+use crate::cli::{BenchArgs, BenchWhich, EngineBenchArgs, SamplerBenchArgs, TrainBenchArgs};
 
 /// Runs `arbor bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         BenchWhich::Engine(a) => engine(&a),
         BenchWhich::Sampler(a) => sampler(&a),
+        BenchWhich::Train(a) => train(&a),
     }
 }
 
@@ -187,5 +188,119 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             t.wall_ms as f64 / (c.wall_ms as f64).max(1e-9),
         );
     }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct TrainRow {
+    bench: &'static str,
+    mode: &'static str,
+    ms_per_step: f64,
+    total_tokens: usize,
+    unique_tokens: usize,
+    rows: usize,
+    padded_len: usize,
+}
+
+/// Loads a checkpoint's weights, or seeded random tiny weights.
+fn policy_weights(
+    checkpoint: Option<&std::path::Path>,
+) -> anyhow::Result<(ModelConfig, Weights, String)> {
+    match checkpoint {
+        Some(dir) => {
+            let resolved = crate::eval_cmd::resolve_checkpoint(dir)?;
+            let ckpt = trainer::checkpoint::load(&resolved.checkpoint)?;
+            Ok((
+                ckpt.model_config,
+                ckpt.weights,
+                resolved.checkpoint.display().to_string(),
+            ))
+        }
+        None => {
+            let cfg = ModelConfig::tiny();
+            let w = Weights::random(&cfg, 0);
+            Ok((cfg, w, "tiny with seeded random weights (seed 0)".into()))
+        }
+    }
+}
+
+fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
+    use rollout::advantage::{Estimator, estimate};
+    use trainer::pack::{LossAgg, Packing, minibatches};
+    use trainer::trainer::{Trainer, TrainerConfig, default_device};
+
+    let (cfg, weights, policy) = policy_weights(args.checkpoint.as_deref())?;
+    let spec = EnvSpec::from_name("multihop", &[("hops", "2")])?;
+    let tasks: Vec<(u64, AnyEnv)> = (0..args.tasks as u64).map(|i| (i, spec.make(i))).collect();
+    let mut engine = Engine::new(cfg.clone(), &weights)?;
+    let sc = SamplerConfig {
+        budget: args.budget,
+        ..SamplerConfig::default()
+    };
+    let mut rollouts: Vec<TaskRollout> = Vec::new();
+    sample(
+        &sc,
+        &mut engine,
+        &ByteTokenizer,
+        &tasks,
+        0,
+        0,
+        &mut rollouts,
+    )?;
+    let advs = estimate(Estimator::TreeGrpo, &rollouts)?;
+    let groups: Vec<_> = rollouts.iter().zip(advs.iter()).collect();
+    let mut rows = Vec::new();
+    for (mode, packing) in [("flattened", Packing::Flat), ("packed", Packing::Tree)] {
+        let batches = minibatches(&groups, groups.len().max(1), LossAgg::TokenMean, packing)?;
+        let tokens: usize = batches.iter().map(|b| b.num_tokens()).sum();
+        let mut trainer =
+            Trainer::from_weights(&cfg, &weights, TrainerConfig::default(), &default_device())?;
+        trainer.rl_step(&batches, 1)?; // warm-up
+        let t0 = std::time::Instant::now();
+        for _ in 0..args.repeats.max(1) {
+            trainer.rl_step(&batches, 1)?;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1000.0 / args.repeats.max(1) as f64;
+        rows.push(TrainRow {
+            bench: "train",
+            mode,
+            ms_per_step: ms,
+            total_tokens: 0,
+            unique_tokens: 0,
+            rows: batches.iter().map(|b| b.rows()).sum(),
+            padded_len: batches.iter().map(|b| b.padded_len()).max().unwrap_or(0),
+        });
+        rows.last_mut().expect("pushed").total_tokens = tokens;
+    }
+    // The flattened batch forwards every trajectory's full context (total tokens); the packed
+    // one forwards each tree's unique tokens once.
+    let (total, unique) = (rows[0].total_tokens, rows[1].total_tokens);
+    for r in &mut rows {
+        r.total_tokens = total;
+        r.unique_tokens = unique;
+    }
+    if args.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "policy: {policy}; {} multihop task groups, tree sampler, budget {}",
+        args.tasks, args.budget
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:>9.1} ms/update  rows {:>3}  padded len {:>5}",
+            r.mode, r.ms_per_step, r.rows, r.padded_len
+        );
+    }
+    let ratio = total as f64 / unique.max(1) as f64;
+    let speedup = rows[0].ms_per_step / rows[1].ms_per_step.max(1e-9);
+    println!(
+        "total/unique tokens {total}/{unique} = {ratio:.2}; packed speedup x{speedup:.2} \
+         (= {:.2} of the token ratio)",
+        speedup / ratio
+    );
     Ok(())
 }

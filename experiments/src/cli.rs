@@ -23,8 +23,8 @@ pub enum Command {
     Sweep(Placeholder),
     /// Sample rollouts with a checkpoint and export them (not built yet).
     Rollout(Placeholder),
-    /// Evaluate a checkpoint on held-out tasks (not built yet).
-    Eval(Placeholder),
+    /// Success of a checkpoint on held-out tasks, with a 95% interval.
+    Eval(EvalArgs),
     /// Benchmarks that print ratios measured in one run: engine, sampler, train.
     Bench(BenchArgs),
     /// Summarise a run directory (not built yet).
@@ -89,6 +89,30 @@ pub enum BenchWhich {
     /// Chain vs tree sampling on multihop at equal budgets: trajectories, distinct per 1k tokens,
     /// cache share, wall time.
     Sampler(SamplerBenchArgs),
+    /// Time per RL update, tree-packed vs flattened, on the same trees; and the trees'
+    /// total/unique token ratio.
+    Train(TrainBenchArgs),
+}
+
+/// `arbor bench train`.
+#[derive(Debug, Args)]
+pub struct TrainBenchArgs {
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Per-task token budget of the sampled trees.
+    #[arg(long, default_value_t = 512)]
+    pub budget: u32,
+    /// Task groups in the batch.
+    #[arg(long, default_value_t = 4)]
+    pub tasks: usize,
+    /// Timed updates per mode (the mean is reported, after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// A run or checkpoint directory whose policy samples the trees [default: seeded random
+    /// weights of the tiny preset].
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 /// `arbor bench engine`.
@@ -186,4 +210,30 @@ pub struct TrainArgs {
     /// No progress bars or per-step lines.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `arbor eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A run directory (`runs/<name>`: its latest checkpoint) or a checkpoint directory.
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// Environment [default: the run's].
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Difficulty knob `name=value`, repeatable [default: the run's].
+    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
+    pub knobs: Vec<String>,
+    /// Task file for qa-file.
+    #[arg(long)]
+    pub tasks: Option<std::path::PathBuf>,
+    /// Held-out tasks, one episode each.
+    #[arg(long, default_value_t = 256)]
+    pub episodes: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Seed of the episodes' sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }

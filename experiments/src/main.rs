@@ -4,6 +4,7 @@
 //! - [`cli`] — the clap command line (one subcommand per module below).
 //! - [`envs_cmd`] — `arbor envs`: list environments and show expert episodes.
 //! - [`config`] — the TOML run configuration and its defaults.
+//! - [`eval_cmd`] — `arbor eval`: held-out success of a checkpoint.
 //! - [`train`] — `arbor train`: SFT, evaluation, RL, run directory.
 //! - [`bench`] — `arbor bench`: engine and sampler benchmarks (ratios measured in one run).
 //!
@@ -14,6 +15,7 @@ mod bench;
 mod cli;
 mod config;
 mod envs_cmd;
+mod eval_cmd;
 mod train;
 
 use clap::Parser;
@@ -33,10 +35,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Envs(args) => envs_cmd::run(args),
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::Train(args) => train::run(args),
-        cli::Command::Sweep(_)
-        | cli::Command::Rollout(_)
-        | cli::Command::Eval(_)
-        | cli::Command::Inspect(_) => {
+        cli::Command::Eval(args) => eval_cmd::run(args),
+        cli::Command::Sweep(_) | cli::Command::Rollout(_) | cli::Command::Inspect(_) => {
             anyhow::bail!("this command is not built yet; see `arbor --help` for what is")
         }
     }

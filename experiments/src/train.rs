@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use trainer::checkpoint;
 use trainer::loss::PpoConfig;
 use trainer::optim::AdamWConfig;
-use trainer::pack::{TrainBatch, flatten_trees, pack_trees};
+use trainer::pack::{Packing, minibatches};
 use trainer::sft::sft_batch;
 use trainer::trainer::{Trainer, TrainerConfig, default_device};
 
@@ -394,21 +394,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         run_state.generated_tokens += stats.generated_tokens;
         let advantages = estimate(cfg.rl.estimator, &rollouts)?;
         let groups: Vec<_> = rollouts.iter().zip(advantages.iter()).collect();
-        let seqs = if cfg.rl.packed {
-            pack_trees(&groups, agg)?
+        let per_batch = groups.len().div_ceil(cfg.rl.minibatches).max(1);
+        let packing = if cfg.rl.packed {
+            Packing::Tree
         } else {
-            flatten_trees(&groups, agg)?
+            Packing::Flat
         };
-        let n_mb = cfg.rl.minibatches.min(seqs.len()).max(1);
-        let mut minibatches: Vec<Vec<_>> = vec![Vec::new(); n_mb];
-        for (i, s) in seqs.into_iter().enumerate() {
-            minibatches[i % n_mb].push(s);
-        }
-        let minibatches: Vec<TrainBatch> = minibatches
-            .into_iter()
-            .filter(|m| !m.is_empty())
-            .map(TrainBatch::new)
-            .collect();
+        let minibatches = minibatches(&groups, per_batch, agg, packing)?;
         let train = if minibatches.is_empty() {
             None
         } else {
@@ -553,7 +545,8 @@ fn write_metrics(dir: &Path, rows: &[MetricsRow]) -> anyhow::Result<()> {
             r.distinct_trajectories,
             r.truncated,
             r.zero_adv_groups_frac,
-            r.tokens_per_success.map_or(String::new(), |v| v.to_string()),
+            r.tokens_per_success
+                .map_or(String::new(), |v| v.to_string()),
             r.tokens_per_s,
             r.wall_ms
         ));

@@ -108,29 +108,35 @@ impl RolloutWriter {
     }
 
     /// Continues the files in `dir` (for `--resume`): keeps the rows of steps before
-    /// `before_step` and drops the rest, then goes on as [`RolloutWriter::create`]. The kept rows
-    /// are copied one row group at a time (not all in memory) into new files, published once
-    /// when the copy is complete; until then the old files stay untouched at their paths. A
-    /// missing file counts as empty.
+    /// `before_step` (with the `run_id` they carry) and drops the rest, including the nodes of a
+    /// step whose trajectories were never published; then goes on as [`RolloutWriter::create`].
+    /// The kept rows are read and re-encoded one row group (step) at a time and published once,
+    /// when the copy is complete: until then the old files stay untouched at their paths, and
+    /// memory holds the kept files' encoded (compressed) bytes. A missing file counts as empty;
+    /// a file whose columns differ from this version's is a [`DatasetError::BadRunFile`].
     pub fn resume(dir: &Path, run_id: &str, before_step: u64) -> Result<Self, DatasetError> {
         let mut w = RolloutWriter::open(dir, run_id)?;
         let nodes_path = dir.join(NODES_FILE);
         let traj_path = dir.join(TRAJECTORIES_FILE);
+        // Trajectories first: their groups decide which node rows to keep, so the nodes of a
+        // step whose trajectories never got published (a crash between the two files) go too.
         let mut keys = HashSet::new();
-        copy_steps(
-            &nodes_path,
-            &nodes_schema(),
-            before_step,
-            &mut w.nodes,
-            &mut keys,
-        )?;
-        let mut traj_keys = HashSet::new();
         copy_steps(
             &traj_path,
             &trajectories_schema(),
             before_step,
+            None,
             &mut w.trajectories,
-            &mut traj_keys,
+            &mut keys,
+        )?;
+        let mut node_keys = HashSet::new();
+        copy_steps(
+            &nodes_path,
+            &nodes_schema(),
+            before_step,
+            Some(&keys),
+            &mut w.nodes,
+            &mut node_keys,
         )?;
         w.steps = keys
             .iter()
@@ -253,11 +259,13 @@ impl RolloutWriter {
 }
 
 /// Copies the row groups of the file at `path` into `out`, keeping rows with
-/// `step < before_step` and recording their `(step, task_id)`; a missing file is empty.
+/// `step < before_step` (and, with `only`, whose `(step, task_id)` is in it) and recording
+/// their `(step, task_id)`; a missing file is empty.
 fn copy_steps(
     path: &Path,
     want: &SchemaRef,
     before_step: u64,
+    only: Option<&HashSet<(u64, u64)>>,
     out: &mut SnapshotFile,
     keys: &mut HashSet<(u64, u64)>,
 ) -> Result<(), DatasetError> {
@@ -299,12 +307,18 @@ fn copy_steps(
             if steps.null_count() > 0 || tasks.null_count() > 0 {
                 return Err(bad("null step or task_id".to_string()));
             }
-            let keep: BooleanArray = steps.iter().map(|s| s.map(|s| s < before_step)).collect();
-            for (s, t) in steps.values().iter().zip(tasks.values().iter()) {
-                if *s < before_step {
-                    keys.insert((*s, *t));
-                }
-            }
+            let keep: BooleanArray = steps
+                .values()
+                .iter()
+                .zip(tasks.values().iter())
+                .map(|(&s, &t)| {
+                    let kept = s < before_step && only.is_none_or(|o| o.contains(&(s, t)));
+                    if kept {
+                        keys.insert((s, t));
+                    }
+                    Some(kept)
+                })
+                .collect();
             let kept = filter_record_batch(&batch, &keep).map_err(|e| bad(e.to_string()))?;
             if kept.num_rows() > 0 {
                 let kept = kept

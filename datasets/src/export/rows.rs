@@ -230,8 +230,9 @@ fn f32_lists<'a>(values: impl Iterator<Item = Option<&'a [f32]>>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-/// Trajectory rows as one record batch of [`trajectories_schema`].
-pub(crate) fn trajectories_batch(rows: &[TrajectoryRow]) -> Result<RecordBatch, DatasetError> {
+/// Trajectory rows as one record batch of [`trajectories_schema`] (for tools that write rows
+/// themselves; [`RolloutWriter`](super::RolloutWriter) uses it per step).
+pub fn trajectories_batch(rows: &[TrajectoryRow]) -> Result<RecordBatch, DatasetError> {
     let r = rows;
     let columns = vec![
         strings(r.iter().map(|x| x.run_id.as_str())),
@@ -262,7 +263,7 @@ pub(crate) fn trajectories_batch(rows: &[TrajectoryRow]) -> Result<RecordBatch, 
 }
 
 /// Node rows as one record batch of [`nodes_schema`].
-pub(crate) fn nodes_batch(rows: &[NodeRow]) -> Result<RecordBatch, DatasetError> {
+pub fn nodes_batch(rows: &[NodeRow]) -> Result<RecordBatch, DatasetError> {
     let r = rows;
     let columns = vec![
         strings(r.iter().map(|x| x.run_id.as_str())),

@@ -229,15 +229,17 @@ impl SnapshotFile {
         // new stream bytes, then the footer.
         let (mut shadow, valid) = match self.shadow.take() {
             Some(s) => s,
-            None => (
-                OpenOptions::new()
+            None => {
+                // Unlink before creating: truncating whatever the name points to could hit an
+                // inode that is (also) published.
+                remove_if_exists(&self.shadow_path)?;
+                let file = OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&self.shadow_path)?,
-                0,
-            ),
+                    .create_new(true)
+                    .open(&self.shadow_path)?;
+                (file, 0)
+            }
         };
         shadow.seek(SeekFrom::Start(valid))?;
         if valid < self.published_len {

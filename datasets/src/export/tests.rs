@@ -15,7 +15,6 @@ use rollout::scripted::ScriptedPolicy;
 use rollout::tokenizer::ByteTokenizer;
 use rollout::tree::{LeafInfo, NodeKind, TaskRollout};
 
-use super::rows::{nodes_batch, trajectories_batch};
 use super::*;
 use crate::atomic::temp_path;
 use crate::error::DatasetError;
@@ -29,14 +28,28 @@ fn hand_group(task_id: u64) -> TaskRollout {
     let t0 = g.new_tree();
     let t1 = g.new_tree();
     let a0 = g
-        .add_action(None, t0, vec![1, 2], "search[a]", vec![-0.5, -0.25], vec![1.0, 0.5])
+        .add_action(
+            None,
+            t0,
+            vec![1, 2],
+            "search[a]",
+            vec![-0.5, -0.25],
+            vec![1.0, 0.5],
+        )
         .unwrap();
     let o1 = g.add_observation(a0, vec![3], "|obs|").unwrap();
     let a2 = g
         .add_action(Some(o1), t0, vec![4], "answer[x]", vec![-0.125], vec![0.25])
         .unwrap();
     let a3 = g
-        .add_action(Some(o1), t0, vec![5, 6], "answer[y]", vec![-1.0, -2.0], vec![0.0, 3.0])
+        .add_action(
+            Some(o1),
+            t0,
+            vec![5, 6],
+            "answer[y]",
+            vec![-1.0, -2.0],
+            vec![0.0, 3.0],
+        )
         .unwrap();
     let a4 = g
         .add_action(None, t1, vec![7], "sea", vec![-0.75], vec![2.0])
@@ -334,7 +347,11 @@ fn hand_built_rows_are_exact() {
         assert_eq!(row.advantage, Some(*want));
     }
     // Step 7, no advantages: null advantages, values from the tree.
-    assert!(t[6..].iter().all(|r| r.advantage.is_none() && r.estimator.is_empty()));
+    assert!(
+        t[6..]
+            .iter()
+            .all(|r| r.advantage.is_none() && r.estimator.is_empty())
+    );
     assert!(n[10..].iter().all(|r| r.advantage.is_none()));
     assert_eq!(
         n[10..].iter().map(|r| r.value).collect::<Vec<_>>(),
@@ -382,7 +399,12 @@ fn sampled_rollouts_round_trip_and_pass_the_invariants() {
     assert_eq!((s.steps, s.groups), (3, 9));
     assert_eq!(s.trajectories, want_t.len());
     // Trajectory advantages are the tree-GRPO leaf advantages.
-    let adv_leaf = data[0].1[0].leaf_adv.iter().flatten().copied().collect::<Vec<_>>();
+    let adv_leaf = data[0].1[0]
+        .leaf_adv
+        .iter()
+        .flatten()
+        .copied()
+        .collect::<Vec<_>>();
     let rows_0: Vec<f32> = want_t
         .iter()
         .filter(|r| r.step == 0 && r.task_id == data[0].0[0].task_id)
@@ -423,7 +445,11 @@ fn files_are_complete_after_every_step_and_identical_for_identical_input() {
     let mut wa = RolloutWriter::create(&a.0, "run-a").unwrap();
     let mut wb = RolloutWriter::create(&b.0, "run-a").unwrap();
     // Complete and empty before the first step.
-    assert!(read_trajectories(a.0.join(TRAJECTORIES_FILE)).unwrap().is_empty());
+    assert!(
+        read_trajectories(a.0.join(TRAJECTORIES_FILE))
+            .unwrap()
+            .is_empty()
+    );
     assert!(read_nodes(a.0.join(NODES_FILE)).unwrap().is_empty());
     let mut want_t = 0;
     for (step, (groups, adv)) in data.iter().enumerate() {
@@ -465,14 +491,24 @@ fn files_are_complete_after_every_step_and_identical_for_identical_input() {
 #[test]
 fn a_crash_leaves_complete_files_with_the_published_steps() {
     let data = sampled_steps(4, 2);
-    let leaves =
-        |k: usize| -> usize { data[..k].iter().flat_map(|(g, _)| g).map(TaskRollout::num_leaves).sum() };
+    let leaves = |k: usize| -> usize {
+        data[..k]
+            .iter()
+            .flat_map(|(g, _)| g)
+            .map(TaskRollout::num_leaves)
+            .sum()
+    };
 
     // SIGKILL-like: the writer vanishes without Drop, after 3 steps.
     let dir = TempDir::new("export-crash-forget");
     let w = write_all(&dir.0, &data[..3]);
     std::mem::forget(w);
-    assert_eq!(read_trajectories(dir.0.join(TRAJECTORIES_FILE)).unwrap().len(), leaves(3));
+    assert_eq!(
+        read_trajectories(dir.0.join(TRAJECTORIES_FILE))
+            .unwrap()
+            .len(),
+        leaves(3)
+    );
     let s = check_run_files(&dir.0).unwrap();
     assert_eq!(s.steps, 3);
     // Temp files of the dead writer are left behind; garbage in them changes nothing.
@@ -491,7 +527,14 @@ fn a_crash_leaves_complete_files_with_the_published_steps() {
     let dir = TempDir::new("export-crash-drop");
     let w = write_all(&dir.0, &data[..2]);
     drop(w);
-    assert_eq!(read_nodes(dir.0.join(NODES_FILE)).unwrap().iter().map(|n| n.step).max(), Some(1));
+    assert_eq!(
+        read_nodes(dir.0.join(NODES_FILE))
+            .unwrap()
+            .iter()
+            .map(|n| n.step)
+            .max(),
+        Some(1)
+    );
     assert_eq!(check_run_files(&dir.0).unwrap().trajectories, leaves(2));
     assert!(!temp_path(&dir.0.join(NODES_FILE)).exists());
 
@@ -530,8 +573,11 @@ fn write_step_rejects_bad_input_and_writes_nothing() {
     // The same (step, task) again, or twice in one call.
     assert!(reason(w.write_step(&info(0, "grpo"), &[(&g, Some(&adv[0]))])).contains("already"));
     assert!(
-        reason(w.write_step(&info(1, "grpo"), &[(&g, Some(&adv[0])), (&g, Some(&adv[0]))]))
-            .contains("already")
+        reason(w.write_step(
+            &info(1, "grpo"),
+            &[(&g, Some(&adv[0])), (&g, Some(&adv[0]))]
+        ))
+        .contains("already")
     );
     // Estimator mismatch.
     assert!(reason(w.write_step(&info(1, "rloo"), &[(&g, Some(&adv[0]))])).contains("estimator"));
@@ -582,18 +628,35 @@ fn check_run_files_catches_each_violation() {
     check_run_files(&dir.0).unwrap();
     type Edit = fn(&mut Vec<TrajectoryRow>, &mut Vec<NodeRow>);
     let cases: [(Edit, &str); 12] = [
-        (|t, _| t.iter_mut().for_each(|r| r.budget = 5), "exceed the budget 5"),
-        (|_, n| n[2].parent_id = Some(17), "parent_id 17, which does not exist"),
+        (
+            |t, _| t.iter_mut().for_each(|r| r.budget = 5),
+            "exceed the budget 5",
+        ),
+        (
+            |_, n| n[2].parent_id = Some(17),
+            "parent_id 17, which does not exist",
+        ),
         (|t, _| t[0].text.push('!'), "differ from its text"),
         (|t, _| t[0].node_path = vec![0, 2], "not a path"),
         (|t, _| t[1].action_tokens = 9, "recount"),
-        (|t, _| { t.pop(); }, "2 trajectories for 3 leaf nodes"),
-        (|_, n| n[1].logprobs = Some(vec![0.0]), "observation node 1 has logprobs"),
+        (
+            |t, _| {
+                t.pop();
+            },
+            "2 trajectories for 3 leaf nodes",
+        ),
+        (
+            |_, n| n[1].logprobs = Some(vec![0.0]),
+            "observation node 1 has logprobs",
+        ),
         (|_, n| n[0].entropies = None, "action node 0 has 2 tokens"),
         (|_, n| n[3].node_id = 2, "node_id 2 appears twice"),
         (|_, n| n[1].leaves_below = 1, "leaves_below 1, but 2"),
         (|_, n| n[0].value = 0.25, "value 0.25"),
-        (|t, _| t[2].run_id = "other".into(), "run_id 'other' differs"),
+        (
+            |t, _| t[2].run_id = "other".into(),
+            "run_id 'other' differs",
+        ),
     ];
     for (edit, want) in cases {
         let (mut t2, mut n2) = (t.clone(), n.clone());
@@ -623,7 +686,10 @@ fn check_run_files_catches_each_violation() {
     let mut m = MetricsWriter::create(&dir.0).unwrap();
     m.push(MetricsRow::new(0, "rl")).unwrap();
     let err = read_trajectories(dir.0.join(METRICS_FILE)).unwrap_err();
-    assert!(err.to_string().contains("missing column \"run_id\""), "{err}");
+    assert!(
+        err.to_string().contains("missing column \"run_id\""),
+        "{err}"
+    );
 }
 
 fn same_metrics(a: &[MetricsRow], b: &[MetricsRow]) -> bool {
@@ -680,7 +746,10 @@ fn metrics_round_trip_with_csv_copy_and_resume() {
     assert_eq!(lines.len(), 3);
     assert!(lines[0].starts_with("step,phase,reward_mean,success_rate,loss,kl,entropy,"));
     assert!(lines[0].ends_with(",tokens_per_success,tokens_per_s,wall_ms"));
-    assert_eq!(lines[1], "0,sft,0,0,2.5,0,0,0,0.0001,0,0,0,0,0,0,0,0,NaN,0,0");
+    assert_eq!(
+        lines[1],
+        "0,sft,0,0,2.5,0,0,0,0.0001,0,0,0,0,0,0,0,0,NaN,0,0"
+    );
     assert_eq!(
         lines[2],
         "0,rl,0.25,0.25,-0.125,0.001,0,0,0,1000,300,100,0.25,20,18,1,0.25,500,4000,250"
@@ -740,15 +809,107 @@ fn resume_keeps_earlier_steps_and_continues() {
         read_nodes(full.0.join(NODES_FILE)).unwrap()
     );
     assert_eq!(check_run_files(&dir.0).unwrap().steps, 4);
+    // After a crash between the two files (nodes of step 3 published, trajectories not),
+    // resuming drops the orphaned nodes.
+    let partial = TempDir::new("export-resume-partial");
+    write_all(&partial.0, &data[..3]).finish().unwrap();
+    fs::copy(full.0.join(NODES_FILE), partial.0.join(NODES_FILE)).unwrap();
+    assert_eq!(check_run_files(&partial.0).unwrap().partial_step, Some(3));
+    let w = RolloutWriter::resume(&partial.0, "run-a", 10).unwrap();
+    assert_eq!(w.summary().steps, 3);
+    w.finish().unwrap();
+    let s = check_run_files(&partial.0).unwrap();
+    assert_eq!((s.steps, s.partial_step), (3, None));
+    assert_eq!(
+        read_nodes(partial.0.join(NODES_FILE)).unwrap(),
+        read_nodes(full.0.join(NODES_FILE))
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.step < 3)
+            .collect::<Vec<_>>()
+    );
     // Resuming where there is nothing starts empty.
     let empty = TempDir::new("export-resume-empty");
     let w = RolloutWriter::resume(&empty.0, "x", 10).unwrap();
-    assert_eq!(w.summary(), ExportSummary::default().with_bytes(w.summary().bytes_written));
+    let s = w.summary();
+    assert_eq!((s.steps, s.trajectories, s.nodes), (0, 0, 0));
+    drop(w);
+    assert!(read_nodes(empty.0.join(NODES_FILE)).unwrap().is_empty());
 }
 
-impl ExportSummary {
-    fn with_bytes(mut self, bytes: u64) -> Self {
-        self.bytes_written = bytes;
-        self
+/// Environment variable that turns [`sigkill_child_writer`] on (it is the child process of
+/// [`sigkill_at_any_moment_leaves_complete_files`]).
+const CHILD_DIR_VAR: &str = "ARBOR_EXPORT_SIGKILL_CHILD_DIR";
+
+/// Child process: writes steps (rollouts, then a metrics row) until it is killed. Does nothing
+/// unless started by the parent test.
+#[test]
+#[ignore = "child process of sigkill_at_any_moment_leaves_complete_files"]
+fn sigkill_child_writer() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_VAR) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut w = RolloutWriter::create(&dir, "killed").unwrap();
+    let mut m = MetricsWriter::create(&dir).unwrap();
+    for step in 0..1_000_000u64 {
+        let groups = [hand_group(2 * step), hand_group(2 * step + 1)];
+        let adv = estimate(Estimator::Rloo, &groups).unwrap();
+        w.write_step(&info(step, "rloo"), &pairs(&groups, &adv))
+            .unwrap();
+        m.push(MetricsRow::new(step, "rl")).unwrap();
+    }
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_complete_files() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let exe = std::env::current_exe().unwrap();
+    for trial in 0..6u64 {
+        let dir = TempDir::new("export-sigkill");
+        let mut child = Command::new(&exe)
+            .args([
+                "export::tests::sigkill_child_writer",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR_VAR, &dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until a few steps are published (reads may race a step; retry), then kill at a
+        // trial-dependent moment within a step.
+        let want_steps = 1 + 2 * trial as usize;
+        let started = Instant::now();
+        loop {
+            let steps = read_trajectories(dir.0.join(TRAJECTORIES_FILE))
+                .map(|t| t.iter().map(|r| r.step).max().map_or(0, |s| s as usize + 1))
+                .unwrap_or(0);
+            if steps >= want_steps {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the child wrote {steps} steps in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_micros(137 * trial));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let s = check_run_files(&dir.0).unwrap();
+        assert!(s.steps >= want_steps, "trial {trial}: {s:?}");
+        assert_eq!(s.trajectories, 3 * 2 * s.steps, "trial {trial}: {s:?}");
+        let metrics = read_metrics(dir.0.join(METRICS_FILE)).unwrap();
+        assert!(metrics.len() + 1 >= s.steps, "trial {trial}: {s:?}");
+        // A new writer starts cleanly over whatever the killed one left.
+        RolloutWriter::create(&dir.0, "next")
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(check_run_files(&dir.0).unwrap().trajectories, 0);
     }
 }

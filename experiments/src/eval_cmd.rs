@@ -1,0 +1,122 @@
+//! `arbor eval`: success of a checkpoint on held-out tasks, with a 95% interval.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use datasets::{Split, TaskSet};
+use envs::EnvSpec;
+use rollout::engine::Engine;
+use trainer::checkpoint;
+
+use crate::cli::EvalArgs;
+use crate::config::TrainConfig;
+use crate::envs_cmd::parse_knobs;
+use crate::train::evaluate;
+
+/// A checkpoint directory and the run configuration it belongs to (if found).
+pub struct Resolved {
+    /// The `step-N` directory holding `model.safetensors`.
+    pub checkpoint: PathBuf,
+    /// The run's resolved config, when `DIR` is (inside) a run directory.
+    pub run_config: Option<TrainConfig>,
+}
+
+/// Accepts a run directory (`runs/<name>`), a checkpoints root (`.../checkpoints`) or one
+/// checkpoint (`.../checkpoints/step-N`).
+pub fn resolve_checkpoint(dir: &Path) -> anyhow::Result<Resolved> {
+    if !dir.exists() {
+        bail!("checkpoint {} does not exist", dir.display());
+    }
+    let (checkpoint, run_dir) = if dir.join("checkpoints").is_dir() {
+        (
+            checkpoint::latest(&dir.join("checkpoints"))?,
+            Some(dir.to_path_buf()),
+        )
+    } else if dir.join("latest").is_file() {
+        (
+            checkpoint::latest(dir)?,
+            dir.parent().map(Path::to_path_buf),
+        )
+    } else if dir.join("model.safetensors").is_file() {
+        let run = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
+        (dir.to_path_buf(), run)
+    } else {
+        bail!(
+            "no checkpoint in {}: expected a run directory, a checkpoints directory or a \
+             step directory with model.safetensors",
+            dir.display()
+        );
+    };
+    let run_config = match run_dir.map(|d| d.join("config.toml")) {
+        Some(path) if path.is_file() => Some(TrainConfig::load(&path)?),
+        _ => None,
+    };
+    Ok(Resolved {
+        checkpoint,
+        run_config,
+    })
+}
+
+/// The environment: from the flags if given, else the run's.
+pub fn env_for(
+    env: Option<&str>,
+    knobs: &[String],
+    tasks: Option<&PathBuf>,
+    run: Option<&TrainConfig>,
+) -> anyhow::Result<(EnvSpec, TrainConfig)> {
+    let mut cfg = run.cloned().unwrap_or_default();
+    match env {
+        Some(name) if name != cfg.env.name => {
+            cfg.env.name = name.to_string();
+            cfg.env.knobs.clear();
+        }
+        Some(_) => {}
+        None if run.is_none() => bail!("--env is needed: the checkpoint is not inside a run"),
+        None => {}
+    }
+    for (k, v) in parse_knobs(knobs)? {
+        cfg.env.knobs.insert(k.to_string(), v.to_string());
+    }
+    if let Some(t) = tasks {
+        cfg.env.tasks = Some(t.clone());
+    }
+    let spec = cfg.env_spec()?;
+    Ok((spec, cfg))
+}
+
+/// Runs `arbor eval`.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let resolved = resolve_checkpoint(&args.checkpoint)?;
+    let (spec, mut cfg) = env_for(
+        args.env.as_deref(),
+        &args.knobs,
+        args.tasks.as_ref(),
+        resolved.run_config.as_ref(),
+    )?;
+    if args.episodes == 0 {
+        bail!("--episodes must be at least 1");
+    }
+    cfg.eval.episodes = args.episodes;
+    cfg.eval.temperature = args.temperature;
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!("--temperature must be a finite number >= 0");
+    }
+    let ckpt = checkpoint::load(&resolved.checkpoint)
+        .with_context(|| format!("cannot load checkpoint {}", resolved.checkpoint.display()))?;
+    let mut engine = Engine::new(ckpt.model_config.clone(), &ckpt.weights)?;
+    let ids = TaskSet::new(spec.clone(), Split::Eval).eval_ids(args.episodes);
+    let r = evaluate(&mut engine, &spec, &ids, &cfg, args.seed)?;
+    println!(
+        "{} on {} ({} held-out tasks, temperature {}): success {:.3} (95% CI {:.3}..{:.3}), \
+         {:.1} generated tokens per episode",
+        resolved.checkpoint.display(),
+        spec.name(),
+        r.episodes,
+        args.temperature,
+        r.success,
+        r.ci95.0,
+        r.ci95.1,
+        r.tokens_per_episode
+    );
+    Ok(())
+}
