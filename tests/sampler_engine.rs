@@ -74,5 +74,10 @@ fn tree_reads_more_context_from_cache_than_chain() {
         assert_eq!(stats.generated_tokens, recount as u64);
         shares.push(stats.cache_read_share());
     }
-    assert!(shares[1] > shares[0], "tree {} vs chain {}", shares[1], shares[0]);
+    assert!(
+        shares[1] > shares[0],
+        "tree {} vs chain {}",
+        shares[1],
+        shares[0]
+    );
 }

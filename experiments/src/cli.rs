@@ -204,6 +204,9 @@ pub struct TrainArgs {
     /// `eval.episodes`: held-out episodes before and after RL [default: 256].
     #[arg(long)]
     pub episodes: Option<usize>,
+    /// `rl.export_rollouts`: every, last or none [default: every].
+    #[arg(long)]
+    pub export_rollouts: Option<String>,
     /// Continue the run in `out/name` from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -236,4 +239,7 @@ pub struct EvalArgs {
     /// Seed of the episodes' sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print the transcripts of the first N episodes.
+    #[arg(long, default_value_t = 0)]
+    pub show: usize,
 }

@@ -126,6 +126,11 @@ pub struct RlSection {
     pub packed: bool,
     /// Save a checkpoint every this many RL steps (0: only at the end). Default: 10.
     pub checkpoint_every: usize,
+    /// Which RL steps' rollouts go to `trajectories.parquet` / `nodes.parquet`: `every`
+    /// (every `export_every` steps and the last), `last` or `none`. Default: `every`.
+    pub export_rollouts: String,
+    /// Export period for `export_rollouts = "every"`. Default: 1.
+    pub export_every: usize,
 }
 
 /// `[eval]`.
@@ -202,6 +207,8 @@ impl Default for RlSection {
             loss_agg: "token-mean".into(),
             packed: true,
             checkpoint_every: 10,
+            export_rollouts: "every".into(),
+            export_every: 1,
         }
     }
 }
@@ -251,6 +258,12 @@ impl TrainConfig {
             if v == 0 {
                 bail!("config {key} must be at least 1");
             }
+        }
+        if !["every", "last", "none"].contains(&self.rl.export_rollouts.as_str()) {
+            bail!(
+                "config rl.export_rollouts '{}' is not every, last or none",
+                self.rl.export_rollouts
+            );
         }
         if !(self.sft.lr > 0.0 && self.rl.lr > 0.0) {
             bail!("config learning rates must be positive");

@@ -11,7 +11,7 @@ use trainer::checkpoint;
 use crate::cli::EvalArgs;
 use crate::config::TrainConfig;
 use crate::envs_cmd::parse_knobs;
-use crate::train::evaluate;
+use crate::train::evaluate_episodes;
 
 /// A checkpoint directory and the run configuration it belongs to (if found).
 pub struct Resolved {
@@ -105,7 +105,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot load checkpoint {}", resolved.checkpoint.display()))?;
     let mut engine = Engine::new(ckpt.model_config.clone(), &ckpt.weights)?;
     let ids = TaskSet::new(spec.clone(), Split::Eval).eval_ids(args.episodes);
-    let r = evaluate(&mut engine, &spec, &ids, &cfg, args.seed)?;
+    let (r, episodes) = evaluate_episodes(&mut engine, &spec, &ids, &cfg, args.seed)?;
+    for ep in episodes.iter().take(args.show) {
+        for leaf in ep.leaves() {
+            let info = ep.node(leaf).leaf.expect("leaves carry their outcome");
+            println!(
+                "--- task {} (reward {}) ---\n{}",
+                ep.task_id,
+                info.reward,
+                ep.transcript(leaf)
+            );
+        }
+    }
     println!(
         "{} on {} ({} held-out tasks, temperature {}): success {:.3} (95% CI {:.3}..{:.3}), \
          {:.1} generated tokens per episode",

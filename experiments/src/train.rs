@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use datasets::atomic::write_atomic;
+use datasets::export::{MetricsRow, MetricsWriter, RolloutWriter, StepInfo};
 use datasets::{DemoOptions, Split, TaskSet, demonstrations};
 use envs::{AnyEnv, EnvSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -43,37 +44,10 @@ pub struct EvalResult {
     pub tokens_per_episode: f64,
 }
 
-/// One row of `metrics.csv` (DESIGN §9 metrics columns).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct MetricsRow {
-    step: u64,
-    phase: String,
-    reward_mean: f64,
-    success_rate: f64,
-    loss: f64,
-    kl: f64,
-    entropy: f64,
-    grad_norm: f64,
-    lr: f64,
-    generated_tokens: u64,
-    prefill_tokens: u64,
-    cached_tokens: u64,
-    cache_read_share: f64,
-    trajectories: u64,
-    distinct_trajectories: u64,
-    truncated: u64,
-    zero_adv_groups_frac: f64,
-    /// Generated tokens per solved task group (`None` when none was solved).
-    tokens_per_success: Option<f64>,
-    tokens_per_s: f64,
-    wall_ms: u64,
-}
-
 /// What a resumed run needs besides the checkpoint: written atomically with every checkpoint.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct RunState {
     before: Option<EvalResult>,
-    metrics: Vec<MetricsRow>,
     generated_tokens: u64,
     sft_wall_s: f64,
     rl_wall_s: f64,
@@ -172,6 +146,9 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(n) = &args.name {
         cfg.name = n.clone();
+    }
+    if let Some(e) = &args.export_rollouts {
+        cfg.rl.export_rollouts = e.clone();
     }
     if let Some(e) = args.episodes {
         cfg.eval.episodes = e;
@@ -274,11 +251,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             .context("cannot resume: no complete checkpoint")?;
         let trainer = checkpoint::resume(&latest, &model_cfg, &default_device())
             .with_context(|| format!("cannot resume from {}", latest.display()))?;
-        let mut state = RunState::load(&dir)?;
+        let state = RunState::load(&dir)?;
         let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
-        state.metrics.retain(|m| {
-            (m.phase == "sft" && m.step < sft_done) || (m.phase == "rl" && m.step < rl_done)
-        });
         say(format!(
             "resuming {} after {sft_done} SFT and {rl_done} RL steps",
             latest.display()
@@ -288,12 +262,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         (Trainer::new(&model_cfg, tcfg)?, RunState::default())
     };
     let prior_wall = run_state.wall_s;
+    let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
+    let mut metrics = if args.resume {
+        MetricsWriter::resume(&dir, |m| {
+            (m.phase == "sft" && m.step < sft_done) || (m.phase == "rl" && m.step < rl_done)
+        })?
+    } else {
+        MetricsWriter::create(&dir)?
+    };
+    let export = cfg.rl.export_rollouts.as_str();
+    let mut rollout_writer = match (export, args.resume) {
+        ("none", _) => None,
+        (_, false) => Some(RolloutWriter::create(&dir, &cfg.name)?),
+        (_, true) => Some(RolloutWriter::resume(&dir, &cfg.name, rl_done)?),
+    };
     let mut engine = Engine::new(model_cfg.clone(), &trainer.weights())?;
     let train_set = TaskSet::new(spec.clone(), Split::Train);
 
     // --- SFT warm start ---
     let sft_started = Instant::now();
-    let sft_done = trainer.state().sft_steps as usize;
+    let sft_done = sft_done as usize;
+    let mut sft_rows = Vec::new();
     if sft_done < cfg.sft.steps {
         let ids = train_set.sample(u64::MAX, cfg.sft.demos, cfg.seed);
         let opts = DemoOptions {
@@ -327,15 +316,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let wall = t0.elapsed();
             bar.set_message(format!("loss {:.3}", stats.loss));
             bar.inc(1);
-            run_state.metrics.push(MetricsRow {
-                step: step as u64,
-                phase: "sft".into(),
+            sft_rows.push(MetricsRow {
                 loss: f64::from(stats.loss),
                 grad_norm: f64::from(stats.grad_norm),
                 lr: stats.lr,
                 tokens_per_s: stats.tokens as f64 / wall.as_secs_f64().max(1e-9),
                 wall_ms: wall.as_millis() as u64,
-                ..MetricsRow::empty()
+                ..MetricsRow::new(step as u64, "sft")
             });
         }
         bar.finish_and_clear();
@@ -345,7 +332,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "sft: {} steps in {:.1}s, final loss {:.3}",
             cfg.sft.steps,
             sft_started.elapsed().as_secs_f64(),
-            run_state.metrics.last().map_or(0.0, |m| m.loss)
+            sft_rows.last().map_or(0.0, |m| m.loss)
         ));
     }
 
@@ -365,7 +352,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "eval before RL: success {:.3} ± {:.3} over {} held-out tasks",
         before.success, before.stderr, before.episodes
     ));
-    write_metrics(&dir, &run_state.metrics)?;
+    metrics.extend(sft_rows)?;
 
     // --- RL ---
     let mut rl_started = Instant::now();
@@ -394,6 +381,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         run_state.generated_tokens += stats.generated_tokens;
         let advantages = estimate(cfg.rl.estimator, &rollouts)?;
         let groups: Vec<_> = rollouts.iter().zip(advantages.iter()).collect();
+        let last = step + 1 == cfg.rl.steps as u64;
+        let due = match export {
+            "every" => step % cfg.rl.export_every.max(1) as u64 == 0 || last,
+            "last" => last,
+            _ => false,
+        };
+        if let (Some(w), true) = (rollout_writer.as_mut(), due) {
+            let info = StepInfo {
+                step,
+                phase: "rl",
+                env: spec.name(),
+                sampler: cfg.sampler.kind.as_str(),
+                budget: cfg.sampler.budget,
+                estimator: cfg.rl.estimator.name(),
+            };
+            let with_adv: Vec<_> = groups.iter().map(|&(r, a)| (r, Some(a))).collect();
+            w.write_step(&info, &with_adv)?;
+        }
         let per_batch = groups.len().div_ceil(cfg.rl.minibatches).max(1);
         let packing = if cfg.rl.packed {
             Packing::Tree
@@ -414,9 +419,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             row.reward_mean, row.trajectories, row.truncated
         ));
         bar.inc(1);
-        run_state.metrics.push(row);
-        write_metrics(&dir, &run_state.metrics)?;
-        let last = step + 1 == cfg.rl.steps as u64;
+        metrics.push(row)?;
         let every = cfg.rl.checkpoint_every as u64;
         if last || (every > 0 && (step + 1) % every == 0) {
             run_state.rl_wall_s += rl_started.elapsed().as_secs_f64();
@@ -426,6 +429,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
+    if let Some(w) = rollout_writer {
+        w.finish()?;
+    }
 
     let after = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
     say(format!(
@@ -461,98 +467,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl MetricsRow {
-    fn empty() -> Self {
-        MetricsRow {
-            step: 0,
-            phase: String::new(),
-            reward_mean: 0.0,
-            success_rate: 0.0,
-            loss: 0.0,
-            kl: 0.0,
-            entropy: 0.0,
-            grad_norm: 0.0,
-            lr: 0.0,
-            generated_tokens: 0,
-            prefill_tokens: 0,
-            cached_tokens: 0,
-            cache_read_share: 0.0,
-            trajectories: 0,
-            distinct_trajectories: 0,
-            truncated: 0,
-            zero_adv_groups_frac: 0.0,
-            tokens_per_success: None,
-            tokens_per_s: 0.0,
-            wall_ms: 0,
-        }
-    }
-}
-
 fn rl_row(
     step: u64,
     s: &SamplerStats,
     train: Option<&trainer::trainer::StepStats>,
     wall_ms: u64,
 ) -> MetricsRow {
-    MetricsRow {
-        step,
-        phase: "rl".into(),
-        reward_mean: s.reward_mean(),
-        success_rate: s.success_rate(),
-        loss: train.map_or(0.0, |t| f64::from(t.loss)),
-        kl: train.map_or(0.0, |t| f64::from(t.kl)),
-        entropy: train.map_or(0.0, |t| f64::from(t.entropy)),
-        grad_norm: train.map_or(0.0, |t| f64::from(t.grad_norm)),
-        lr: train.map_or(0.0, |t| t.lr),
-        generated_tokens: s.generated_tokens,
-        prefill_tokens: s.prefill_tokens,
-        cached_tokens: s.cached_tokens,
-        cache_read_share: s.cache_read_share(),
-        trajectories: s.trajectories,
-        distinct_trajectories: s.distinct_trajectories,
-        truncated: s.truncated,
-        zero_adv_groups_frac: s.zero_adv_groups as f64 / (s.groups as f64).max(1.0),
-        tokens_per_success: (s.solved_groups > 0)
-            .then(|| s.generated_tokens as f64 / s.solved_groups as f64),
-        tokens_per_s: s.generated_tokens as f64 * 1000.0 / (wall_ms as f64).max(1.0),
-        wall_ms,
+    let mut row = MetricsRow::from_sampler(step, "rl", s);
+    if let Some(t) = train {
+        row.loss = f64::from(t.loss);
+        row.kl = f64::from(t.kl);
+        row.entropy = f64::from(t.entropy);
+        row.grad_norm = f64::from(t.grad_norm);
+        row.lr = t.lr;
     }
-}
-
-fn write_metrics(dir: &Path, rows: &[MetricsRow]) -> anyhow::Result<()> {
-    let mut out = String::from(
-        "step,phase,reward_mean,success_rate,loss,kl,entropy,grad_norm,lr,generated_tokens,\
-         prefill_tokens,cached_tokens,cache_read_share,trajectories,distinct_trajectories,\
-         truncated,zero_adv_groups_frac,tokens_per_success,tokens_per_s,wall_ms\n",
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.step,
-            r.phase,
-            r.reward_mean,
-            r.success_rate,
-            r.loss,
-            r.kl,
-            r.entropy,
-            r.grad_norm,
-            r.lr,
-            r.generated_tokens,
-            r.prefill_tokens,
-            r.cached_tokens,
-            r.cache_read_share,
-            r.trajectories,
-            r.distinct_trajectories,
-            r.truncated,
-            r.zero_adv_groups_frac,
-            r.tokens_per_success
-                .map_or(String::new(), |v| v.to_string()),
-            r.tokens_per_s,
-            r.wall_ms
-        ));
-    }
-    write_atomic(&dir.join("metrics.csv"), out.as_bytes())?;
-    Ok(())
+    row.wall_ms = wall_ms;
+    row.tokens_per_s = s.generated_tokens as f64 * 1000.0 / (wall_ms as f64).max(1.0);
+    row
 }
 
 /// One episode per held-out task with the chain sampler (no budget pressure), at the eval
@@ -564,6 +495,17 @@ pub fn evaluate(
     cfg: &TrainConfig,
     seed: u64,
 ) -> anyhow::Result<EvalResult> {
+    evaluate_episodes(engine, spec, ids, cfg, seed).map(|(r, _)| r)
+}
+
+/// [`evaluate`], also returning the episodes (one single-leaf tree per task).
+pub fn evaluate_episodes(
+    engine: &mut Engine,
+    spec: &EnvSpec,
+    ids: &[u64],
+    cfg: &TrainConfig,
+    seed: u64,
+) -> anyhow::Result<(EvalResult, Vec<TaskRollout>)> {
     let tasks: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, spec.make(id))).collect();
     let max_turns = tasks
         .iter()
@@ -596,11 +538,12 @@ pub fn evaluate(
     let n = sink.len().max(1) as f64;
     let p = stats.successes as f64 / n;
     let se = (p * (1.0 - p) / n).sqrt();
-    Ok(EvalResult {
+    let result = EvalResult {
         episodes: sink.len(),
         success: p,
         stderr: se,
         ci95: ((p - 1.96 * se).max(0.0), (p + 1.96 * se).min(1.0)),
         tokens_per_episode: stats.generated_tokens as f64 / n,
-    })
+    };
+    Ok((result, sink))
 }

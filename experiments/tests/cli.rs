@@ -147,6 +147,16 @@ fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
         weights("part"),
         "resumed weights equal uninterrupted weights"
     );
+    // The exported rollouts and metrics agree too, and pass the DESIGN §9 invariants.
+    for run in ["full", "part"] {
+        datasets::export::check_run_files(dir.join(run)).unwrap();
+    }
+    let read = |run: &str| {
+        let t = datasets::export::read_trajectories(dir.join(run).join("trajectories.parquet"));
+        let n = datasets::export::read_nodes(dir.join(run).join("nodes.parquet"));
+        (t.unwrap().len(), n.unwrap().len())
+    };
+    assert_eq!(read("full"), read("part"));
     let summary = std::fs::read_to_string(dir.join("part").join("summary.json")).unwrap();
     assert!(summary.contains("\"success_after\""));
 
@@ -166,5 +176,40 @@ fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
         metrics_before,
         std::fs::read(dir.join("part").join("metrics.csv")).unwrap()
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigkill_mid_run_leaves_complete_parquet_files() {
+    let dir = scratch("kill");
+    let cfg = tiny_config(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .args(["--name", "killed", "--steps", "200", "--quiet"])
+        .spawn()
+        .unwrap();
+    // Wait until some RL steps are exported, then kill without warning.
+    let metrics = dir.join("killed").join("trajectories.parquet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let steps = datasets::export::read_trajectories(&metrics)
+            .map(|rows| rows.iter().map(|r| r.step).max().map_or(0, |s| s + 1))
+            .unwrap_or(0);
+        if steps >= 2 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let summary = datasets::export::check_run_files(dir.join("killed")).unwrap();
+    assert!(summary.trajectories > 0, "{summary:?}");
+    datasets::export::read_metrics(dir.join("killed").join("metrics.parquet")).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
