@@ -6,16 +6,21 @@
 //! relation, so the question has exactly one answer:
 //!
 //! ```text
-//! Who is the mentor of the sibling of the founder of Velora? Use search[x] and answer[x].
+//! Who is the mentor of the sibling of the founder of [Velora]? Tools: search, answer.
 //! ```
+//!
+//! Names are written in brackets wherever they appear (question and facts), the way web
+//! environments show clickable elements: `[Kelda Morr]` in the text becomes `search[Kelda Morr]`
+//! in an action. (A byte-level policy then copies a name by matching the `[` before it, which a
+//! small transformer learns far sooner than locating a bare word.)
 //!
 //! Relations (subject → object): organisations have `founder`, `head` and `backer` (people)
 //! and `partner` and `supplier` (organisations); people have `mentor`, `sibling`, `rival` and
 //! `spouse` (people) and `employer` (an organisation).
 //!
 //! # Actions
-//! - `search[name]` — the facts of that entity, e.g. `"\nKelda Morr: mentor Brisa Kel; rival Dara
-//!   Quill.\n"`: the fact on the question's chain plus `distractors` facts about other relations, in
+//! - `search[name]` — the facts of that entity, e.g. `"\nKelda Morr: mentor [Brisa Kel]; rival
+//!   [Dara Quill].\n"`: the fact on the question's chain plus `distractors` facts about other relations, in
 //!   a fixed shuffled order. Names match case-insensitively with runs of spaces collapsed. A name
 //!   that is no entity is a valid call that finds nothing ([`Outcome::Continue`]).
 //! - `answer[name]` — ends the episode: reward 1 and [`Outcome::Solved`] if the argument, trimmed,
@@ -316,7 +321,7 @@ impl World {
                 } else {
                     for (j, &(r, o)) in fs.iter().enumerate() {
                         let sep = if j == 0 { "" } else { ";" };
-                        let _ = write!(text, "{sep} {} {}", RELATIONS[r].0, names[o]);
+                        let _ = write!(text, "{sep} {} [{}]", RELATIONS[r].0, names[o]);
                     }
                     text.push_str(".\n");
                 }
@@ -333,13 +338,13 @@ impl World {
         for i in (0..hops).rev() {
             let _ = write!(question, "the {} of ", RELATIONS[chain_rel[i]].0);
         }
-        question.push_str(&names[0]);
+        let _ = write!(question, "[{}]", names[0]);
         let wh = if kinds[hops] == Kind::Person {
             "Who"
         } else {
             "What"
         };
-        let prompt = format!("{wh} is {question}? Use search[x] and answer[x].\n");
+        let prompt = format!("{wh} is {question}? Tools: search, answer.\n");
         let phrase = format!("{} of {}", RELATIONS[chain_rel[0]].0, names[0]);
         World {
             entities,
@@ -548,11 +553,11 @@ mod tests {
                 }
                 for e in &env.world.entities {
                     assert!(e.facts.starts_with('\n') && e.facts.ends_with('\n'));
-                    assert!(e.facts.len() <= 125, "{:?}", e.facts);
+                    assert!(e.facts.len() <= 135, "{:?}", e.facts);
                 }
                 let default = Multihop::generate(&MultihopConfig::default(), id);
                 for e in &default.world.entities {
-                    assert!(e.facts.len() <= 85, "{:?}", e.facts);
+                    assert!(e.facts.len() <= 95, "{:?}", e.facts);
                 }
             }
         }
