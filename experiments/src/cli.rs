@@ -19,24 +19,21 @@ pub enum Command {
     /// Train a policy: SFT warm start, then tree (or chain) RL, with held-out evaluation before
     /// and after RL. With no flags: multihop (2 hops), tiny model, tree-GRPO.
     Train(TrainArgs),
-    /// Sweep token budgets x samplers x seeds (not built yet).
-    Sweep(Placeholder),
-    /// Sample rollouts with a checkpoint and export them (not built yet).
-    Rollout(Placeholder),
+    /// Train one run per point of a grid (budgets x samplers x branching policies x
+    /// estimators x presets x seeds) from a shared SFT checkpoint per preset; write
+    /// summary.parquet/.csv, a table and plots of success and distinct trajectories per 1k
+    /// tokens against the budget.
+    Sweep(SweepArgs),
+    /// Sample rollouts with a checkpoint (no training) and export trajectories.parquet,
+    /// nodes.parquet and metrics.parquet.
+    Rollout(RolloutArgs),
     /// Success of a checkpoint on held-out tasks, with a 95% interval.
     Eval(EvalArgs),
     /// Benchmarks that print ratios measured in one run: engine, sampler, train.
     Bench(BenchArgs),
-    /// Summarise a run directory (not built yet).
-    Inspect(Placeholder),
-}
-
-/// Arguments of a command that is not built yet (accepts anything, does nothing).
-#[derive(Debug, Args)]
-pub struct Placeholder {
-    /// Ignored.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    /// Summarise a run directory: config, summary, last metrics, file checks and one rollout
+    /// tree drawn as text.
+    Inspect(InspectArgs),
 }
 
 /// `arbor envs [show ENV]`.
@@ -147,6 +144,9 @@ pub struct SamplerBenchArgs {
     /// Model preset of the seeded random policy (used without --checkpoint).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// A run or checkpoint directory whose policy samples [default: seeded random weights].
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
     /// Seed of the random weights and of sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -162,7 +162,7 @@ pub struct TrainArgs {
     /// `env.name`: multihop, countdown, maze or qa-file [default: multihop].
     #[arg(long)]
     pub env: Option<String>,
-    /// `env.knobs`: difficulty knob `name=value`, repeatable [default for multihop: hops=2].
+    /// `env.knobs`: difficulty knob `name=value`, repeatable [default for multihop: hops=1].
     #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
     pub knobs: Vec<String>,
     /// `env.tasks`: task file for qa-file (JSONL or Parquet with prompt/answer columns).
@@ -186,10 +186,10 @@ pub struct TrainArgs {
     /// `sampler.budget`: generated tokens per task group [default: 512].
     #[arg(long)]
     pub budget: Option<u32>,
-    /// `sft.steps` [default: 300].
+    /// `sft.steps` [default: 500].
     #[arg(long)]
     pub sft_steps: Option<usize>,
-    /// `rl.steps` [default: 40].
+    /// `rl.steps` [default: 20].
     #[arg(long)]
     pub steps: Option<usize>,
     /// `seed` [default: 0].
@@ -201,7 +201,7 @@ pub struct TrainArgs {
     /// `name`: run directory name [default: <env>-<sampler>, made unique].
     #[arg(long)]
     pub name: Option<String>,
-    /// `eval.episodes`: held-out episodes before and after RL [default: 256].
+    /// `eval.episodes`: held-out episodes before and after RL [default: 128].
     #[arg(long)]
     pub episodes: Option<usize>,
     /// `rl.export_rollouts`: every, last or none [default: every].
@@ -242,4 +242,129 @@ pub struct EvalArgs {
     /// Print the transcripts of the first N episodes.
     #[arg(long, default_value_t = 0)]
     pub show: usize,
+}
+
+/// `arbor sweep`. Every axis takes a comma-separated list; the grid is their product (the
+/// chain sampler ignores the branching axis). Runs start from one SFT checkpoint per preset,
+/// trained once with the base config and kept in `OUT/sft-<preset>/`; finished runs in
+/// `OUT/runs/` are reused, interrupted ones resumed, so a sweep can be rerun or extended.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Per-task token budgets.
+    #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048")]
+    pub budgets: Vec<u32>,
+    /// Samplers: chain, tree.
+    #[arg(long, value_delimiter = ',', default_value = "chain,tree")]
+    pub samplers: Vec<String>,
+    /// Branching policies of the tree sampler: random, entropy, segment, adaptive
+    /// [default: the base config's].
+    #[arg(long, value_delimiter = ',')]
+    pub branches: Vec<String>,
+    /// Advantage estimators: grpo, tree-grpo, treerl, treepo, rloo [default: the base
+    /// config's].
+    #[arg(long, value_delimiter = ',')]
+    pub estimators: Vec<String>,
+    /// Model presets: tiny, small [default: the base config's].
+    #[arg(long, value_delimiter = ',')]
+    pub presets: Vec<String>,
+    /// Seeds of the RL runs (task draws, sampling, held-out evaluation stream). The SFT
+    /// checkpoint is shared: it uses the base config's seed.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    pub seeds: Vec<u64>,
+    /// Base TOML config of every run (every key optional; see `arbor train --help`).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// `env.name` of the base config.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// `env.knobs`: difficulty knob `name=value`, repeatable.
+    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
+    pub knobs: Vec<String>,
+    /// `env.tasks`: task file for qa-file.
+    #[arg(long)]
+    pub tasks: Option<std::path::PathBuf>,
+    /// `rl.steps` of every run.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// `sft.steps` of the shared SFT checkpoint.
+    #[arg(long)]
+    pub sft_steps: Option<usize>,
+    /// `eval.episodes`: held-out episodes before and after RL.
+    #[arg(long)]
+    pub episodes: Option<usize>,
+    /// Sweep directory [default: sweeps/<env>].
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// No progress bar or per-run lines (the table is still printed).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `arbor rollout`: sample with a checkpoint and export, no training.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// A run directory (`runs/<name>`: its latest checkpoint) or a checkpoint directory.
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// Directory to write (created; must be new or empty).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Environment [default: the run's].
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Difficulty knob `name=value`, repeatable [default: the run's].
+    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
+    pub knobs: Vec<String>,
+    /// Task file for qa-file.
+    #[arg(long)]
+    pub tasks: Option<std::path::PathBuf>,
+    /// Sampler: tree or chain [default: the run's].
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// Branching policy of the tree sampler [default: the run's].
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Advantage estimator of the exported advantages [default: the run's].
+    #[arg(long)]
+    pub advantage: Option<String>,
+    /// Per-task token budget [default: the run's].
+    #[arg(long)]
+    pub budget: Option<u32>,
+    /// Task groups per step [default: the run's rl.tasks_per_step].
+    #[arg(long)]
+    pub tasks_per_step: Option<usize>,
+    /// Sampling steps (one row group per step in each file).
+    #[arg(long, default_value_t = 1)]
+    pub steps: usize,
+    /// Seed of the task draws and of sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Which tasks: eval (held out) or train.
+    #[arg(long, default_value = "eval")]
+    pub split: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `arbor inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A run directory (`runs/<name>`) or an `arbor rollout` output directory.
+    pub dir: std::path::PathBuf,
+    /// Last rows of metrics.parquet to show.
+    #[arg(long, default_value_t = 5)]
+    pub rows: usize,
+    /// Step of the drawn tree [default: the last exported step].
+    #[arg(long)]
+    pub step: Option<u64>,
+    /// Task of the drawn tree [default: the step's first task].
+    #[arg(long)]
+    pub task: Option<u64>,
+    /// Tree (within the task group) to draw [default: the group's first].
+    #[arg(long)]
+    pub tree: Option<u32>,
+    /// Most tree nodes drawn.
+    #[arg(long, default_value_t = 60)]
+    pub max_nodes: usize,
 }

@@ -68,7 +68,7 @@ pub struct TrainConfig {
 pub struct EnvSection {
     /// Environment name. Default: `multihop`.
     pub name: String,
-    /// Difficulty knobs as text (`arbor envs` lists them). Default: `hops = "2"` for multihop.
+    /// Difficulty knobs as text (`arbor envs` lists them). Default: `hops = "1"` for multihop.
     pub knobs: BTreeMap<String, String>,
     /// Task file for `qa-file` (JSONL or Parquet with `prompt`/`answer`).
     pub tasks: Option<PathBuf>,
@@ -86,14 +86,18 @@ pub struct ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SftSection {
-    /// Optimizer steps (0 skips the warm start). Default: 300.
+    /// Optimizer steps (0 skips the warm start). Default: 500.
     pub steps: usize,
     /// Demonstrations per step. Default: 16.
     pub batch: usize,
     /// Distinct demonstrations generated (cycled through). Default: 2000.
     pub demos: usize,
-    /// Learning rate. Default: 2e-3.
+    /// Peak learning rate. Default: 1e-3.
     pub lr: f64,
+    /// Linear warm-up steps before the peak. Default: 20.
+    pub warmup: usize,
+    /// Cosine decay from the peak to this share of it at the last step. Default: 0.1.
+    pub min_lr_ratio: f64,
     /// Share of turns where the expert makes a recoverable mistake. Default: 0.2.
     pub mistake_rate: f32,
 }
@@ -102,7 +106,7 @@ pub struct SftSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RlSection {
-    /// RL steps (each: sample, estimate, update). Default: 40.
+    /// RL steps (each: sample, estimate, update). Default: 20.
     pub steps: usize,
     /// Tasks (prompt groups) per step. Default: 8.
     pub tasks_per_step: usize,
@@ -137,7 +141,7 @@ pub struct RlSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvalSection {
-    /// Held-out tasks, one episode each. Default: 256.
+    /// Held-out tasks, one episode each. Default: 128.
     pub episodes: usize,
     /// Sampling temperature of the episodes (0: greedy). Default: 1, the distribution RL trains.
     pub temperature: f32,
@@ -166,7 +170,7 @@ impl Default for EnvSection {
     fn default() -> Self {
         EnvSection {
             name: "multihop".into(),
-            knobs: BTreeMap::from([("hops".to_string(), "2".to_string())]),
+            knobs: BTreeMap::from([("hops".to_string(), "1".to_string())]),
             tasks: None,
         }
     }
@@ -183,10 +187,12 @@ impl Default for ModelSection {
 impl Default for SftSection {
     fn default() -> Self {
         SftSection {
-            steps: 300,
+            steps: 500,
             batch: 16,
             demos: 2000,
-            lr: 2e-3,
+            lr: 1e-3,
+            warmup: 20,
+            min_lr_ratio: 0.1,
             mistake_rate: 0.2,
         }
     }
@@ -195,7 +201,7 @@ impl Default for SftSection {
 impl Default for RlSection {
     fn default() -> Self {
         RlSection {
-            steps: 40,
+            steps: 20,
             tasks_per_step: 8,
             estimator: Estimator::TreeGrpo,
             lr: 3e-4,
@@ -216,7 +222,7 @@ impl Default for RlSection {
 impl Default for EvalSection {
     fn default() -> Self {
         EvalSection {
-            episodes: 256,
+            episodes: 128,
             temperature: 1.0,
         }
     }

@@ -7,6 +7,10 @@
 //! - [`eval_cmd`] — `arbor eval`: held-out success of a checkpoint.
 //! - [`train`] — `arbor train`: SFT, evaluation, RL, run directory.
 //! - [`bench`] — `arbor bench`: engine and sampler benchmarks (ratios measured in one run).
+//! - [`sweep`] — `arbor sweep`: a grid of runs from a shared SFT checkpoint, summary table,
+//!   `summary.parquet` and plots ([`plots`] draws them).
+//! - [`rollout_cmd`] — `arbor rollout`: sample with a checkpoint and export, no training.
+//! - [`inspect`] — `arbor inspect`: summarise a run directory and draw one rollout tree.
 //!
 //! Errors: every command returns `anyhow::Result`; `main` prints the error chain on one line and
 //! exits with status 1 (2 for usage errors, from clap). Nothing panics on bad input.
@@ -16,6 +20,10 @@ mod cli;
 mod config;
 mod envs_cmd;
 mod eval_cmd;
+mod inspect;
+mod plots;
+mod rollout_cmd;
+mod sweep;
 mod train;
 
 use clap::Parser;
@@ -36,8 +44,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::Train(args) => train::run(args),
         cli::Command::Eval(args) => eval_cmd::run(args),
-        cli::Command::Sweep(_) | cli::Command::Rollout(_) | cli::Command::Inspect(_) => {
-            anyhow::bail!("this command is not built yet; see `arbor --help` for what is")
-        }
+        cli::Command::Sweep(args) => sweep::run(args),
+        cli::Command::Rollout(args) => rollout_cmd::run(args),
+        cli::Command::Inspect(args) => inspect::run(args),
     }
 }

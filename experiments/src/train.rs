@@ -23,7 +23,7 @@ use trainer::loss::PpoConfig;
 use trainer::optim::AdamWConfig;
 use trainer::pack::{Packing, minibatches};
 use trainer::sft::sft_batch;
-use trainer::trainer::{Trainer, TrainerConfig, default_device};
+use trainer::trainer::{Trainer, TrainerConfig, TrainerState, default_device};
 
 use crate::cli::TrainArgs;
 use crate::config::TrainConfig;
@@ -204,13 +204,96 @@ fn run_dir(cfg: &mut TrainConfig, resume: bool) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// How [`run_config`] starts a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions<'a> {
+    /// Continue the run directory `out/name` from its latest checkpoint (`--resume`).
+    pub resume: bool,
+    /// No progress bars or per-step lines.
+    pub quiet: bool,
+    /// Start a new run from this checkpoint (a `step-N` directory) instead of seeded random
+    /// weights: its weights, optimizer moments and SFT step count carry over, so SFT runs only
+    /// the steps the checkpoint lacks (none when it has `sft.steps`); RL counters start at 0 and
+    /// the run's config supplies every setting, the seed included. Ignored with `resume`.
+    /// `arbor sweep` starts every run from one shared SFT checkpoint this way.
+    pub init: Option<&'a Path>,
+}
+
+/// What [`run_config`] reports about a finished run (also in its `summary.json`).
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// Held-out success before RL.
+    pub before: EvalResult,
+    /// Held-out success after RL.
+    pub after: EvalResult,
+    /// Wall time of the run over all invocations, in seconds.
+    pub wall_s: f64,
+}
+
 /// Runs `arbor train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let mut cfg = resolve(&args)?;
+    let cfg = resolve(&args)?;
+    let opts = RunOptions {
+        resume: args.resume,
+        quiet: args.quiet,
+        init: None,
+    };
+    let out = run_config(cfg, &opts)?;
+    println!(
+        "success before RL {:.3} ± {:.3}, after RL {:.3} ± {:.3} ({} held-out tasks); {:.0}s; {}",
+        out.before.success,
+        out.before.stderr,
+        out.after.success,
+        out.after.stderr,
+        out.after.episodes,
+        out.wall_s,
+        out.dir.join("summary.json").display()
+    );
+    Ok(())
+}
+
+/// A trainer continuing the checkpoint in `dir` under a new run's settings (see
+/// [`RunOptions::init`]): no reference weights are taken over (RL freezes its own).
+fn trainer_from(
+    dir: &Path,
+    model_cfg: &ModelConfig,
+    tcfg: TrainerConfig,
+) -> anyhow::Result<Trainer> {
+    let ckpt = checkpoint::load(dir)
+        .with_context(|| format!("cannot load checkpoint {}", dir.display()))?;
+    if ckpt.model_config != *model_cfg {
+        bail!(
+            "checkpoint {} holds a different model than the configured preset",
+            dir.display()
+        );
+    }
+    let state = TrainerState {
+        seed: tcfg.seed,
+        sft_steps: ckpt.state.sft_steps,
+        rl_steps: 0,
+        phase: ckpt.state.phase,
+    };
+    let trainer = Trainer::restore(
+        model_cfg,
+        tcfg,
+        &ckpt.weights,
+        None,
+        &ckpt.optimizer,
+        state,
+        &default_device(),
+    )?;
+    Ok(trainer)
+}
+
+/// Runs one training run of a resolved config (what `arbor train` does after parsing flags):
+/// picks and fills the run directory, trains, evaluates and writes `summary.json`.
+pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result<RunOutcome> {
     let spec = cfg.env_spec()?;
-    let dir = run_dir(&mut cfg, args.resume)?;
+    let dir = run_dir(&mut cfg, opts.resume)?;
     write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
-    let quiet = args.quiet;
+    let quiet = opts.quiet;
     let say = |line: String| {
         if !quiet {
             eprintln!("{line}");
@@ -246,7 +329,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         seed: cfg.seed,
         shuffle_minibatches: true,
     };
-    let (mut trainer, mut run_state) = if args.resume {
+    let (mut trainer, mut run_state) = if opts.resume {
         let latest = checkpoint::latest(&dir.join("checkpoints"))
             .context("cannot resume: no complete checkpoint")?;
         let trainer = checkpoint::resume(&latest, &model_cfg, &default_device())
@@ -258,12 +341,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             latest.display()
         ));
         (trainer, state)
+    } else if let Some(init) = opts.init {
+        (trainer_from(init, &model_cfg, tcfg)?, RunState::default())
     } else {
         (Trainer::new(&model_cfg, tcfg)?, RunState::default())
     };
     let prior_wall = run_state.wall_s;
     let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
-    let mut metrics = if args.resume {
+    let mut metrics = if opts.resume {
         MetricsWriter::resume(&dir, |m| {
             (m.phase == "sft" && m.step < sft_done) || (m.phase == "rl" && m.step < rl_done)
         })?
@@ -271,7 +356,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         MetricsWriter::create(&dir)?
     };
     let export = cfg.rl.export_rollouts.as_str();
-    let mut rollout_writer = match (export, args.resume) {
+    let mut rollout_writer = match (export, opts.resume) {
         ("none", _) => None,
         (_, false) => Some(RolloutWriter::create(&dir, &cfg.name)?),
         (_, true) => Some(RolloutWriter::resume(&dir, &cfg.name, rl_done)?),
@@ -311,6 +396,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let chunk: Vec<_> = (0..cfg.sft.batch)
                 .map(|i| encoded[order[(start + i) % encoded.len()]].clone())
                 .collect();
+            trainer.set_lr(sft_lr(&cfg, step));
             let t0 = Instant::now();
             let stats = trainer.sft_step(&sft_batch(&chunk)?)?;
             let wall = t0.elapsed();
@@ -328,11 +414,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
         engine.load_weights(&trainer.weights())?;
         run_state.sft_wall_s += sft_started.elapsed().as_secs_f64();
+        run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
+        let final_loss = sft_rows.last().map_or(0.0, |m| m.loss);
+        metrics.extend(std::mem::take(&mut sft_rows))?;
+        run_state.save_with(&dir, &trainer)?;
         say(format!(
             "sft: {} steps in {:.1}s, final loss {:.3}",
             cfg.sft.steps,
             sft_started.elapsed().as_secs_f64(),
-            sft_rows.last().map_or(0.0, |m| m.loss)
+            final_loss
         ));
     }
 
@@ -352,7 +442,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "eval before RL: success {:.3} ± {:.3} over {} held-out tasks",
         before.success, before.stderr, before.episodes
     ));
-    metrics.extend(sft_rows)?;
 
     // --- RL ---
     let mut rl_started = Instant::now();
@@ -432,6 +521,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(w) = rollout_writer {
         w.finish()?;
     }
+    let st = trainer.state();
+    let latest = checkpoint::latest(&dir.join("checkpoints")).ok();
+    let tag = format!("step-{}", st.sft_steps + st.rl_steps);
+    if latest.is_none_or(|p| !p.ends_with(&tag)) {
+        run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
+        run_state.save_with(&dir, &trainer)?;
+    }
 
     let after = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
     say(format!(
@@ -454,17 +550,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let json = serde_json::to_string_pretty(&summary)?;
     write_atomic(&dir.join("summary.json"), json.as_bytes())?;
-    println!(
-        "success before RL {:.3} ± {:.3}, after RL {:.3} ± {:.3} ({} held-out tasks); {:.0}s; {}",
-        before.success,
-        before.stderr,
-        after.success,
-        after.stderr,
-        after.episodes,
-        summary.wall_s,
-        dir.join("summary.json").display()
-    );
-    Ok(())
+    Ok(RunOutcome {
+        wall_s: summary.wall_s,
+        dir,
+        before,
+        after,
+    })
+}
+
+/// SFT learning rate at `step`: linear warm-up over `sft.warmup` steps, then cosine decay to
+/// `sft.min_lr_ratio` of the peak at the last step.
+fn sft_lr(cfg: &TrainConfig, step: usize) -> f64 {
+    let peak = cfg.sft.lr;
+    let warm = ((step + 1) as f64 / cfg.sft.warmup.max(1) as f64).min(1.0);
+    let progress = step as f64 / cfg.sft.steps.max(1) as f64;
+    let floor = cfg.sft.min_lr_ratio;
+    let cosine = floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    peak * warm * cosine
 }
 
 fn rl_row(

@@ -2,7 +2,8 @@
 //! estimators, and a CPU inference engine with a shared-prefix KV cache.
 //!
 //! # Map
-//! - [`tokenizer`] — [`tokenizer::Tokenizer`] and the default byte-level tokenizer.
+//! - [`tokenizer`] — [`tokenizer::Tokenizer`], the default byte-level tokenizer and
+//!   [`tokenizer::HfTokenizer`] (a Hugging Face `tokenizer.json`).
 //! - [`policy`] — the [`policy::Policy`] trait samplers drive (start, fork, append, decode a batch).
 //! - [`tree`] — [`tree::TaskRollout`], the arena of rollout trees every sampler fills (one per task
 //!   group: nodes, tokens, logprobs, leaves), and [`tree::TreeSink`], where finished groups go.
@@ -13,9 +14,12 @@
 //! - [`scripted`] — [`scripted::ScriptedPolicy`], a model-free policy for testing samplers.
 //! - [`engine`] — the in-process ndarray transformer implementing [`policy::Policy`], with a paged,
 //!   reference-counted, prefix-shared KV cache.
+//! - [`hf`] — Hugging Face model directories (Llama, Qwen2, Mistral): `config.json`,
+//!   safetensors weights and `tokenizer.json` in, the same layout out.
 
 pub mod advantage;
 pub mod engine;
+pub mod hf;
 pub mod policy;
 pub mod sampler;
 pub mod scripted;

@@ -18,7 +18,9 @@
 //! `transformers.LlamaForCausalLM` (with a `LlamaConfig` built from `config.json`:
 //! `hidden_size = d_model`, `num_hidden_layers = n_layers`, `num_attention_heads = n_heads`,
 //! `num_key_value_heads = n_kv_heads`, `intermediate_size = d_ff`, `rope_theta`,
-//! `rms_norm_eps = norm_eps`, `tie_word_embeddings = tie_embeddings`, no biases) loads directly:
+//! `rms_norm_eps = norm_eps`, `tie_word_embeddings = tie_embeddings`, `rope_scaling`; a
+//! config with `qkv_bias` is a `Qwen2ForCausalLM`) loads directly.
+//! [`rollout::hf::save_model_dir`] writes such a directory, `config.json` included. Tensors:
 //!
 //! | name | shape |
 //! |---|---|
@@ -27,6 +29,7 @@
 //! | `model.layers.{i}.self_attn.q_proj.weight` | `[n_heads·head_dim, d_model]` |
 //! | `model.layers.{i}.self_attn.k_proj.weight` | `[n_kv_heads·head_dim, d_model]` |
 //! | `model.layers.{i}.self_attn.v_proj.weight` | `[n_kv_heads·head_dim, d_model]` |
+//! | `model.layers.{i}.self_attn.{q,k,v}_proj.bias` | `[n_heads·head_dim]`, `[n_kv_heads·head_dim]` ×2 (only with `qkv_bias`) |
 //! | `model.layers.{i}.self_attn.o_proj.weight` | `[d_model, n_heads·head_dim]` |
 //! | `model.layers.{i}.post_attention_layernorm.weight` | `[d_model]` |
 //! | `model.layers.{i}.mlp.gate_proj.weight` | `[d_ff, d_model]` |
@@ -437,6 +440,93 @@ mod tests {
         // A newer checkpoint moves `latest`.
         let newer = save(&root, 5, &a).unwrap();
         assert_eq!(latest(&root).unwrap(), newer);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Resuming stays exact with q/k/v biases and Llama 3 RoPE scaling: bias weights and their
+    /// optimizer moments round-trip under the standard names.
+    #[test]
+    fn resume_is_exact_with_biases_and_rope_scaling() {
+        let cfg = ModelConfig {
+            qkv_bias: true,
+            rope_scaling: Some(rollout::engine::RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 32,
+            }),
+            ..small_config()
+        };
+        let root = tempdir("bias");
+        let mut a = Trainer::new(&cfg, config(6)).unwrap();
+        run_steps(&mut a, 0, 3);
+        let dir = save(&root, 3, &a).unwrap();
+        let mut b = resume(&dir, &cfg, &default_device()).unwrap();
+        assert_eq!(Checkpoint::from_trainer(&b), Checkpoint::from_trainer(&a));
+        let moments = &Checkpoint::from_trainer(&b).optimizer.exp_avg;
+        assert!(
+            moments
+                .get("model.layers.1.self_attn.q_proj.bias")
+                .is_some()
+        );
+        assert_eq!(run_steps(&mut a, 3, 5), run_steps(&mut b, 3, 5));
+        assert_eq!(Checkpoint::from_trainer(&a), Checkpoint::from_trainer(&b));
+        let bytes = fs::read(dir.join(MODEL_FILE)).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let view = st.tensor("model.layers.0.self_attn.k_proj.bias").unwrap();
+        assert_eq!(view.shape(), [cfg.n_kv_heads * cfg.head_dim()].as_slice());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A Hugging Face directory (bf16, q/k/v biases, tied embeddings) → trainer → checkpoint
+    /// → load gives the loaded weights bit for bit; after a training step, the trainer's
+    /// weights saved as a Hugging Face directory load back bit for bit too.
+    #[test]
+    fn hugging_face_weights_round_trip_through_trainer_and_checkpoints() {
+        use rollout::hf::fixture::{StoreDtype, TinyModel, tiny_config};
+        use rollout::tokenizer::Tokenizer;
+        let cfg = ModelConfig {
+            qkv_bias: true,
+            tie_embeddings: true,
+            ..tiny_config()
+        };
+        let root = tempdir("hf");
+        let mut spec = TinyModel::new(cfg.clone());
+        spec.dtype = StoreDtype::Bf16;
+        spec.write(&root.join("src")).unwrap();
+        let hf = rollout::hf::load_model_dir(&root.join("src")).unwrap();
+        let mut trainer =
+            Trainer::from_weights(&hf.config, &hf.weights, config(3), &default_device()).unwrap();
+        assert_eq!(trainer.weights(), hf.weights);
+        let dir = save(&root.join("ckpt"), 0, &trainer).unwrap();
+        let ckpt = load(&dir).unwrap();
+        assert_eq!(ckpt.model_config, hf.config);
+        let bits = |w: &Weights| -> Vec<(String, Vec<u32>)> {
+            w.iter()
+                .map(|(n, t)| (n.to_string(), t.data.iter().map(|v| v.to_bits()).collect()))
+                .collect()
+        };
+        assert_eq!(bits(&ckpt.weights), bits(&hf.weights));
+
+        // One SFT step on text encoded by the model's own tokenizer.
+        let tok = &hf.tokenizer;
+        let mut tokens = vec![tok.bos()];
+        tokens.extend(tok.encode("Who mentors Kelda? "));
+        let prompt_len = tokens.len();
+        tokens.extend(tok.encode("answer[Tovin]"));
+        tokens.push(tok.eos());
+        let mask: Vec<bool> = (0..tokens.len()).map(|i| i >= prompt_len).collect();
+        let batch = crate::pack::TrainBatch::new(
+            crate::sft::sft_sequences([(&tokens[..], &mask[..])]).unwrap(),
+        );
+        let stats = trainer.sft_step(&batch).unwrap();
+        assert!(stats.loss.is_finite() && stats.grad_norm > 0.0);
+        let trained = trainer.weights();
+        assert_ne!(trained, hf.weights);
+        hf.save_with_weights(&root.join("out"), &trained).unwrap();
+        let back = rollout::hf::load_model_dir(&root.join("out")).unwrap();
+        assert_eq!(back.config, hf.config);
+        assert_eq!(bits(&back.weights), bits(&trained));
         fs::remove_dir_all(&root).unwrap();
     }
 

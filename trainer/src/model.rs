@@ -1,14 +1,17 @@
 //! The policy as burn modules: the engine's decoder-only transformer (DESIGN §7, §8).
 //!
-//! Architecture (Llama without biases, no dropout):
-//! token embedding → `n_layers` × [pre-norm RMSNorm → grouped-query causal attention with RoPE →
-//! residual, pre-norm RMSNorm → SwiGLU MLP `down(silu(gate(x)) * up(x))` → residual] → final
-//! RMSNorm → LM head.
+//! Architecture (Llama / Qwen2, no dropout):
+//! token embedding → `n_layers` × [pre-norm RMSNorm → grouped-query causal attention with RoPE
+//! (q/k/v projections with biases when [`ModelConfig::qkv_bias`], as in Qwen2; no other layer
+//! has a bias) → residual, pre-norm RMSNorm → SwiGLU MLP `down(silu(gate(x)) * up(x))` →
+//! residual] → final RMSNorm → LM head.
 //!
 //! RoPE takes **explicit position ids** (one per token), so a tree-packed sequence can give each
 //! token its position on its own root-to-node path (see [`crate::pack`]). The rotation follows the
 //! Hugging Face Llama `rotate_half` convention: dimension `i` is paired with `i + head_dim/2`, and
-//! pair `i` turns by `position · theta^(-2i/head_dim)`.
+//! pair `i` turns by `position · inv_freq[i]`, the frequencies of
+//! [`ModelConfig::rope_inv_freqs`] (plain `theta^(-2i/head_dim)` or Llama 3 scaled), which the
+//! engine uses too.
 //!
 //! The configuration is the engine's [`ModelConfig`]: it plays the `Config` half of STYLE §2's
 //! Config + Module pair, and because engine and trainer read the same struct their sizes cannot
@@ -16,9 +19,10 @@
 //!
 //! Weights are exchanged with the engine and with checkpoints as engine [`Weights`] under the
 //! Hugging Face Llama names, every matrix `[out, in]` (see [`Weights::expected_shapes`]): burn's
-//! [`Linear`] stores `[in, out]`, so the conversions transpose. Parameter ids are assigned by
-//! position in that canonical name list, so two models built from the same weights have the same
-//! ids; the optimizer state ([`crate::optim`]) is keyed by them.
+//! [`Linear`] stores `[in, out]`, so the conversions transpose (biases are vectors and are copied
+//! as they are). Parameter ids are assigned by position in that canonical name list, so two
+//! models built from the same weights have the same ids; the optimizer state ([`crate::optim`])
+//! is keyed by them.
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -34,9 +38,11 @@ use crate::TrainerError;
 const BLOCKED_SCORE: f32 = -1.0e9;
 
 /// Whether burn stores the named tensor transposed relative to Hugging Face: burn's [`Linear`]
-/// keeps `[in, out]`, Hugging Face `[out, in]`; embeddings and norm weights agree.
+/// keeps `[in, out]`, Hugging Face `[out, in]`; embeddings, norm weights and biases agree.
 fn is_transposed(name: &str) -> bool {
-    !(name.ends_with("norm.weight") || name == "model.embed_tokens.weight")
+    !(name.ends_with("norm.weight")
+        || name.ends_with(".bias")
+        || name == "model.embed_tokens.weight")
 }
 
 /// The canonical parameter list: name, Hugging Face shape and whether burn stores it
@@ -179,6 +185,9 @@ impl PolicyModel {
                 let n: usize = shape.iter().product();
                 let data = if name.ends_with("norm.weight") {
                     vec![1.0; n]
+                } else if name.ends_with(".bias") {
+                    // Zero, like Hugging Face's `_init_weights`.
+                    vec![0.0; n]
                 } else {
                     let fan_in = if transposed { shape[1] } else { shape[0] };
                     let bound = (1.0 / fan_in as f64).sqrt();
@@ -248,11 +257,8 @@ impl PolicyModel {
         let hd = self.config.head_dim();
         let half = hd / 2;
         let device = positions.device();
-        // In f32 like Hugging Face and the engine: 1 / theta^(2i / hd).
-        let theta = self.config.rope_theta;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
-            .collect();
+        // In f32 like Hugging Face, and the very values the engine uses.
+        let inv_freq = self.config.rope_inv_freqs();
         let inv_freq = Tensor::<1>::from_data(TensorData::new(inv_freq, [half]), &device)
             .reshape([1, 1, half]);
         let angles = positions.float().unsqueeze_dim::<3>(2) * inv_freq; // [B, T, hd/2]
@@ -324,13 +330,14 @@ impl PolicyModel {
         };
         let embed = Embedding { weight: c.matrix() };
         let hd = cfg.head_dim();
+        let qkv_bias = cfg.qkv_bias;
         let layers = (0..cfg.n_layers)
             .map(|_| {
                 let attn_norm = c.norm(eps);
                 let attn = Attention {
-                    q_proj: c.linear(),
-                    k_proj: c.linear(),
-                    v_proj: c.linear(),
+                    q_proj: c.linear_with_bias(qkv_bias),
+                    k_proj: c.linear_with_bias(qkv_bias),
+                    v_proj: c.linear_with_bias(qkv_bias),
                     o_proj: c.linear(),
                     n_heads: cfg.n_heads,
                     n_kv_heads: cfg.n_kv_heads,
@@ -373,6 +380,9 @@ impl PolicyModel {
                 &layer.attn.o_proj,
             ] {
                 out.push(linear.weight.val().into_data());
+                if let Some(bias) = &linear.bias {
+                    out.push(bias.val().into_data());
+                }
             }
             out.push(layer.mlp_norm.gamma.val().into_data());
             for linear in [
@@ -413,10 +423,14 @@ impl Cursor<'_> {
     }
 
     fn linear(&mut self) -> Linear {
-        Linear {
-            weight: self.take(),
-            bias: None,
-        }
+        self.linear_with_bias(false)
+    }
+
+    /// A linear layer whose weight (and, with `bias`, bias) are the next parameters.
+    fn linear_with_bias(&mut self, bias: bool) -> Linear {
+        let weight = self.take();
+        let bias = bias.then(|| self.take());
+        Linear { weight, bias }
     }
 
     fn norm(&mut self, epsilon: f64) -> RmsNorm {
@@ -497,6 +511,76 @@ mod tests {
         let diff = parity(&cfg, &weights, 48, 3);
         eprintln!("burn vs engine (GQA, tied): max |logit diff| = {diff:e}");
         assert!(diff <= 1e-4, "max abs logit diff {diff}");
+    }
+
+    /// Engine and burn logits agree on models loaded from Hugging Face directories (written by
+    /// `rollout::hf::fixture`), for grouped-query and plain attention, with and without q/k/v
+    /// biases and tied embeddings, and with Llama 3 RoPE scaling.
+    #[test]
+    fn logits_match_engine_on_loaded_hf_models() {
+        use rollout::engine::RopeScaling;
+        use rollout::hf::fixture::{StoreDtype, TinyModel, tiny_config};
+        let llama3 = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64,
+        };
+        let root = std::env::temp_dir().join(format!("arbor-trainer-hf-{}", std::process::id()));
+        let mut k = 0;
+        for n_kv_heads in [2, 4] {
+            for qkv_bias in [false, true] {
+                for tie_embeddings in [false, true] {
+                    k += 1;
+                    let cfg = ModelConfig {
+                        n_kv_heads,
+                        qkv_bias,
+                        tie_embeddings,
+                        rope_theta: if k % 2 == 0 { 500.0 } else { 10_000.0 },
+                        rope_scaling: (k % 2 == 0).then_some(llama3),
+                        ..tiny_config()
+                    };
+                    let mut spec = TinyModel::new(cfg.clone());
+                    spec.seed = k;
+                    spec.dtype = if k % 3 == 0 {
+                        StoreDtype::Bf16
+                    } else {
+                        StoreDtype::F32
+                    };
+                    let dir = root.join(format!("m{k}"));
+                    spec.write(&dir).unwrap();
+                    let loaded = rollout::hf::load_model_dir(&dir).unwrap();
+                    assert_eq!(loaded.config, cfg);
+                    let diff = parity(&loaded.config, &loaded.weights, 48, k);
+                    eprintln!(
+                        "burn vs engine (kv {n_kv_heads}, bias {qkv_bias}, tied {tie_embeddings}, \
+                         llama3 {}): max |logit diff| = {diff:e}",
+                        cfg.rope_scaling.is_some()
+                    );
+                    assert!(diff <= 1e-4, "max abs logit diff {diff}");
+                }
+            }
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn biases_round_trip_exactly() {
+        let cfg = ModelConfig {
+            n_kv_heads: 2,
+            qkv_bias: true,
+            ..ModelConfig::tiny()
+        };
+        let weights = Weights::random(&cfg, 9);
+        let device = Device::flex().autodiff();
+        let model = PolicyModel::from_weights(&cfg, &weights, &device).unwrap();
+        assert_eq!(model.to_weights(), weights);
+        assert_eq!(model.num_params(), cfg.num_params());
+        // burn's initialiser gives zero biases (as Hugging Face does) under the same names.
+        let init = PolicyModel::init(&cfg, &device).unwrap().to_weights();
+        init.validate(&cfg).unwrap();
+        let bias = init.get("model.layers.3.self_attn.v_proj.bias").unwrap();
+        assert!(bias.data.iter().all(|&v| v == 0.0));
     }
 
     #[test]

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::EngineError;
 
 /// Architecture of a Llama-style decoder-only transformer (pre-norm RMSNorm, RoPE, grouped-query
-/// causal attention, SwiGLU MLP, final norm, LM head).
+/// causal attention with optional q/k/v biases, SwiGLU MLP, final norm, LM head): the
+/// architecture of Hugging Face Llama, Qwen2 and Mistral checkpoints (see [`crate::hf`]).
 ///
 /// The trainer's burn model is built from the same struct, so both sides agree on every size.
 /// Build one from a preset ([`ModelConfig::tiny`], [`ModelConfig::small`],
@@ -37,6 +38,38 @@ pub struct ModelConfig {
     /// By default false.
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// Whether the q, k and v projections carry a bias (`q_proj.bias`, `k_proj.bias`,
+    /// `v_proj.bias`, as in Qwen2); the output projection never does. By default false.
+    #[serde(default)]
+    pub qkv_bias: bool,
+    /// Frequency-dependent RoPE scaling ([`RopeScaling`]); `None` is plain RoPE. By default
+    /// none. Serialized only when present, in the Hugging Face `rope_scaling` layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// RoPE frequency scaling, in the Hugging Face `rope_scaling` layout (`rope_type` names the
+/// variant). Engine and trainer both take their frequencies from
+/// [`ModelConfig::rope_inv_freqs`], so they cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Llama 3.1 scaling (`rope_type = "llama3"`): with wavelength `λ_i = 2π / inv_freq_i`,
+    /// low frequencies (`λ_i > original_max_position_embeddings / low_freq_factor`) are divided
+    /// by `factor`, high frequencies (`λ_i < original_max_position_embeddings /
+    /// high_freq_factor`) are kept, and those in between are interpolated with
+    /// `s = (original_max_position_embeddings / λ_i − low_freq_factor) / (high_freq_factor −
+    /// low_freq_factor)`: `(1 − s) · inv_freq_i / factor + s · inv_freq_i`.
+    Llama3 {
+        /// Divisor of the low frequencies (8 in Llama 3.1, 32 in Llama 3.2).
+        factor: f32,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
+        low_freq_factor: f32,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
+        high_freq_factor: f32,
+        /// Context length of the original pre-training (8192 in Llama 3).
+        original_max_position_embeddings: usize,
+    },
 }
 
 fn default_rope_theta() -> f32 {
@@ -62,6 +95,8 @@ impl ModelConfig {
             rope_theta: default_rope_theta(),
             norm_eps: default_norm_eps(),
             tie_embeddings: false,
+            qkv_bias: false,
+            rope_scaling: None,
         }
     }
 
@@ -99,7 +134,7 @@ impl ModelConfig {
 
     /// Checks that the sizes fit together: everything positive, `d_model` divisible by
     /// `n_heads` into an even head dimension, `n_heads` divisible by `n_kv_heads`, finite
-    /// positive `rope_theta` and `norm_eps`.
+    /// positive `rope_theta` and `norm_eps`, consistent `rope_scaling` parameters.
     pub fn validate(&self) -> Result<(), EngineError> {
         let bad =
             |field: &'static str, reason: String| Err(EngineError::InvalidConfig { field, reason });
@@ -152,7 +187,85 @@ impl ModelConfig {
                 format!("{} is not a positive number", self.norm_eps),
             );
         }
+        match self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let positive = |v: f32| v.is_finite() && v > 0.0;
+                if !(positive(factor)
+                    && positive(low_freq_factor)
+                    && positive(high_freq_factor)
+                    && low_freq_factor < high_freq_factor
+                    && original_max_position_embeddings > 0)
+                {
+                    return bad(
+                        "rope_scaling",
+                        format!(
+                            "llama3 scaling needs positive factor ({factor}), \
+                             0 < low_freq_factor ({low_freq_factor}) < high_freq_factor \
+                             ({high_freq_factor}) and original_max_position_embeddings \
+                             ({original_max_position_embeddings}) >= 1"
+                        ),
+                    );
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// RoPE inverse frequencies, one per rotated pair (`head_dim / 2` values): pair `i` of a
+    /// head at position `p` turns by `p · inv_freq[i]`. Plain RoPE is
+    /// `inv_freq[i] = 1 / rope_theta^(2i / head_dim)`; [`ModelConfig::rope_scaling`] then
+    /// rescales them.
+    ///
+    /// Computed in f32 in the order Hugging Face's PyTorch code uses (`1.0 / tensor` and
+    /// `scalar / tensor` are a reciprocal times the scalar there), so that angles round the same
+    /// way; engine and trainer both use this function.
+    ///
+    /// # Shapes
+    /// Returns `[head_dim / 2]`.
+    pub fn rope_inv_freqs(&self) -> Vec<f32> {
+        let hd = self.head_dim();
+        let plain = (0..hd / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / hd as f32));
+        match self.rope_scaling {
+            None => plain.collect(),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let old_len = original_max_position_embeddings as f32;
+                // Python floats (f64) in the reference, rounded to f32 when they meet a tensor.
+                let low_freq_wavelen =
+                    (original_max_position_embeddings as f64 / low_freq_factor as f64) as f32;
+                let high_freq_wavelen =
+                    (original_max_position_embeddings as f64 / high_freq_factor as f64) as f32;
+                let two_pi = std::f64::consts::TAU as f32;
+                let span = (high_freq_factor as f64 - low_freq_factor as f64) as f32;
+                plain
+                    .map(|inv_freq| {
+                        let wavelen = (1.0 / inv_freq) * two_pi;
+                        let scaled = if wavelen > low_freq_wavelen {
+                            inv_freq / factor
+                        } else {
+                            inv_freq
+                        };
+                        let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
+                        if medium {
+                            let smooth = ((1.0 / wavelen) * old_len - low_freq_factor) / span;
+                            (1.0 - smooth) * scaled / factor + smooth * scaled
+                        } else {
+                            scaled
+                        }
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Number of scalar parameters (the sum of all tensor sizes in
@@ -162,7 +275,8 @@ impl ModelConfig {
         let hd = self.head_dim();
         let q = self.n_heads * hd;
         let kv = self.n_kv_heads * hd;
-        let per_layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * self.d_ff;
+        let bias = if self.qkv_bias { q + 2 * kv } else { 0 };
+        let per_layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * self.d_ff + bias;
         let lm_head = if self.tie_embeddings {
             0
         } else {
@@ -172,7 +286,7 @@ impl ModelConfig {
     }
 
     /// Parameters that take part in a matrix product per token: every projection plus the LM
-    /// head (also when tied), without the embedding lookup and the norms.
+    /// head (also when tied), without the embedding lookup, the norms and the biases.
     pub fn matmul_params(&self) -> usize {
         let d = self.d_model;
         let hd = self.head_dim();

@@ -35,9 +35,10 @@
 //! `h = x + o_proj(attn(rmsnorm(x) · w_in))`, `x = h + down(silu(gate(n)) * up(n))` with
 //! `n = rmsnorm(h) · w_post`; then `logits = lm_head(rmsnorm(x) · w_final)`.
 //! RMSNorm is `x / sqrt(mean(x²) + eps) · w`. RoPE uses the "rotate half" convention: pair
-//! `(i, i + head_dim/2)` rotates by `pos · inv_freq_i` with `inv_freq_i = theta^(-2i/head_dim)`,
-//! where `pos` is the token's index in its sequence; inverse frequencies, angles, cos and sin are
-//! computed in f32 like Hugging Face does. Attention is causal softmax with scale
+//! `(i, i + head_dim/2)` rotates by `pos · inv_freq_i` with `inv_freq_i = theta^(-2i/head_dim)`
+//! (optionally rescaled, [`RopeScaling`]; see [`ModelConfig::rope_inv_freqs`]), where `pos` is
+//! the token's index in its sequence; inverse frequencies, angles, cos and sin are computed in
+//! f32 like Hugging Face does. Attention is causal softmax with scale
 //! `1/sqrt(head_dim)`; with grouped-query attention, query head `h` reads kv head
 //! `h / (n_heads / n_kv_heads)`.
 //!
@@ -49,6 +50,7 @@
 //! | `model.layers.{i}.self_attn.q_proj.weight` | `[n_heads·head_dim, d_model]` |
 //! | `model.layers.{i}.self_attn.k_proj.weight` | `[n_kv_heads·head_dim, d_model]` |
 //! | `model.layers.{i}.self_attn.v_proj.weight` | `[n_kv_heads·head_dim, d_model]` |
+//! | `model.layers.{i}.self_attn.{q,k,v}_proj.bias` | `[n_heads·head_dim]`, `[n_kv_heads·head_dim]` ×2 (only with `qkv_bias`) |
 //! | `model.layers.{i}.self_attn.o_proj.weight` | `[d_model, n_heads·head_dim]` |
 //! | `model.layers.{i}.post_attention_layernorm.weight` | `[d_model]` |
 //! | `model.layers.{i}.mlp.gate_proj.weight` | `[d_ff, d_model]` |
@@ -57,7 +59,9 @@
 //! | `model.norm.weight` | `[d_model]` |
 //! | `lm_head.weight` | `[vocab_size, d_model]` (absent when `tie_embeddings`) |
 //!
-//! No tensor has a bias. [`Weights::expected_shapes`] lists them for a config.
+//! Only the q, k and v projections may have biases (Qwen2, [`ModelConfig::qkv_bias`]); they are
+//! added before RoPE. [`Weights::expected_shapes`] lists the tensors for a config, in canonical
+//! order (each bias right after its weight).
 //!
 //! # KV cache
 //! Paged in blocks of [`BLOCK_SIZE`] = 16 positions (all layers and kv heads in one block). A
@@ -97,7 +101,7 @@ pub mod bench;
 #[cfg(test)]
 mod tests;
 
-pub use config::ModelConfig;
+pub use config::{ModelConfig, RopeScaling};
 pub use kv::BLOCK_SIZE;
 pub use runtime::Engine;
 pub use sampling::{argmax, log_partition_and_entropy, sample_from_logits};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayView2, Axis, Slice, linalg::general_mat_mul};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Slice, linalg::general_mat_mul};
 use rayon::prelude::*;
 
 use super::kv::{self, BLOCK_SIZE, Block, KvDims};
@@ -15,6 +15,8 @@ struct Layer {
     attn_norm: Vec<f32>,
     /// `[d_model, (n_heads + 2 n_kv_heads) * head_dim]`: q, k, v projections side by side.
     wqkv_t: Array2<f32>,
+    /// `[(n_heads + 2 n_kv_heads) * head_dim]`: q, k, v biases side by side (`qkv_bias` only).
+    bqkv: Option<Vec<f32>>,
     /// `[n_heads * head_dim, d_model]`.
     wo_t: Array2<f32>,
     /// `[d_model]`.
@@ -80,12 +82,6 @@ fn transposed(w: ArrayView2<'_, f32>) -> Array2<f32> {
     w.t().as_standard_layout().into_owned()
 }
 
-/// RoPE inverse frequency of pair `i`, computed in f32 as Hugging Face does
-/// (`1 / theta^(2i / head_dim)`), so that angles round the same way.
-pub(crate) fn rope_inv_freq(theta: f32, i: usize, head_dim: usize) -> f32 {
-    1.0 / theta.powf((2 * i) as f32 / head_dim as f32)
-}
-
 impl Model {
     /// Validates `w` against `cfg` and packs it.
     pub fn new(cfg: &ModelConfig, w: &Weights) -> Result<Self, EngineError> {
@@ -109,6 +105,14 @@ impl Model {
             })?
             .as_standard_layout()
             .into_owned();
+            let bqkv = if cfg.qkv_bias {
+                let mut b = vector(w, &format!("{p}.self_attn.q_proj.bias"))?;
+                b.extend(vector(w, &format!("{p}.self_attn.k_proj.bias"))?);
+                b.extend(vector(w, &format!("{p}.self_attn.v_proj.bias"))?);
+                Some(b)
+            } else {
+                None
+            };
             let wgu_t =
                 ndarray::concatenate(Axis(1), &[m("mlp.gate_proj")?.t(), m("mlp.up_proj")?.t()])
                     .map_err(|_| EngineError::BadShape {
@@ -121,6 +125,7 @@ impl Model {
             layers.push(Layer {
                 attn_norm: vector(w, &format!("{p}.input_layernorm.weight"))?,
                 wqkv_t,
+                bqkv,
                 wo_t: transposed(m("self_attn.o_proj")?),
                 mlp_norm: vector(w, &format!("{p}.post_attention_layernorm.weight"))?,
                 wgu_t,
@@ -134,11 +139,12 @@ impl Model {
             transposed(matrix(w, "lm_head.weight")?)
         };
         let half = cfg.head_dim() / 2;
+        let inv_freqs = cfg.rope_inv_freqs();
         let mut rope_cos = Vec::with_capacity(cfg.max_seq_len * half);
         let mut rope_sin = Vec::with_capacity(cfg.max_seq_len * half);
         for pos in 0..cfg.max_seq_len {
-            for i in 0..half {
-                let angle = pos as f32 * rope_inv_freq(cfg.rope_theta, i, cfg.head_dim());
+            for &inv_freq in &inv_freqs {
+                let angle = pos as f32 * inv_freq;
                 rope_cos.push(angle.cos());
                 rope_sin.push(angle.sin());
             }
@@ -211,6 +217,13 @@ impl Model {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm_into(&x, &layer.attn_norm, cfg.norm_eps, &mut xn);
             linear_into(&xn, &layer.wqkv_t, &mut qkv);
+            if let Some(b) = &layer.bqkv {
+                for mut row in qkv.axis_iter_mut(Axis(0)) {
+                    for (v, b) in row.iter_mut().zip(b) {
+                        *v += b;
+                    }
+                }
+            }
             {
                 // RoPE and cache writes, in parallel over sequences (each owns its blocks).
                 let mut parts: Vec<(&mut RowGroup<'_>, &mut [f32])> =
@@ -309,11 +322,12 @@ impl Model {
         let len = tokens.len();
         let idx: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
         let mut x = self.embed.select(Axis(0), &idx);
+        let inv_freqs = cfg.rope_inv_freqs();
         let rope = |m: &mut Array2<f32>| {
             for (pos, mut row) in m.axis_iter_mut(Axis(0)).enumerate() {
                 for mut head in row.exact_chunks_mut(hd) {
-                    for i in 0..half {
-                        let angle = pos as f32 * rope_inv_freq(cfg.rope_theta, i, hd);
+                    for (i, &inv_freq) in inv_freqs.iter().enumerate() {
+                        let angle = pos as f32 * inv_freq;
                         let (c, s) = (angle.cos(), angle.sin());
                         let (x1, x2) = (head[i], head[i + half]);
                         head[i] = x1 * c - x2 * s;
@@ -337,7 +351,12 @@ impl Model {
             let xn = norm(&x, &layer.attn_norm);
             let mut q = xn.dot(&cols(&layer.wqkv_t, 0, qw));
             let mut k = xn.dot(&cols(&layer.wqkv_t, qw, qw + kvw));
-            let v = xn.dot(&cols(&layer.wqkv_t, qw + kvw, qw + 2 * kvw));
+            let mut v = xn.dot(&cols(&layer.wqkv_t, qw + kvw, qw + 2 * kvw));
+            if let Some(b) = &layer.bqkv {
+                q += &ArrayView1::from(&b[..qw]);
+                k += &ArrayView1::from(&b[qw..qw + kvw]);
+                v += &ArrayView1::from(&b[qw + kvw..]);
+            }
             rope(&mut q);
             rope(&mut k);
             let mut attn = Array2::<f32>::zeros((len, qw));

@@ -209,6 +209,56 @@ fn random_weights_are_seeded_and_validated() {
     Weights::random(&tied, 1).validate(&tied).unwrap();
 }
 
+#[test]
+fn qkv_biases_are_named_shaped_and_checked() {
+    let plain = ModelConfig {
+        n_kv_heads: 2,
+        ..ModelConfig::tiny()
+    };
+    let biased = ModelConfig {
+        qkv_bias: true,
+        ..plain.clone()
+    };
+    let names: Vec<(String, Vec<usize>)> = Weights::expected_shapes(&biased);
+    let layer0: Vec<&str> = names[1..9].iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        layer0,
+        [
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.self_attn.q_proj.bias",
+            "model.layers.0.self_attn.k_proj.weight",
+            "model.layers.0.self_attn.k_proj.bias",
+            "model.layers.0.self_attn.v_proj.weight",
+            "model.layers.0.self_attn.v_proj.bias",
+            "model.layers.0.self_attn.o_proj.weight",
+        ]
+    );
+    assert_eq!(names[5].1, vec![64]); // k bias: n_kv_heads · head_dim
+    assert_eq!(
+        biased.num_params(),
+        plain.num_params() + plain.n_layers * (128 + 2 * 64)
+    );
+    // Biases take their own RNG streams: every other tensor is the bias-free config's.
+    let wb = Weights::random(&biased, 4);
+    let wp = Weights::random(&plain, 4);
+    wb.validate(&biased).unwrap();
+    for (name, t) in wp.iter() {
+        assert_eq!(wb.get(name).unwrap(), t, "{name}");
+    }
+    assert_eq!(
+        wp.validate(&biased),
+        Err(EngineError::MissingTensor {
+            name: "model.layers.0.self_attn.q_proj.bias".into()
+        })
+    );
+    assert!(matches!(
+        wb.validate(&plain),
+        Err(EngineError::UnexpectedTensor { name }) if name.ends_with(".bias")
+    ));
+    Engine::new(biased, &wb).unwrap();
+}
+
 // ---------------------------------------------------------------- forward pass
 
 /// A direct f64 transcription of Hugging Face Llama from the named `[out, in]` tensors.
@@ -226,10 +276,40 @@ fn naive_forward(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f64>
         let inv = 1.0 / (ms + cfg.norm_eps as f64).sqrt();
         x.iter().zip(wt).map(|(v, w)| v * inv * w).collect()
     };
+    // Inverse frequencies in f64, with Llama 3 scaling written out from its definition.
+    let inv_freqs: Vec<f64> = (0..hd / 2)
+        .map(|i| {
+            let f = (cfg.rope_theta as f64).powf(-2.0 * i as f64 / hd as f64);
+            match cfg.rope_scaling {
+                None => f,
+                Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings,
+                }) => {
+                    let (factor, lo, hi) = (
+                        factor as f64,
+                        low_freq_factor as f64,
+                        high_freq_factor as f64,
+                    );
+                    let old = original_max_position_embeddings as f64;
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < old / hi {
+                        f
+                    } else if wavelen > old / lo {
+                        f / factor
+                    } else {
+                        let s = (old / wavelen - lo) / (hi - lo);
+                        (1.0 - s) * f / factor + s * f
+                    }
+                }
+            }
+        })
+        .collect();
     let rope = |v: &mut [f64], pos: usize| {
         for head in v.chunks_mut(hd) {
-            for i in 0..hd / 2 {
-                let inv_freq = (cfg.rope_theta as f64).powf(-2.0 * i as f64 / hd as f64);
+            for (i, &inv_freq) in inv_freqs.iter().enumerate() {
                 let a = pos as f64 * inv_freq;
                 let (x1, x2) = (head[i], head[i + hd / 2]);
                 head[i] = x1 * a.cos() - x2 * a.sin();
@@ -248,14 +328,24 @@ fn naive_forward(cfg: &ModelConfig, w: &Weights, tokens: &[u32]) -> Vec<Vec<f64>
         let mut qs = vec![];
         let mut ks = vec![];
         let mut vs = vec![];
+        let biased = |x: &[f64], proj: &str, out: usize| -> Vec<f64> {
+            let mut y = lin(x, &p(proj), out);
+            if cfg.qkv_bias {
+                let b = t(&format!("model.layers.{l}.{proj}.bias"));
+                for (y, b) in y.iter_mut().zip(b) {
+                    *y += b;
+                }
+            }
+            y
+        };
         for (pos, x) in normed.iter().enumerate() {
-            let mut q = lin(x, &p("self_attn.q_proj"), nh * hd);
-            let mut k = lin(x, &p("self_attn.k_proj"), nkv * hd);
+            let mut q = biased(x, "self_attn.q_proj", nh * hd);
+            let mut k = biased(x, "self_attn.k_proj", nkv * hd);
             rope(&mut q, pos);
             rope(&mut k, pos);
             qs.push(q);
             ks.push(k);
-            vs.push(lin(x, &p("self_attn.v_proj"), nkv * hd));
+            vs.push(biased(x, "self_attn.v_proj", nkv * hd));
         }
         for i in 0..xs.len() {
             let mut attn = vec![0.0; nh * hd];
@@ -337,6 +427,83 @@ fn forward_full_matches_naive_hugging_face_transcription() {
         for (i, &t) in tokens.iter().enumerate().skip(1) {
             let want: Vec<f32> = naive[i - 1].iter().map(|&v| v as f32).collect();
             assert!(max_abs_diff(&logits(&e, s), &want) < 1e-5);
+            e.append(s, &[t]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn biases_and_llama3_rope_match_naive_transcription() {
+    // q/k/v biases (Qwen2) and Llama 3 RoPE scaling, on grouped-query and plain attention.
+    // With theta 500 and head_dim 16 the 8 pairs have wavelengths 6.3, 13.6, 29.6, 64, 139, …;
+    // `original_max_position_embeddings` 64 puts them in all three bands (below 64/4 kept,
+    // above 64/1 divided, interpolated between).
+    let scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 64,
+    };
+    for (n_kv_heads, bias, rope_scaling) in [
+        (2, true, None),
+        (4, true, Some(scaling)),
+        (2, false, Some(scaling)),
+    ] {
+        let cfg = ModelConfig {
+            vocab_size: 23,
+            d_model: 64,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads,
+            d_ff: 24,
+            max_seq_len: 48,
+            rope_theta: 500.0,
+            qkv_bias: bias,
+            rope_scaling,
+            ..ModelConfig::tiny()
+        };
+        let inv = cfg.rope_inv_freqs();
+        if rope_scaling.is_some() {
+            let plain = ModelConfig {
+                rope_scaling: None,
+                ..cfg.clone()
+            }
+            .rope_inv_freqs();
+            assert!(inv.iter().zip(&plain).any(|(a, b)| a == b), "some kept");
+            assert!(
+                inv.iter().zip(&plain).any(|(a, b)| *a == b / 8.0),
+                "some divided"
+            );
+            assert!(
+                inv.iter().zip(&plain).any(|(a, b)| a < b && *a > b / 8.0),
+                "some blended"
+            );
+        }
+        // d_model · std² as in the bias-free transcription test (16 · 0.3²), so logits have the
+        // same scale and f32 rounding stays below 1e-5.
+        let w = Weights::random_with_std(&cfg, 13, 0.15);
+        assert_eq!(w.num_params(), cfg.num_params());
+        let mut e = Engine::new(cfg.clone(), &w).unwrap();
+        let tokens: Vec<u32> = (0..45).map(|i| (i * 5 % 23) as u32).collect();
+        let full = e.forward_full(&tokens);
+        let naive = naive_forward(&cfg, &w, &tokens);
+        let mut worst = 0.0f64;
+        for (i, row) in naive.iter().enumerate() {
+            for (a, b) in row.iter().zip(full.row(i)) {
+                worst = worst.max((a - *b as f64).abs());
+            }
+        }
+        assert!(
+            worst < 1e-5,
+            "kv {n_kv_heads} bias {bias}: max diff {worst}"
+        );
+        let s = e.start(&tokens[..1]).unwrap();
+        for (i, &t) in tokens.iter().enumerate().skip(1) {
+            let d = max_abs_diff(&logits(&e, s), full.row(i - 1).as_slice().unwrap());
+            assert!(
+                d <= REF_TOL,
+                "kv {n_kv_heads} bias {bias}: position {i}: {d}"
+            );
             e.append(s, &[t]).unwrap();
         }
     }

@@ -26,6 +26,9 @@ pub struct Weights {
 /// Standard deviation of [`Weights::random`].
 pub const INIT_STD: f32 = 0.02;
 
+/// RNG stream tag of the random biases ("bias").
+const BIAS_STREAM: u64 = 0x6269_6173;
+
 impl Weights {
     /// An empty set of weights.
     pub fn new() -> Self {
@@ -33,7 +36,8 @@ impl Weights {
     }
 
     /// The tensor names and shapes a model with `cfg` needs, in a fixed order (embedding, then
-    /// layer by layer, then final norm and LM head).
+    /// layer by layer, then final norm and LM head; with [`ModelConfig::qkv_bias`] each q/k/v
+    /// bias follows its weight).
     pub fn expected_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         let d = cfg.d_model;
         let hd = cfg.head_dim();
@@ -46,9 +50,12 @@ impl Weights {
         for i in 0..cfg.n_layers {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), vec![d]));
-            out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
-            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
-            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
+            for (proj, width) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                out.push((format!("{p}.self_attn.{proj}.weight"), vec![width, d]));
+                if cfg.qkv_bias {
+                    out.push((format!("{p}.self_attn.{proj}.bias"), vec![width]));
+                }
+            }
             out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![cfg.d_ff, d]));
@@ -62,9 +69,12 @@ impl Weights {
         out
     }
 
-    /// Seeded random weights: matrices drawn from a normal distribution with standard deviation
-    /// [`INIT_STD`] (0.02, as in Llama's `initializer_range`), norm weights 1. Deterministic in
-    /// (`cfg`, `seed`); each tensor has its own stream, so a tensor does not depend on the others.
+    /// Seeded random weights: matrices (and q/k/v biases, if any) drawn from a normal
+    /// distribution with standard deviation [`INIT_STD`] (0.02, as in Llama's
+    /// `initializer_range`), norm weights 1. Biases are random rather than Hugging Face's zero
+    /// init so that tests exercise them. Deterministic in (`cfg`, `seed`); each tensor has its
+    /// own stream, so a tensor does not depend on the others, and a config without biases gets
+    /// the same tensors as before biases existed.
     pub fn random(cfg: &ModelConfig, seed: u64) -> Self {
         Self::random_with_std(cfg, seed, INIT_STD)
     }
@@ -73,12 +83,22 @@ impl Weights {
     /// that logits spread over O(1)).
     pub fn random_with_std(cfg: &ModelConfig, seed: u64, std: f32) -> Self {
         let mut w = Weights::new();
-        for (idx, (name, shape)) in Self::expected_shapes(cfg).into_iter().enumerate() {
+        // Stream ids count the bias-free tensors as before; biases get streams of their own.
+        let mut plain = 0u64;
+        let mut biases = 0u64;
+        for (name, shape) in Self::expected_shapes(cfg) {
             let n: usize = shape.iter().product();
+            let stream = if name.ends_with(".bias") {
+                biases += 1;
+                envs::rng::derive(&[seed, BIAS_STREAM, biases - 1])
+            } else {
+                plain += 1;
+                envs::rng::derive(&[seed, plain - 1])
+            };
             let data = if name.ends_with("norm.weight") {
                 vec![1.0; n]
             } else {
-                let mut rng = StdRng::seed_from_u64(envs::rng::derive(&[seed, idx as u64]));
+                let mut rng = StdRng::seed_from_u64(stream);
                 normal_vec(&mut rng, n, std)
             };
             w.tensors.insert(name, WeightTensor { shape, data });

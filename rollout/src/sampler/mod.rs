@@ -225,6 +225,24 @@ struct Live<E> {
     reward: f32,
     /// Action tokens of the current turn so far (may begin in an ancestor span).
     turn_tokens: Vec<u32>,
+    /// Offsets in `turn_tokens` where the path enters another span. The environment receives
+    /// the concatenation of each piece decoded on its own, which is exactly the concatenation of
+    /// the node texts (nodes are cut at span starts, and elsewhere only at safe boundaries), even
+    /// when a branch's first token continues a character.
+    turn_cuts: Vec<usize>,
+}
+
+/// The text of a turn: each span piece decoded on its own, concatenated.
+fn turn_text(tokenizer: &dyn Tokenizer, tokens: &[u32], cuts: &[usize]) -> String {
+    let mut text = String::new();
+    let mut lo = 0;
+    for &hi in cuts.iter().chain(std::iter::once(&tokens.len())) {
+        if hi > lo {
+            text.push_str(&tokenizer.decode(&tokens[lo..hi]));
+            lo = hi;
+        }
+    }
+    text
 }
 
 /// Sampling state of one task group.
@@ -435,7 +453,7 @@ where
                     task: t,
                     live: l,
                     env: live.env.clone(),
-                    text: tokenizer.decode(&live.turn_tokens),
+                    text: turn_text(tokenizer, &live.turn_tokens, &live.turn_cuts),
                 }
             })
             .collect();
@@ -488,6 +506,7 @@ where
             live.env = p.env;
             live.reward = reward;
             live.turn_tokens.clear();
+            live.turn_cuts.clear();
         }
     }
 }
@@ -622,14 +641,23 @@ where
     E: Env,
     P: Policy + ?Sized,
 {
-    let (seq, env, reward, turn_tokens) = match owner {
-        None => (policy.fork(st.prompt_seq)?, st.env.clone(), 0.0, Vec::new()),
+    let (seq, env, reward, turn_tokens, turn_cuts) = match owner {
+        None => (
+            policy.fork(st.prompt_seq)?,
+            st.env.clone(),
+            0.0,
+            Vec::new(),
+            Vec::new(),
+        ),
         Some(o) => {
             let src = st.spans[o].seq.expect("finished spans keep their sequence");
             let seq = policy.fork_at(src, st.prompt_tokens.len() + pos)?;
             let (env, reward, turn_start) = turn_context(st, o, pos);
             let turn_tokens = path_tokens(&st.spans, o, turn_start, pos);
-            (seq, env, reward, turn_tokens)
+            let mut cuts = span_starts(&st.spans, o, turn_start, pos);
+            cuts.push(turn_tokens.len());
+            let cuts = cuts.into_iter().map(|p| p.min(turn_tokens.len())).collect();
+            (seq, env, reward, turn_tokens, cuts)
         }
     };
     if let Some(o) = owner {
@@ -655,8 +683,28 @@ where
         env,
         reward,
         turn_tokens,
+        turn_cuts,
     });
     Ok(())
+}
+
+/// Offsets (relative to `from`) of the span starts strictly inside `(from, to)` on the path of
+/// span `s`, in increasing order.
+fn span_starts<E>(spans: &[Span<E>], s: usize, from: usize, to: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut span = s;
+    loop {
+        let sp = &spans[span];
+        if sp.start > from && sp.start < to {
+            out.push(sp.start - from);
+        }
+        match sp.parent {
+            Some(p) if sp.start > from => span = p,
+            _ => break,
+        }
+    }
+    out.reverse();
+    out
 }
 
 /// The environment, reward so far and turn start position in force at absolute position `pos`

@@ -341,3 +341,38 @@ fn max_trajectories_caps_each_group() {
         assert!(rollouts.iter().all(|r| r.num_leaves() == 1));
     }
 }
+
+#[test]
+fn node_texts_add_up_to_what_the_env_received_even_mid_character() {
+    // A random-weight engine samples arbitrary bytes, so branches forked inside an action often
+    // begin with a UTF-8 continuation byte: the environment must receive exactly the
+    // concatenation of the node texts, so every leaf still replays.
+    use crate::engine::{Engine, ModelConfig, Weights};
+    let cfg = ModelConfig {
+        n_layers: 2,
+        ..ModelConfig::tiny()
+    };
+    let spec = EnvSpec::from_name("multihop", &[("hops", "1")]).unwrap();
+    let tasks: Vec<(u64, AnyEnv)> = (0..4).map(|i| (i, spec.make(i))).collect();
+    let sc = SamplerConfig {
+        budget: 300,
+        max_action_tokens: 16,
+        granularity: Granularity::Token,
+        ..SamplerConfig::default()
+    };
+    let mut engine = Engine::new(cfg.clone(), &Weights::random(&cfg, 3)).unwrap();
+    let mut sink: Vec<TaskRollout> = Vec::new();
+    sample(&sc, &mut engine, &ByteTokenizer, &tasks, 3, 0, &mut sink).unwrap();
+    let mut mid_char_forks = 0;
+    for (r, (_, env)) in sink.iter().zip(&tasks) {
+        for n in &r.nodes {
+            if n.kind == NodeKind::Action && (0x80..=0xBF).contains(&n.tokens[0]) {
+                mid_char_forks += 1;
+            }
+        }
+        for leaf in r.leaves() {
+            replay(r, leaf, env.clone());
+        }
+    }
+    assert!(mid_char_forks > 0, "the case under test occurred");
+}

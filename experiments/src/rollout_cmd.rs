@@ -1,0 +1,196 @@
+//! `arbor rollout`: sample trees with a checkpoint's policy and export them, without training.
+//!
+//! The output directory reads like a run directory (`arbor inspect` and [`check_run_files`]
+//! accept it):
+//! ```text
+//! <out>/config.toml          the resolved settings (environment, sampler, estimator, seed)
+//! <out>/rollout.json         the checkpoint, task split, steps and totals
+//! <out>/trajectories.parquet one row per leaf trajectory, phase "rollout", with advantages
+//! <out>/nodes.parquet        one row per tree node
+//! <out>/metrics.parquet      one row per sampling step (+ metrics.csv)
+//! ```
+//! Step `s` samples `tasks_per_step` tasks of the chosen split with
+//! `TaskSet::sample(s, tasks_per_step, seed)` and the sampler seed `seed`, exactly as RL step
+//! `s` of a run with that seed would (on the train split); advantages use the configured
+//! estimator. Everything is validated before the directory is created, and an existing
+//! non-empty directory is never written into.
+//!
+//! [`check_run_files`]: datasets::export::check_run_files
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use datasets::atomic::write_atomic;
+use datasets::export::{MetricsRow, MetricsWriter, RolloutWriter, StepInfo};
+use datasets::{Split, TaskSet};
+use envs::AnyEnv;
+use rollout::advantage::estimate;
+use rollout::engine::Engine;
+use rollout::sampler::{SamplerStats, sample};
+use rollout::tokenizer::ByteTokenizer;
+use rollout::tree::TaskRollout;
+use serde::Serialize;
+use trainer::checkpoint;
+
+use crate::cli::RolloutArgs;
+use crate::eval_cmd::{env_for, resolve_checkpoint};
+
+/// Contents of `rollout.json`.
+#[derive(Debug, Serialize)]
+struct RolloutInfo {
+    checkpoint: String,
+    split: &'static str,
+    steps: usize,
+    tasks_per_step: usize,
+    seed: u64,
+    trajectories: u64,
+    task_groups: u64,
+    generated_tokens: u64,
+    success_rate: f64,
+    wall_s: f64,
+}
+
+/// Runs `arbor rollout`.
+pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
+    let resolved = resolve_checkpoint(&args.checkpoint)?;
+    let (spec, mut cfg) = env_for(
+        args.env.as_deref(),
+        &args.knobs,
+        args.tasks.as_ref(),
+        resolved.run_config.as_ref(),
+    )?;
+    if let Some(s) = &args.sampler {
+        cfg.sampler.kind = s.parse().map_err(|e| anyhow!("--sampler: {e}"))?;
+    }
+    if let Some(b) = &args.branch {
+        cfg.sampler.branch = b.parse().map_err(|e| anyhow!("--branch: {e}"))?;
+    }
+    if let Some(a) = &args.advantage {
+        cfg.rl.estimator = a.parse().map_err(|e| anyhow!("--advantage: {e}"))?;
+    }
+    if let Some(b) = args.budget {
+        cfg.sampler.budget = b;
+    }
+    if let Some(n) = args.tasks_per_step {
+        cfg.rl.tasks_per_step = n;
+    }
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let split = match args.split.as_str() {
+        "eval" => Split::Eval,
+        "train" => Split::Train,
+        other => bail!("--split '{other}' is not eval or train"),
+    };
+    cfg.seed = args.seed;
+    cfg.rl.steps = args.steps;
+    let out = &args.out;
+    cfg.name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "rollout".into());
+    cfg.out = out.parent().map(Path::to_path_buf).unwrap_or_default();
+    cfg.validate()?;
+    let ckpt = checkpoint::load(&resolved.checkpoint)
+        .with_context(|| format!("cannot load checkpoint {}", resolved.checkpoint.display()))?;
+    let mut engine = Engine::new(ckpt.model_config.clone(), &ckpt.weights)?;
+    if out.exists() {
+        let non_empty = std::fs::read_dir(out)
+            .with_context(|| format!("--out {} is not a readable directory", out.display()))?
+            .next()
+            .is_some();
+        if non_empty {
+            bail!(
+                "--out {} exists and is not empty; choose a new directory",
+                out.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+
+    let started = Instant::now();
+    let tasks = TaskSet::new(spec.clone(), split);
+    let mut writer = RolloutWriter::create(out, &cfg.name)?;
+    let mut metrics = MetricsWriter::create(out)?;
+    let bar = crate::train::progress(args.steps as u64, "roll", args.quiet);
+    let mut total = SamplerStats::default();
+    for step in 0..args.steps as u64 {
+        let ids = tasks.sample(step, cfg.rl.tasks_per_step, cfg.seed);
+        if ids.is_empty() {
+            bail!("the {} split of {} has no tasks", args.split, spec.name());
+        }
+        let envs: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, spec.make(id))).collect();
+        let mut rollouts: Vec<TaskRollout> = Vec::new();
+        let stats = sample(
+            &cfg.sampler,
+            &mut engine,
+            &ByteTokenizer,
+            &envs,
+            cfg.seed,
+            step,
+            &mut rollouts,
+        )?;
+        let advantages = estimate(cfg.rl.estimator, &rollouts)?;
+        let groups: Vec<_> = rollouts
+            .iter()
+            .zip(advantages.iter())
+            .map(|(r, a)| (r, Some(a)))
+            .collect();
+        let info = StepInfo {
+            step,
+            phase: "rollout",
+            env: spec.name(),
+            sampler: cfg.sampler.kind.as_str(),
+            budget: cfg.sampler.budget,
+            estimator: cfg.rl.estimator.name(),
+        };
+        writer.write_step(&info, &groups)?;
+        metrics.push(MetricsRow::from_sampler(step, "rollout", &stats))?;
+        total.merge(&stats);
+        bar.set_message(format!(
+            "success {:.3} traj {}",
+            stats.success_rate(),
+            stats.trajectories
+        ));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    writer.finish()?;
+    let info = RolloutInfo {
+        checkpoint: resolved.checkpoint.display().to_string(),
+        split: match split {
+            Split::Eval => "eval",
+            Split::Train => "train",
+        },
+        steps: args.steps,
+        tasks_per_step: cfg.rl.tasks_per_step,
+        seed: cfg.seed,
+        trajectories: total.trajectories,
+        task_groups: total.groups,
+        generated_tokens: total.generated_tokens,
+        success_rate: total.success_rate(),
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    write_atomic(
+        &out.join("rollout.json"),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+    )?;
+    println!(
+        "{} trajectories in {} task groups ({} {}, budget {}, {} steps): success {:.3}, {} \
+         generated tokens, {} distinct trajectories; {:.1}s; {}",
+        total.trajectories,
+        total.groups,
+        spec.name(),
+        cfg.sampler.kind,
+        cfg.sampler.budget,
+        args.steps,
+        total.success_rate(),
+        total.generated_tokens,
+        total.distinct_trajectories,
+        info.wall_s,
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,626 @@
+//! Hugging Face model directories: load a local Llama-family checkpoint (Llama 2/3.x, Qwen2/2.5,
+//! Mistral, SmolLM2 and the like) into an engine [`ModelConfig`], [`Weights`] and an
+//! [`HfTokenizer`], and write one back that both arbor and `transformers` read as the same model.
+//!
+//! # Map
+//! - [`load_model_dir`] → [`HfModel`]: everything below in one call, checked against each other.
+//! - [`load_config`] — `config.json` → [`ModelConfig`] + [`HfMeta`] (what saving needs to write
+//!   the directory back) + the special token ids it names.
+//! - [`load_weights`] — `model.safetensors` or the shards listed in
+//!   `model.safetensors.index.json` → [`Weights`] (f32, f16 and bf16 converted to f32).
+//! - [`load_tokenizer`] — `tokenizer.json` (+ special tokens from `config.json` or
+//!   `tokenizer_config.json`) → [`HfTokenizer`].
+//! - [`save_model_dir`] / [`HfModel::save`] — `config.json`, `model.safetensors` (f32) and the
+//!   tokenizer files.
+//! - [`fixture`] — tiny random model directories written in code, for tests and examples.
+//! - [`HfError`] — one variant per kind of malformed directory, each naming the file, field or
+//!   tensor to fix.
+//!
+//! ```
+//! use rollout::engine::Engine;
+//! use rollout::hf::{fixture::TinyModel, load_model_dir};
+//! use rollout::tokenizer::Tokenizer;
+//!
+//! let dir = std::env::temp_dir().join(format!("arbor-hf-doc-{}", std::process::id()));
+//! TinyModel::new(rollout::hf::fixture::tiny_config()).write(&dir)?;
+//! let model = load_model_dir(&dir)?;
+//! let engine = Engine::new(model.config.clone(), &model.weights)?;
+//! let mut prompt = vec![model.tokenizer.bos()];
+//! prompt.extend(model.tokenizer.encode("search[Kelda]"));
+//! assert_eq!(engine.forward_full(&prompt).nrows(), prompt.len());
+//! // Samplers take `&dyn Tokenizer`: pass `&model.tokenizer`.
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # `config.json`
+//! | key | arbor | notes |
+//! |---|---|---|
+//! | `model_type` | — | `llama`, `qwen2` or `mistral`; anything else is [`HfError::UnsupportedModelType`] |
+//! | `hidden_size` | `d_model` | required |
+//! | `num_hidden_layers` | `n_layers` | required |
+//! | `num_attention_heads` | `n_heads` | required |
+//! | `num_key_value_heads` | `n_kv_heads` | default `num_attention_heads` |
+//! | `intermediate_size` | `d_ff` | required |
+//! | `vocab_size` | `vocab_size` | required; must be at least the tokenizer's vocabulary |
+//! | `max_position_embeddings` | `max_seq_len` | default 2048 (llama), 32768 (qwen2), 131072 (mistral); capped by an active sliding window |
+//! | `rope_theta` | `rope_theta` | default 10000 (also read from `rope_parameters`) |
+//! | `rope_scaling` | `rope_scaling` | `null`, `default` or `llama3`; others are unsupported |
+//! | `rms_norm_eps` | `norm_eps` | default 1e-6 |
+//! | `tie_word_embeddings` | `tie_embeddings` | default false |
+//! | — | `qkv_bias` | true exactly for `qwen2` |
+//! | `head_dim` | — | optional; must equal `hidden_size / num_attention_heads` |
+//! | `hidden_act` | — | must be `silu` (the default) |
+//! | `attention_bias`, `mlp_bias` (llama) | — | must be false (Llama's attention bias includes `o_proj.bias`) |
+//! | `sliding_window` (mistral), `use_sliding_window` + `sliding_window` (qwen2) | `max_seq_len` | an active window caps the context: below the window, sliding-window attention is plain causal attention |
+//! | `quantization_config`, `rope_interleaved: true` | — | unsupported |
+//! | `bos_token_id`, `eos_token_id`, `pad_token_id` | tokenizer | an id or a list (the first id is used) |
+//!
+//! Other keys are ignored on load and kept on save. Dropout settings are ignored (arbor trains
+//! without dropout).
+//!
+//! # Weights
+//! Tensors are matched by their standard names ([`Weights::expected_shapes`]): a missing tensor,
+//! an extra one, a misshapen one or one in an unsupported dtype is an error that
+//! names it and its file (with a shard index, a tensor in a file the index does not assign it
+//! to is an index error, which also covers a tensor stored twice). Tolerated: `*.rotary_emb.inv_freq` buffers (recomputed from the
+//! config, so ignored) and, with tied embeddings, an `lm_head.weight` bit-identical to the
+//! embedding (dropped). Non-finite values are an error. Files are read whole (no memory
+//! mapping: the workspace forbids `unsafe`), one shard at a time, so loading needs about the
+//! file size plus the f32 weights in memory.
+//!
+//! # Special tokens
+//! BOS, EOS and padding come from `config.json` (`bos_token_id`, `eos_token_id`,
+//! `pad_token_id`; with a list, its first id), else from the token names in
+//! `tokenizer_config.json` (`bos_token`, `eos_token`, `pad_token`). Without a BOS the EOS is
+//! used (Qwen2 style: transcripts start with `<|endoftext|>`); without a padding token, the EOS.
+//! No EOS anywhere is an error: actions end with it. Every id must lie inside the embedding.
+//! No chat template is applied: prompts are the environment's plain text, encoded as they are.
+//!
+//! # Saving
+//! [`save_model_dir`] writes `config.json` (the loaded one with the architecture keys rewritten
+//! from the [`ModelConfig`], `torch_dtype = "float32"`), `model.safetensors` (f32, metadata
+//! `format = "pt"`, one file; a stale `model.safetensors.index.json` in `dir` is removed), the
+//! verbatim `tokenizer.json` and any `tokenizer_config.json`, `special_tokens_map.json` and
+//! `generation_config.json` read at load time. Each file is written atomically (temporary file,
+//! fsync, rename); the directory as a whole is not. Loading the result gives the same
+//! config and bit-identical weights (f16/bf16 sources were converted to f32 once, exactly).
+
+mod config;
+pub mod fixture;
+mod weights;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::engine::{EngineError, ModelConfig, Weights};
+use crate::tokenizer::{HfTokenizer, SpecialTokens, Tokenizer};
+
+pub use config::SUPPORTED_MODEL_TYPES;
+pub use weights::load_weights;
+
+/// File name of the architecture.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// File name of the tokenizer settings (special token names).
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// File name of single-file weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the shard index of sharded weights.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// Small files copied verbatim when a loaded model is saved again.
+const SIDE_FILES: [&str; 3] = [
+    TOKENIZER_CONFIG_FILE,
+    "special_tokens_map.json",
+    "generation_config.json",
+];
+
+/// Errors of loading or saving a Hugging Face model directory. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum HfError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A required file is not there.
+    #[error("{path} is missing ({what})")]
+    MissingFile {
+        /// The path looked for.
+        path: PathBuf,
+        /// What the file is for.
+        what: &'static str,
+    },
+    /// A JSON file does not parse (or is not a JSON object).
+    #[error("{path}: invalid JSON: {reason}")]
+    InvalidJson {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A `config.json` field is missing or has the wrong type.
+    #[error("{path}: field `{field}`: {reason}")]
+    ConfigField {
+        /// The file.
+        path: PathBuf,
+        /// The field (nested fields as `rope_scaling.factor`).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `model_type` names an architecture arbor cannot run.
+    #[error(
+        "{path}: model_type {model_type:?} is not supported (supported: {})",
+        SUPPORTED_MODEL_TYPES.join(", ")
+    )]
+    UnsupportedModelType {
+        /// The file.
+        path: PathBuf,
+        /// The `model_type` found.
+        model_type: String,
+    },
+    /// A `config.json` option asks for something arbor's transformer does not implement.
+    #[error("{path}: {option} = {value} is not supported: {reason}")]
+    UnsupportedOption {
+        /// The file.
+        path: PathBuf,
+        /// The option (a `config.json` key).
+        option: String,
+        /// Its value, as JSON.
+        value: String,
+        /// What arbor supports instead.
+        reason: String,
+    },
+    /// The sizes in `config.json` do not fit together.
+    #[error("{path}: invalid architecture: `{field}`: {reason}")]
+    InvalidConfig {
+        /// The file.
+        path: PathBuf,
+        /// The `config.json` key at fault.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The directory holds no safetensors weights arbor can read.
+    #[error(
+        "{dir}: no weights: expected {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}{}",
+        hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
+    NoWeights {
+        /// The model directory.
+        dir: PathBuf,
+        /// What was found instead, if anything.
+        hint: Option<String>,
+    },
+    /// A safetensors file is corrupt (bad header, offsets or length).
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    CorruptWeights {
+        /// The file.
+        path: PathBuf,
+        /// The safetensors parser's message.
+        reason: String,
+    },
+    /// `model.safetensors.index.json` is malformed or disagrees with its shards.
+    #[error("{path}: {reason}")]
+    ShardIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor is stored in a dtype other than F32, F16 or BF16.
+    #[error("{path}: tensor {name} has dtype {dtype}; supported: F32, F16, BF16")]
+    UnsupportedDtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        dtype: String,
+    },
+    /// A tensor the architecture needs is not in the weights.
+    #[error("{dir}: tensor {name} is missing from the weights")]
+    MissingTensor {
+        /// The model directory.
+        dir: PathBuf,
+        /// The tensor name.
+        name: String,
+    },
+    /// The weights hold a tensor the architecture does not use.
+    #[error("{path}: tensor {name} is not used by this model: {reason}")]
+    UnexpectedTensor {
+        /// The file holding it.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// Why it does not belong.
+        reason: String,
+    },
+    /// A tensor's shape differs from the one `config.json` implies.
+    #[error("{path}: tensor {name} has shape {got:?}, config.json implies {expected:?}")]
+    BadShape {
+        /// The file holding it.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The stored shape.
+        got: Vec<usize>,
+    },
+    /// The weights fail a check after loading (non-finite values) or before saving.
+    #[error("{dir}: {source}")]
+    Weights {
+        /// The model directory.
+        dir: PathBuf,
+        /// The engine's finding.
+        source: EngineError,
+    },
+    /// `tokenizer.json` cannot be read by the `tokenizers` crate.
+    #[error("{path}: cannot load the tokenizer: {reason}")]
+    Tokenizer {
+        /// The file.
+        path: PathBuf,
+        /// The tokenizer library's message.
+        reason: String,
+    },
+    /// The embedding has fewer rows than the tokenizer has token ids.
+    #[error(
+        "config.json vocab_size {embedding} is smaller than the tokenizer's vocabulary \
+         ({tokenizer} token ids): the embedding must have a row for every token id"
+    )]
+    VocabTooSmall {
+        /// Rows of the embedding (`vocab_size`).
+        embedding: usize,
+        /// Largest token id of the tokenizer plus one.
+        tokenizer: usize,
+    },
+    /// A special token is missing or out of range.
+    #[error("{which} token: {reason}")]
+    SpecialToken {
+        /// `bos`, `eos` or `pad`.
+        which: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The configuration cannot be written as a `config.json` that loads back to it.
+    #[error("cannot write config.json for this configuration: {reason}")]
+    Unrepresentable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl HfError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        HfError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// What a model directory holds besides the architecture, the weights and the tokenizer: the
+/// `model_type`, the full `config.json` object (its other keys are written back on save) and
+/// small side files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfMeta {
+    /// `llama`, `qwen2` or `mistral`.
+    pub model_type: String,
+    config_json: Map<String, Value>,
+    side_files: Vec<(String, Vec<u8>)>,
+}
+
+impl HfMeta {
+    /// Metadata for a model that was not loaded from a directory: `qwen2` when the config has
+    /// q/k/v biases, else `llama`; no other keys, no side files.
+    pub fn for_config(cfg: &ModelConfig) -> Self {
+        HfMeta {
+            model_type: if cfg.qkv_bias { "qwen2" } else { "llama" }.to_string(),
+            config_json: Map::new(),
+            side_files: Vec::new(),
+        }
+    }
+
+    /// The `config.json` object as loaded (empty for [`HfMeta::for_config`]).
+    pub fn config_json(&self) -> &Map<String, Value> {
+        &self.config_json
+    }
+}
+
+/// A loaded model directory. Engine: `Engine::new(model.config.clone(), &model.weights)`;
+/// trainer: `Trainer::from_weights(&model.config, …, &model.weights)`; samplers take
+/// `&model.tokenizer` as their `&dyn Tokenizer`.
+#[derive(Debug, Clone)]
+pub struct HfModel {
+    /// The architecture.
+    pub config: ModelConfig,
+    /// The weights, f32, under the standard names.
+    pub weights: Weights,
+    /// The tokenizer with the model's special tokens.
+    pub tokenizer: HfTokenizer,
+    /// What saving needs to write the directory back.
+    pub meta: HfMeta,
+}
+
+impl HfModel {
+    /// Writes this model to `dir` ([`save_model_dir`]).
+    pub fn save(&self, dir: &Path) -> Result<(), HfError> {
+        save_model_dir(
+            dir,
+            &self.meta,
+            &self.config,
+            &self.weights,
+            &self.tokenizer,
+        )
+    }
+
+    /// Writes this model's directory with other weights for the same architecture (e.g. the
+    /// trainer's after fine-tuning), without cloning the model.
+    pub fn save_with_weights(&self, dir: &Path, weights: &Weights) -> Result<(), HfError> {
+        save_model_dir(dir, &self.meta, &self.config, weights, &self.tokenizer)
+    }
+}
+
+/// What [`load_config`] reads from `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedConfig {
+    /// The architecture.
+    pub config: ModelConfig,
+    /// Model type, the raw object and side files.
+    pub meta: HfMeta,
+    /// `bos_token_id`, if set.
+    pub bos: Option<u32>,
+    /// `eos_token_id` (first of a list), if set.
+    pub eos: Option<u32>,
+    /// `pad_token_id`, if set.
+    pub pad: Option<u32>,
+}
+
+/// Loads the model directory `dir`: `config.json`, `tokenizer.json` (and
+/// `tokenizer_config.json` if present) and the safetensors weights, checked against each other
+/// (see the [module docs](self)). Cheap checks come first: a bad config or tokenizer fails
+/// before any weight is read.
+pub fn load_model_dir(dir: &Path) -> Result<HfModel, HfError> {
+    if !dir.is_dir() {
+        return Err(HfError::MissingFile {
+            path: dir.to_path_buf(),
+            what: "the model directory",
+        });
+    }
+    let loaded = load_config(dir)?;
+    let tokenizer = load_tokenizer(dir, &loaded)?;
+    let weights = load_weights(dir, &loaded.config)?;
+    Ok(HfModel {
+        config: loaded.config,
+        weights,
+        tokenizer,
+        meta: loaded.meta,
+    })
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, HfError> {
+    fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => HfError::MissingFile {
+            path: path.to_path_buf(),
+            what,
+        },
+        _ => HfError::io(path, e),
+    })
+}
+
+/// Reads a JSON object file.
+fn read_json_object(path: &Path, what: &'static str) -> Result<Map<String, Value>, HfError> {
+    let bytes = read(path, what)?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(HfError::InvalidJson {
+            path: path.to_path_buf(),
+            reason: "expected a JSON object".into(),
+        }),
+        Err(e) => Err(HfError::InvalidJson {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Reads `dir/config.json` into a [`ModelConfig`] (see the table in the [module docs](self))
+/// and collects the side files saving copies back.
+pub fn load_config(dir: &Path) -> Result<LoadedConfig, HfError> {
+    let path = dir.join(CONFIG_FILE);
+    let map = read_json_object(&path, "the model's config.json")?;
+    let parsed = config::parse(&path, &map)?;
+    let mut side_files = Vec::new();
+    for name in SIDE_FILES {
+        match fs::read(dir.join(name)) {
+            Ok(bytes) => side_files.push((name.to_string(), bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(HfError::io(&dir.join(name), e)),
+        }
+    }
+    Ok(LoadedConfig {
+        config: parsed.config,
+        meta: HfMeta {
+            model_type: parsed.model_type,
+            config_json: map,
+            side_files,
+        },
+        bos: parsed.bos,
+        eos: parsed.eos,
+        pad: parsed.pad,
+    })
+}
+
+/// A special token's name in `tokenizer_config.json`: a string or `{"content": …}`.
+fn named_token(tc: &Map<String, Value>, key: &str) -> Option<String> {
+    match tc.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Reads `dir/tokenizer.json` and resolves the special tokens (see the
+/// [module docs](self#special-tokens)); checks that the embedding covers the tokenizer's
+/// vocabulary and the special ids.
+pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, HfError> {
+    let path = dir.join(TOKENIZER_FILE);
+    let bytes = read(&path, "the model's tokenizer.json")?;
+    let json = String::from_utf8(bytes).map_err(|_| HfError::Tokenizer {
+        path: path.clone(),
+        reason: "not UTF-8 text".into(),
+    })?;
+    let tc_path = dir.join(TOKENIZER_CONFIG_FILE);
+    let tc = if tc_path.is_file() {
+        read_json_object(&tc_path, "tokenizer settings")?
+    } else {
+        Map::new()
+    };
+    // Parse once without specials to look names up, then build with the resolved ids.
+    let probe = HfTokenizer::from_json(
+        &json,
+        SpecialTokens {
+            bos: u32::MAX,
+            eos: u32::MAX,
+            pad: u32::MAX,
+        },
+        &path,
+    )?;
+    if probe.vocab_size() > loaded.config.vocab_size {
+        return Err(HfError::VocabTooSmall {
+            embedding: loaded.config.vocab_size,
+            tokenizer: probe.vocab_size(),
+        });
+    }
+    let by_name = |which: &'static str, key: &str| -> Result<Option<u32>, HfError> {
+        match named_token(&tc, key) {
+            None => Ok(None),
+            Some(name) => probe
+                .token_to_id(&name)
+                .map(Some)
+                .ok_or(HfError::SpecialToken {
+                    which,
+                    reason: format!(
+                        "{TOKENIZER_CONFIG_FILE} names {name:?} as {key}, which is not in \
+                     {TOKENIZER_FILE}"
+                    ),
+                }),
+        }
+    };
+    let eos = match loaded.eos {
+        Some(id) => id,
+        None => by_name("eos", "eos_token")?.ok_or(HfError::SpecialToken {
+            which: "eos",
+            reason: format!(
+                "neither {CONFIG_FILE} (eos_token_id) nor {TOKENIZER_CONFIG_FILE} (eos_token) \
+                 names one; actions end with it"
+            ),
+        })?,
+    };
+    let bos = match loaded.bos {
+        Some(id) => id,
+        None => by_name("bos", "bos_token")?.unwrap_or(eos),
+    };
+    let pad = match loaded.pad {
+        Some(id) => id,
+        None => by_name("pad", "pad_token")?.unwrap_or(eos),
+    };
+    let embedding = loaded.config.vocab_size;
+    for (which, id) in [("bos", bos), ("eos", eos), ("pad", pad)] {
+        if id as usize >= embedding {
+            return Err(HfError::SpecialToken {
+                which,
+                reason: format!("id {id} is outside the embedding (vocab_size {embedding})"),
+            });
+        }
+    }
+    Ok(probe.with_special_tokens(SpecialTokens { bos, eos, pad }))
+}
+
+/// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename.
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), HfError>,
+) -> Result<(), HfError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = write(&tmp).and_then(|()| {
+        let sync = |p: &Path| File::open(p).and_then(|f| f.sync_all());
+        sync(&tmp).map_err(|e| HfError::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| HfError::io(path, e))?;
+        sync(dir).map_err(|e| HfError::io(dir, e))
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
+    write_atomic(path, |tmp| {
+        File::create(tmp)
+            .and_then(|mut f| f.write_all(bytes))
+            .map_err(|e| HfError::io(tmp, e))
+    })
+}
+
+/// Writes a model directory that [`load_model_dir`] and `transformers` load back as the same
+/// model (see the [module docs](self#saving)). `weights` are checked against `cfg` first and
+/// the tokenizer against the embedding; `dir` is created if needed.
+pub fn save_model_dir(
+    dir: &Path,
+    meta: &HfMeta,
+    cfg: &ModelConfig,
+    weights: &Weights,
+    tokenizer: &HfTokenizer,
+) -> Result<(), HfError> {
+    weights.validate(cfg).map_err(|source| HfError::Weights {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    if tokenizer.vocab_size() > cfg.vocab_size {
+        return Err(HfError::VocabTooSmall {
+            embedding: cfg.vocab_size,
+            tokenizer: tokenizer.vocab_size(),
+        });
+    }
+    let config_json = config::to_json(meta, cfg, tokenizer.special_tokens())?;
+    fs::create_dir_all(dir).map_err(|e| HfError::io(dir, e))?;
+    let text = serde_json::to_string_pretty(&Value::Object(config_json))
+        .expect("a JSON value serializes")
+        + "\n";
+    write_bytes_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_atomic(&dir.join(WEIGHTS_FILE), |tmp| {
+        weights::write_f32(tmp, weights, metadata)
+    })?;
+    // A shard index left from an earlier save would take precedence over the new file.
+    match fs::remove_file(dir.join(WEIGHTS_INDEX_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(HfError::io(&dir.join(WEIGHTS_INDEX_FILE), e)),
+    }
+    write_bytes_atomic(&dir.join(TOKENIZER_FILE), tokenizer.json().as_bytes())?;
+    for (name, bytes) in &meta.side_files {
+        write_bytes_atomic(&dir.join(name), bytes)?;
+    }
+    Ok(())
+}
