@@ -171,6 +171,10 @@ pub struct TrainArgs {
     /// `model.preset`: tiny or small [default: tiny].
     #[arg(long)]
     pub preset: Option<String>,
+    /// `model.dir`: a local Hugging Face Llama-family model directory (config.json,
+    /// *.safetensors, tokenizer.json) to start from instead of a preset.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
     /// `sampler.kind`: tree or chain [default: tree].
     #[arg(long)]
     pub sampler: Option<String>,

@@ -78,8 +78,53 @@ pub struct EnvSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
-    /// Preset: `tiny` or `small`. Default: `tiny`.
+    /// Preset: `tiny` or `small` (random initial weights, byte tokenizer). Default: `tiny`.
     pub preset: String,
+    /// A local Hugging Face model directory of the Llama family (`config.json`,
+    /// `*.safetensors`, `tokenizer.json`); overrides `preset`: its weights and tokenizer are used.
+    pub dir: Option<PathBuf>,
+    /// Caps the context window of a `dir` model (its RoPE tables and KV cache are sized by it).
+    /// Default: 2048.
+    pub max_seq_len: usize,
+}
+
+/// The policy a run starts from.
+pub struct LoadedModel {
+    /// Architecture.
+    pub config: ModelConfig,
+    /// Initial weights (`None`: the preset's seeded random initialisation).
+    pub weights: Option<rollout::engine::Weights>,
+    /// Tokenizer.
+    pub tokenizer: Box<dyn rollout::tokenizer::Tokenizer>,
+    /// What to call it in messages.
+    pub name: String,
+}
+
+impl ModelSection {
+    /// Loads the configured model: a preset with the byte tokenizer, or a Hugging Face
+    /// directory with its weights and tokenizer.
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        match &self.dir {
+            None => Ok(LoadedModel {
+                config: ModelConfig::preset(&self.preset)?,
+                weights: None,
+                tokenizer: Box::new(rollout::tokenizer::ByteTokenizer),
+                name: self.preset.clone(),
+            }),
+            Some(dir) => {
+                let hf = rollout::hf::load_model_dir(dir)
+                    .with_context(|| format!("cannot load model directory {}", dir.display()))?;
+                let mut config = hf.config.clone();
+                config.max_seq_len = config.max_seq_len.min(self.max_seq_len.max(16));
+                Ok(LoadedModel {
+                    config,
+                    weights: Some(hf.weights),
+                    tokenizer: Box::new(hf.tokenizer),
+                    name: dir.display().to_string(),
+                })
+            }
+        }
+    }
 }
 
 /// `[sft]`.
@@ -180,6 +225,8 @@ impl Default for ModelSection {
     fn default() -> Self {
         ModelSection {
             preset: "tiny".into(),
+            dir: None,
+            max_seq_len: 2048,
         }
     }
 }
@@ -250,7 +297,9 @@ impl TrainConfig {
     /// Checks every value a run depends on; the first problem is the error.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.sampler.validate()?;
-        ModelConfig::preset(&self.model.preset)?;
+        if self.model.dir.is_none() {
+            ModelConfig::preset(&self.model.preset)?;
+        }
         self.loss_agg()?;
         let positive = [
             ("sft.batch", self.sft.batch),

@@ -105,7 +105,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot load checkpoint {}", resolved.checkpoint.display()))?;
     let mut engine = Engine::new(ckpt.model_config.clone(), &ckpt.weights)?;
     let ids = TaskSet::new(spec.clone(), Split::Eval).eval_ids(args.episodes);
-    let (r, episodes) = evaluate_episodes(&mut engine, &spec, &ids, &cfg, args.seed)?;
+    let tokenizer = cfg.model.load()?.tokenizer;
+    let (r, episodes) = evaluate_episodes(
+        &mut engine,
+        tokenizer.as_ref(),
+        &spec,
+        &ids,
+        &cfg,
+        args.seed,
+    )?;
     for ep in episodes.iter().take(args.show) {
         for leaf in ep.leaves() {
             let info = ep.node(leaf).leaf.expect("leaves carry their outcome");

@@ -28,7 +28,6 @@ use envs::AnyEnv;
 use rollout::advantage::estimate;
 use rollout::engine::Engine;
 use rollout::sampler::{SamplerStats, sample};
-use rollout::tokenizer::ByteTokenizer;
 use rollout::tree::TaskRollout;
 use serde::Serialize;
 use trainer::checkpoint;
@@ -60,6 +59,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
         args.tasks.as_ref(),
         resolved.run_config.as_ref(),
     )?;
+    let tokenizer = cfg.model.load()?.tokenizer;
     if let Some(s) = &args.sampler {
         cfg.sampler.kind = s.parse().map_err(|e| anyhow!("--sampler: {e}"))?;
     }
@@ -126,7 +126,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
         let stats = sample(
             &cfg.sampler,
             &mut engine,
-            &ByteTokenizer,
+            tokenizer.as_ref(),
             &envs,
             cfg.seed,
             step,

@@ -15,7 +15,7 @@ use rollout::advantage::estimate;
 use rollout::engine::{Engine, ModelConfig};
 use rollout::policy::SamplingParams;
 use rollout::sampler::{SamplerConfig, SamplerKind, SamplerStats, sample};
-use rollout::tokenizer::ByteTokenizer;
+use rollout::tokenizer::Tokenizer;
 use rollout::tree::TaskRollout;
 use serde::{Deserialize, Serialize};
 use trainer::checkpoint;
@@ -114,6 +114,9 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     if let Some(p) = &args.preset {
         cfg.model.preset = p.clone();
+    }
+    if let Some(d) = &args.model {
+        cfg.model.dir = Some(d.clone());
     }
     if let Some(s) = &args.sampler {
         cfg.sampler.kind = s.parse().map_err(|e| anyhow::anyhow!("--sampler: {e}"))?;
@@ -291,6 +294,8 @@ fn trainer_from(
 /// picks and fills the run directory, trains, evaluates and writes `summary.json`.
 pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result<RunOutcome> {
     let spec = cfg.env_spec()?;
+    // Load the model before creating anything, so a bad model directory leaves no trace.
+    let model = cfg.model.load()?;
     let dir = run_dir(&mut cfg, opts.resume)?;
     write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     let quiet = opts.quiet;
@@ -307,14 +312,18 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" "),
-        cfg.model.preset,
+        cfg.model
+            .dir
+            .as_ref()
+            .map_or(cfg.model.preset.clone(), |d| d.display().to_string()),
         cfg.sampler.kind,
         cfg.sampler.budget,
         cfg.rl.estimator,
         dir.display()
     ));
     let started = Instant::now();
-    let model_cfg = ModelConfig::preset(&cfg.model.preset)?;
+    let model_cfg = model.config.clone();
+    let tokenizer = model.tokenizer.as_ref();
     let tcfg = TrainerConfig {
         optim: AdamWConfig {
             lr: cfg.sft.lr,
@@ -343,6 +352,9 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         (trainer, state)
     } else if let Some(init) = opts.init {
         (trainer_from(init, &model_cfg, tcfg)?, RunState::default())
+    } else if let Some(w) = &model.weights {
+        let trainer = Trainer::from_weights(&model_cfg, w, tcfg, &default_device())?;
+        (trainer, RunState::default())
     } else {
         (Trainer::new(&model_cfg, tcfg)?, RunState::default())
     };
@@ -381,7 +393,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
                 spec.name()
             );
         }
-        let encoded: Vec<_> = demos.iter().map(|d| d.encode(&ByteTokenizer)).collect();
+        let encoded: Vec<_> = demos.iter().map(|d| d.encode(tokenizer)).collect();
         let bar = progress(cfg.sft.steps as u64, "sft", quiet);
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         bar.set_position(sft_done as u64);
@@ -431,7 +443,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     let before = match run_state.before {
         Some(b) => b,
         None => {
-            let b = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
+            let b = evaluate(&mut engine, tokenizer, &spec, &eval_ids, &cfg, cfg.seed)?;
             run_state.before = Some(b);
             run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
             run_state.save_with(&dir, &trainer)?;
@@ -461,7 +473,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         let stats = sample(
             &cfg.sampler,
             &mut engine,
-            &ByteTokenizer,
+            tokenizer,
             &tasks,
             cfg.seed,
             step,
@@ -529,7 +541,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         run_state.save_with(&dir, &trainer)?;
     }
 
-    let after = evaluate(&mut engine, &spec, &eval_ids, &cfg, cfg.seed)?;
+    let after = evaluate(&mut engine, tokenizer, &spec, &eval_ids, &cfg, cfg.seed)?;
     say(format!(
         "eval after RL:  success {:.3} ± {:.3} over {} held-out tasks",
         after.success, after.stderr, after.episodes
@@ -592,17 +604,19 @@ fn rl_row(
 /// temperature.
 pub fn evaluate(
     engine: &mut Engine,
+    tokenizer: &dyn Tokenizer,
     spec: &EnvSpec,
     ids: &[u64],
     cfg: &TrainConfig,
     seed: u64,
 ) -> anyhow::Result<EvalResult> {
-    evaluate_episodes(engine, spec, ids, cfg, seed).map(|(r, _)| r)
+    evaluate_episodes(engine, tokenizer, spec, ids, cfg, seed).map(|(r, _)| r)
 }
 
 /// [`evaluate`], also returning the episodes (one single-leaf tree per task).
 pub fn evaluate_episodes(
     engine: &mut Engine,
+    tokenizer: &dyn Tokenizer,
     spec: &EnvSpec,
     ids: &[u64],
     cfg: &TrainConfig,
@@ -628,15 +642,7 @@ pub fn evaluate_episodes(
     };
     let mut sink: Vec<TaskRollout> = Vec::new();
     // A fixed evaluation stream: the same episodes' randomness before and after RL.
-    let stats = sample(
-        &sc,
-        engine,
-        &ByteTokenizer,
-        &tasks,
-        seed,
-        u64::MAX,
-        &mut sink,
-    )?;
+    let stats = sample(&sc, engine, tokenizer, &tasks, seed, u64::MAX, &mut sink)?;
     let n = sink.len().max(1) as f64;
     let p = stats.successes as f64 / n;
     let se = (p * (1.0 - p) / n).sqrt();

@@ -19,7 +19,7 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 /// A config small enough for a test: a few SFT and RL steps on 1-hop multihop.
-fn tiny_config(dir: &Path) -> PathBuf {
+fn tiny_config_file(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.toml");
     std::fs::write(
         &path,
@@ -106,7 +106,7 @@ fn bad_input_is_one_clear_line() {
 #[test]
 fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
     let dir = scratch("resume");
-    let cfg = tiny_config(&dir);
+    let cfg = tiny_config_file(&dir);
     let (cfg, out_dir) = (cfg.to_str().unwrap(), dir.to_str().unwrap());
     let full = arbor(&[
         "train", "--config", cfg, "--out", out_dir, "--name", "full", "--quiet",
@@ -182,7 +182,7 @@ fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
 #[test]
 fn sigkill_mid_run_leaves_complete_parquet_files() {
     let dir = scratch("kill");
-    let cfg = tiny_config(&dir);
+    let cfg = tiny_config_file(&dir);
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args([
             "train",
@@ -211,5 +211,48 @@ fn sigkill_mid_run_leaves_complete_parquet_files() {
     let summary = datasets::export::check_run_files(dir.join("killed")).unwrap();
     assert!(summary.trajectories > 0, "{summary:?}");
     datasets::export::read_metrics(dir.join("killed").join("metrics.parquet")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn train_starts_from_a_hugging_face_model_directory() {
+    use rollout::hf::fixture::{TinyModel, tiny_config};
+    let dir = scratch("hf");
+    let model = dir.join("tiny-llama");
+    TinyModel::new(tiny_config()).write(&model).unwrap();
+    let cfg = tiny_config_file(&dir);
+    let out = arbor(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--name",
+        "hf",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The checkpoint keeps the model's architecture and loads back.
+    let ckpt = trainer::checkpoint::load(
+        &trainer::checkpoint::latest(&dir.join("hf").join("checkpoints")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ckpt.model_config.vocab_size, tiny_config().vocab_size);
+    datasets::export::check_run_files(dir.join("hf")).unwrap();
+    // A directory that is not a model is a one-line error.
+    let out = arbor(&[
+        "train",
+        "--model",
+        dir.to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, "cannot load model directory");
     std::fs::remove_dir_all(&dir).unwrap();
 }
