@@ -96,8 +96,6 @@ pub struct LoadedModel {
     pub weights: Option<rollout::engine::Weights>,
     /// Tokenizer.
     pub tokenizer: Box<dyn rollout::tokenizer::Tokenizer>,
-    /// What to call it in messages.
-    pub name: String,
 }
 
 impl ModelSection {
@@ -109,7 +107,6 @@ impl ModelSection {
                 config: ModelConfig::preset(&self.preset)?,
                 weights: None,
                 tokenizer: Box::new(rollout::tokenizer::ByteTokenizer),
-                name: self.preset.clone(),
             }),
             Some(dir) => {
                 let hf = rollout::hf::load_model_dir(dir)
@@ -120,7 +117,6 @@ impl ModelSection {
                     config,
                     weights: Some(hf.weights),
                     tokenizer: Box::new(hf.tokenizer),
-                    name: dir.display().to_string(),
                 })
             }
         }
