@@ -1,70 +1,13 @@
 //! End-to-end tests of `arbor sweep`, `arbor rollout` and `arbor inspect` on tiny configs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{arbor, assert_one_line_error, ok, scratch, tiny_config};
+
+use std::path::Path;
 use std::time::SystemTime;
 
 use arrow::array::{Array, StringArray, UInt32Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-fn arbor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args(args)
-        .output()
-        .expect("the arbor binary runs")
-}
-
-fn ok(out: &Output) -> (String, String) {
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    (stdout, stderr)
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("arbor-analysis-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A few SFT steps and one RL step on 1-hop multihop.
-fn tiny_config(dir: &Path) -> PathBuf {
-    let path = dir.join("tiny.toml");
-    std::fs::write(
-        &path,
-        r#"
-[env]
-name = "multihop"
-knobs = { hops = "1" }
-[sft]
-steps = 3
-batch = 4
-demos = 16
-[rl]
-steps = 1
-tasks_per_step = 2
-[sampler]
-budget = 96
-max_action_tokens = 24
-[eval]
-episodes = 4
-"#,
-    )
-    .unwrap();
-    path
-}
-
-fn assert_one_line_error(out: &Output, needle: &str) {
-    assert!(!out.status.success(), "expected failure");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line, got: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].contains(needle), "'{needle}' not in: {err}");
-}
 
 fn mtime(path: &Path) -> SystemTime {
     std::fs::metadata(path).unwrap().modified().unwrap()
@@ -122,7 +65,7 @@ fn model_bytes(run: &Path) -> Vec<u8> {
 #[test]
 fn sweep_rollout_inspect() {
     let dir = scratch("flow");
-    let cfg = tiny_config(&dir);
+    let cfg = tiny_config(&dir, 1);
     let sweep = dir.join("sweep");
     let (cfg_s, sweep_s) = (cfg.to_str().unwrap(), sweep.to_str().unwrap());
     let grid = [
@@ -296,7 +239,7 @@ fn sweep_rollout_inspect() {
 #[test]
 fn bad_input_is_one_clear_line() {
     let dir = scratch("bad");
-    let cfg = tiny_config(&dir);
+    let cfg = tiny_config(&dir, 1);
     let sweep = dir.join("sweep");
     let (cfg_s, sweep_s) = (cfg.to_str().unwrap(), sweep.to_str().unwrap());
     let sweep_with = |extra: &[&str]| {

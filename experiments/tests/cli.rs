@@ -1,60 +1,10 @@
 //! End-to-end tests of the `arbor` binary: bad input gives one clear line and a non-zero exit,
 //! and a resumed run ends exactly where the uninterrupted run ends.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{arbor, assert_one_line_error, scratch, tiny_config};
 
-fn arbor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arbor"))
-        .args(args)
-        .output()
-        .expect("the arbor binary runs")
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("arbor-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A config small enough for a test: a few SFT and RL steps on 1-hop multihop.
-fn tiny_config_file(dir: &Path) -> PathBuf {
-    let path = dir.join("tiny.toml");
-    std::fs::write(
-        &path,
-        r#"
-[env]
-name = "multihop"
-knobs = { hops = "1" }
-[sft]
-steps = 3
-batch = 4
-demos = 16
-[rl]
-steps = 3
-tasks_per_step = 2
-checkpoint_every = 1
-[sampler]
-budget = 96
-max_action_tokens = 24
-[eval]
-episodes = 4
-"#,
-    )
-    .unwrap();
-    path
-}
-
-fn assert_one_line_error(out: &Output, needle: &str) {
-    assert!(!out.status.success(), "expected failure");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line, got: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].contains(needle), "'{needle}' not in: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
+use std::process::Command;
 
 #[test]
 fn bad_input_is_one_clear_line() {
@@ -106,7 +56,7 @@ fn bad_input_is_one_clear_line() {
 #[test]
 fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
     let dir = scratch("resume");
-    let cfg = tiny_config_file(&dir);
+    let cfg = tiny_config(&dir, 3);
     let (cfg, out_dir) = (cfg.to_str().unwrap(), dir.to_str().unwrap());
     let full = arbor(&[
         "train", "--config", cfg, "--out", out_dir, "--name", "full", "--quiet",
@@ -182,7 +132,7 @@ fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
 #[test]
 fn sigkill_mid_run_leaves_complete_parquet_files() {
     let dir = scratch("kill");
-    let cfg = tiny_config_file(&dir);
+    let cfg = tiny_config(&dir, 3);
     let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
         .args([
             "train",
@@ -216,11 +166,11 @@ fn sigkill_mid_run_leaves_complete_parquet_files() {
 
 #[test]
 fn train_starts_from_a_hugging_face_model_directory() {
-    use rollout::hf::fixture::{TinyModel, tiny_config};
+    use rollout::hf::fixture::{TinyModel, tiny_config as tiny_model};
     let dir = scratch("hf");
     let model = dir.join("tiny-llama");
-    TinyModel::new(tiny_config()).write(&model).unwrap();
-    let cfg = tiny_config_file(&dir);
+    TinyModel::new(tiny_model()).write(&model).unwrap();
+    let cfg = tiny_config(&dir, 3);
     let out = arbor(&[
         "train",
         "--config",
@@ -243,7 +193,7 @@ fn train_starts_from_a_hugging_face_model_directory() {
         &trainer::checkpoint::latest(&dir.join("hf").join("checkpoints")).unwrap(),
     )
     .unwrap();
-    assert_eq!(ckpt.model_config.vocab_size, tiny_config().vocab_size);
+    assert_eq!(ckpt.model_config.vocab_size, tiny_model().vocab_size);
     datasets::export::check_run_files(dir.join("hf")).unwrap();
     // A directory that is not a model is a one-line error.
     let out = arbor(&[
