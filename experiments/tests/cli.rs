@@ -206,3 +206,37 @@ fn train_starts_from_a_hugging_face_model_directory() {
     assert_one_line_error(&out, "cannot load model directory");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn same_config_and_seed_give_byte_identical_rollout_files() {
+    let dir = scratch("determinism");
+    let cfg = tiny_config(&dir, 2);
+    for out in ["a", "b"] {
+        let out_dir = dir.join(out);
+        let run = arbor(&[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--name",
+            "same",
+            "--quiet",
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    for file in ["trajectories.parquet", "nodes.parquet"] {
+        let a = std::fs::read(dir.join("a").join("same").join(file)).unwrap();
+        let b = std::fs::read(dir.join("b").join("same").join(file)).unwrap();
+        assert!(!a.is_empty());
+        assert!(
+            a == b,
+            "{file} differs between two runs of the same config and seed"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
