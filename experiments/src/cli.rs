@@ -162,7 +162,7 @@ pub struct TrainArgs {
     /// `env.name`: multihop, countdown, maze or qa-file [default: multihop].
     #[arg(long)]
     pub env: Option<String>,
-    /// `env.knobs`: difficulty knob `name=value`, repeatable [default for multihop: hops=1].
+    /// `env.knobs`: difficulty knob `name=value`, repeatable [default for multihop: hops=1 distractors=0].
     #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
     pub knobs: Vec<String>,
     /// `env.tasks`: task file for qa-file (JSONL or Parquet with prompt/answer columns).
@@ -190,10 +190,10 @@ pub struct TrainArgs {
     /// `sampler.budget`: generated tokens per task group [default: 512].
     #[arg(long)]
     pub budget: Option<u32>,
-    /// `sft.steps` [default: 500].
+    /// `sft.steps` [default: 1500].
     #[arg(long)]
     pub sft_steps: Option<usize>,
-    /// `rl.steps` [default: 20].
+    /// `rl.steps` [default: 15].
     #[arg(long)]
     pub steps: Option<usize>,
     /// `seed` [default: 0].
