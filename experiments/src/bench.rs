@@ -101,12 +101,18 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             (id, spec.make(id))
         })
         .collect();
-    let cfg = ModelConfig::preset(&args.preset)?;
-    let weights = Weights::random(&cfg, args.seed);
-    let policy_name = format!(
-        "{} with seeded random weights (seed {})",
-        args.preset, args.seed
-    );
+    let (cfg, weights, policy_name) = match &args.checkpoint {
+        Some(dir) => policy_weights(Some(dir))?,
+        None => {
+            let cfg = ModelConfig::preset(&args.preset)?;
+            let weights = Weights::random(&cfg, args.seed);
+            let name = format!(
+                "{} with seeded random weights (seed {})",
+                args.preset, args.seed
+            );
+            (cfg, weights, name)
+        }
+    };
     let mut engine = Engine::new(cfg, &weights).context("building the engine")?;
     let mut rows = Vec::new();
     for &budget in &args.budgets {
