@@ -240,3 +240,44 @@ fn same_config_and_seed_give_byte_identical_rollout_files() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_sampler_samples_with_the_given_checkpoint() {
+    let dir = scratch("bench");
+    let cfg = tiny_config(&dir, 1);
+    let (cfg, out_dir) = (cfg.to_str().unwrap(), dir.to_str().unwrap());
+    let run = arbor(&[
+        "train", "--config", cfg, "--out", out_dir, "--name", "r", "--quiet",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "sampler",
+            "--json",
+            "--tasks",
+            "2",
+            "--budgets",
+            "64",
+        ];
+        args.extend_from_slice(extra);
+        let out = arbor(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let run_dir = dir.join("r");
+    let trained = bench(&["--checkpoint", run_dir.to_str().unwrap()]);
+    let random = bench(&[]);
+    assert!(trained.contains("checkpoints"), "{trained}");
+    assert!(random.contains("seeded random weights"), "{random}");
+    assert_eq!(trained.lines().count(), 2, "chain and tree rows");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
