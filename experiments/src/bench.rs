@@ -29,7 +29,21 @@ fn engine(args: &EngineBenchArgs) -> anyhow::Result<()> {
     if !args.quick {
         opts.presets = args.presets.clone();
     }
-    let rows = rollout::engine::bench::run(&opts)?;
+    let rows = match &args.model {
+        None => rollout::engine::bench::run(&opts)?,
+        Some(dir) => {
+            let section = crate::config::ModelSection {
+                dir: Some(dir.clone()),
+                ..Default::default()
+            };
+            let model = section.load()?;
+            let weights = model.weights.expect("a model directory carries weights");
+            let name = dir
+                .file_name()
+                .map_or("model".into(), |n| n.to_string_lossy().into());
+            rollout::engine::bench::run_models(&opts, vec![(name, model.config, weights)])?
+        }
+    };
     if args.json {
         for r in &rows {
             println!("{}", serde_json::to_string(&engine_json(r))?);

@@ -124,6 +124,9 @@ pub struct EngineBenchArgs {
     /// Model presets to measure.
     #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
     pub presets: Vec<String>,
+    /// Measure a local Hugging Face model directory instead of the presets.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
 }
 
 /// `arbor bench sampler`.

@@ -170,6 +170,21 @@ fn train_starts_from_a_hugging_face_model_directory() {
     let dir = scratch("hf");
     let model = dir.join("tiny-llama");
     TinyModel::new(tiny_model()).write(&model).unwrap();
+    let bench = arbor(&[
+        "bench",
+        "engine",
+        "--quick",
+        "--json",
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let rows = String::from_utf8_lossy(&bench.stdout).into_owned();
+    assert!(rows.contains("\"preset\":\"tiny-llama\""), "{rows}");
     let cfg = tiny_config(&dir, 3);
     let out = arbor(&[
         "train",

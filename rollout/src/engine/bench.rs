@@ -92,11 +92,26 @@ pub struct EngineBenchRow {
 /// Runs the benchmark. Rows: `gemm_peak` first, then per preset one `prefill` row and per
 /// batch size a `decode` row and (batch > 1) a `decode_shared` row.
 pub fn run(opts: &BenchOptions) -> Result<Vec<EngineBenchRow>, EngineError> {
-    let configs = opts
+    let models = opts
         .presets
         .iter()
-        .map(|p| ModelConfig::preset(p).map(|c| (p.clone(), c)))
+        .map(|p| {
+            ModelConfig::preset(p).map(|c| {
+                let w = Weights::random(&c, opts.seed);
+                (p.clone(), c, w)
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    run_models(opts, models)
+}
+
+/// [`run`] on given models (name, architecture, weights) instead of `opts.presets`, e.g. a
+/// loaded Hugging Face model directory. Prompts are random byte-range ids, so every model needs
+/// a vocabulary of at least 256.
+pub fn run_models(
+    opts: &BenchOptions,
+    models: Vec<(String, ModelConfig, Weights)>,
+) -> Result<Vec<EngineBenchRow>, EngineError> {
     let repeats = opts.repeats.max(1);
     let (gemm_s, peak) = gemm_peak(opts.gemm_size.max(1), repeats);
     let mut rows = vec![EngineBenchRow {
@@ -110,8 +125,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<EngineBenchRow>, EngineError> {
         gflops: peak,
         peak_gflops: peak,
     }];
-    for (name, cfg) in configs {
-        let weights = Weights::random(&cfg, opts.seed);
+    for (name, cfg, weights) in models {
         let mut engine = Engine::new(cfg.clone(), &weights)?;
         let vocab = 256u64; // byte tokens: valid for every preset
         let prompt = |i: u64, n: usize| -> Vec<u32> {
