@@ -563,17 +563,30 @@ where
     let remaining = i64::from(cfg.budget) - i64::from(st.generated);
     match cfg.kind {
         SamplerKind::Chain => {
-            let Some(cost) = mean_root_cost(st) else {
+            let costs = finished_costs(st);
+            if costs.is_empty() {
                 if st.live.is_empty() {
                     st.finished = true;
                 }
                 return Ok(());
+            }
+            let cost = costs.iter().sum::<f64>() / costs.len() as f64;
+            // What the live chains are still expected to use: for a chain that has generated
+            // `g` tokens, the mean of `c - g` over the finished chains longer than `g` (a chain
+            // past every finished one is assumed to need a whole mean trajectory more). Using
+            // the plain mean would trust the chains that finished first, the short ones.
+            let expected_rest = |g: f64| {
+                let longer: Vec<f64> = costs.iter().filter(|&&c| c > g).map(|c| c - g).collect();
+                if longer.is_empty() {
+                    cost
+                } else {
+                    longer.iter().sum::<f64>() / longer.len() as f64
+                }
             };
-            // What the live chains are still expected to use.
             let mut committed: f64 = st
                 .live
                 .iter()
-                .map(|l| (cost - path_actions(&st.spans, l.span, usize::MAX) as f64).max(1.0))
+                .map(|l| expected_rest(path_actions(&st.spans, l.span, usize::MAX) as f64))
                 .sum();
             let under_cap = |st: &TaskState<E>| {
                 cfg.max_trajectories == 0 || st.spans.len() < cfg.max_trajectories
@@ -770,19 +783,12 @@ fn path_actions<E>(spans: &[Span<E>], s: usize, to: usize) -> usize {
     }
 }
 
-/// Mean action tokens of the finished trajectories of a task (`None` before the first).
-fn mean_root_cost<E>(st: &TaskState<E>) -> Option<f64> {
-    let finished: Vec<usize> = (0..st.spans.len())
+/// Action tokens of each finished trajectory of a task.
+fn finished_costs<E>(st: &TaskState<E>) -> Vec<f64> {
+    (0..st.spans.len())
         .filter(|&s| st.spans[s].leaf.is_some())
-        .collect();
-    if finished.is_empty() {
-        return None;
-    }
-    let total: usize = finished
-        .iter()
-        .map(|&s| path_actions(&st.spans, s, usize::MAX))
-        .sum();
-    Some(total as f64 / finished.len() as f64)
+        .map(|s| path_actions(&st.spans, s, usize::MAX) as f64)
+        .collect()
 }
 
 /// Converts a finished task's spans into the tree arena.
