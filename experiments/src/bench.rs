@@ -127,6 +127,22 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             (cfg, weights, name)
         }
     };
+    let mut base = SamplerConfig::default();
+    if let Some(g) = &args.granularity {
+        base.granularity = g
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
+    }
+    if let Some(b) = &args.branch {
+        base.branch = b.parse().map_err(|e| anyhow::anyhow!("--branch: {e}"))?;
+    }
+    if let Some(m) = args.initial_chains {
+        base.initial_chains = m;
+    }
+    if let Some(n) = args.branches_per_round {
+        base.branches_per_round = n;
+    }
+    base.validate()?;
     let mut engine = Engine::new(cfg, &weights).context("building the engine")?;
     let mut rows = Vec::new();
     for &budget in &args.budgets {
@@ -134,7 +150,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             let sc = SamplerConfig {
                 kind,
                 budget,
-                ..SamplerConfig::default()
+                ..base.clone()
             };
             let mut sink: Vec<TaskRollout> = Vec::new();
             let stats: SamplerStats = sample(
@@ -246,7 +262,7 @@ fn policy_weights(
 
 fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     use rollout::advantage::{Estimator, estimate};
-    use trainer::pack::{LossAgg, Packing, minibatches};
+    use trainer::pack::{LossAgg, Packing, TrainBatch, minibatches, pack_trees};
     use trainer::trainer::{Trainer, TrainerConfig, default_device};
 
     let (cfg, weights, policy) = policy_weights(args.checkpoint.as_deref())?;
@@ -270,8 +286,20 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     let advs = estimate(Estimator::TreeGrpo, &rollouts)?;
     let groups: Vec<_> = rollouts.iter().zip(advs.iter()).collect();
     let mut rows = Vec::new();
-    for (mode, packing) in [("flattened", Packing::Flat), ("packed", Packing::Tree)] {
-        let batches = minibatches(&groups, groups.len().max(1), LossAgg::TokenMean, packing)?;
+    // `packed` is what training uses (rows capped at the longest trajectory); `packed-whole`
+    // is one row per tree, shown for comparison.
+    let modes = [
+        ("flattened", Some(Packing::Flat)),
+        ("packed", Some(Packing::Tree)),
+        ("packed-whole", None),
+    ];
+    for (mode, packing) in modes {
+        let batches = match packing {
+            Some(packing) => {
+                minibatches(&groups, groups.len().max(1), LossAgg::TokenMean, packing)?
+            }
+            None => vec![TrainBatch::new(pack_trees(&groups, LossAgg::TokenMean)?)],
+        };
         let tokens: usize = batches.iter().map(|b| b.num_tokens()).sum();
         let mut trainer =
             Trainer::from_weights(&cfg, &weights, TrainerConfig::default(), &default_device())?;
@@ -292,9 +320,9 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
         });
         rows.last_mut().expect("pushed").total_tokens = tokens;
     }
-    // The flattened batch forwards every trajectory's full context (total tokens); the packed
-    // one forwards each tree's unique tokens once.
-    let (total, unique) = (rows[0].total_tokens, rows[1].total_tokens);
+    // The flattened batch forwards every trajectory's full context (total tokens); a whole
+    // packed tree forwards each unique token once (the capped rows repeat some context).
+    let (total, unique) = (rows[0].total_tokens, rows[2].total_tokens);
     for r in &mut rows {
         r.total_tokens = total;
         r.unique_tokens = unique;
@@ -311,7 +339,7 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     );
     for r in &rows {
         println!(
-            "{:<10} {:>9.1} ms/update  rows {:>3}  padded len {:>5}",
+            "{:<12} {:>9.1} ms/update  rows {:>3}  padded len {:>5}",
             r.mode, r.ms_per_step, r.rows, r.padded_len
         );
     }

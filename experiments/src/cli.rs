@@ -153,6 +153,19 @@ pub struct SamplerBenchArgs {
     /// Seed of the random weights and of sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Tree `sampler.granularity`: step, segment or token [default: the sampler default].
+    #[arg(long)]
+    pub granularity: Option<String>,
+    /// Tree `sampler.branch`: random, entropy, segment or adaptive [default: the sampler
+    /// default].
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// `sampler.initial_chains` (M) [default: the sampler default].
+    #[arg(long)]
+    pub initial_chains: Option<usize>,
+    /// `sampler.branches_per_round` (N) [default: the sampler default].
+    #[arg(long)]
+    pub branches_per_round: Option<usize>,
 }
 
 /// `arbor train`. Every flag overrides the key of the TOML config named in its help; defaults are
@@ -217,6 +230,11 @@ pub struct TrainArgs {
     /// Continue the run in `out/name` from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start from this checkpoint (a `checkpoints/step-N` directory, or a run directory for its
+    /// latest one) instead of fresh weights: its weights and SFT step count carry over, so SFT
+    /// runs only the steps it lacks. Ignored with --resume.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub init: Option<std::path::PathBuf>,
     /// No progress bars or per-step lines.
     #[arg(long)]
     pub quiet: bool,

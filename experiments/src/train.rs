@@ -241,7 +241,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         resume: args.resume,
         quiet: args.quiet,
-        init: None,
+        init: args.init.as_deref(),
     };
     let out = run_config(cfg, &opts)?;
     println!(
@@ -264,6 +264,7 @@ fn trainer_from(
     model_cfg: &ModelConfig,
     tcfg: TrainerConfig,
 ) -> anyhow::Result<Trainer> {
+    let dir = &crate::eval_cmd::resolve_checkpoint(dir)?.checkpoint;
     let ckpt = checkpoint::load(dir)
         .with_context(|| format!("cannot load checkpoint {}", dir.display()))?;
     if ckpt.model_config != *model_cfg {
@@ -290,12 +291,35 @@ fn trainer_from(
     Ok(trainer)
 }
 
+/// The trainer settings of a run.
+fn trainer_config(cfg: &TrainConfig) -> TrainerConfig {
+    TrainerConfig {
+        optim: AdamWConfig {
+            lr: cfg.sft.lr,
+            ..AdamWConfig::default()
+        },
+        ppo: PpoConfig {
+            clip_eps: cfg.rl.clip_eps,
+            kl_coef: cfg.rl.kl_coef,
+            entropy_coef: cfg.rl.entropy_coef,
+            ..PpoConfig::default()
+        },
+        seed: cfg.seed,
+        shuffle_minibatches: true,
+    }
+}
+
 /// Runs one training run of a resolved config (what `arbor train` does after parsing flags):
 /// picks and fills the run directory, trains, evaluates and writes `summary.json`.
 pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result<RunOutcome> {
     let spec = cfg.env_spec()?;
     // Load the model before creating anything, so a bad model directory leaves no trace.
     let model = cfg.model.load()?;
+    // Likewise a bad `init` checkpoint.
+    let init_trainer = match (opts.init, opts.resume) {
+        (Some(init), false) => Some(trainer_from(init, &model.config, trainer_config(&cfg))?),
+        _ => None,
+    };
     let dir = run_dir(&mut cfg, opts.resume)?;
     write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     let quiet = opts.quiet;
@@ -324,20 +348,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     let started = Instant::now();
     let model_cfg = model.config.clone();
     let tokenizer = model.tokenizer.as_ref();
-    let tcfg = TrainerConfig {
-        optim: AdamWConfig {
-            lr: cfg.sft.lr,
-            ..AdamWConfig::default()
-        },
-        ppo: PpoConfig {
-            clip_eps: cfg.rl.clip_eps,
-            kl_coef: cfg.rl.kl_coef,
-            entropy_coef: cfg.rl.entropy_coef,
-            ..PpoConfig::default()
-        },
-        seed: cfg.seed,
-        shuffle_minibatches: true,
-    };
+    let tcfg = trainer_config(&cfg);
     let (mut trainer, mut run_state) = if opts.resume {
         let latest = checkpoint::latest(&dir.join("checkpoints"))
             .context("cannot resume: no complete checkpoint")?;
@@ -350,8 +361,8 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
             latest.display()
         ));
         (trainer, state)
-    } else if let Some(init) = opts.init {
-        (trainer_from(init, &model_cfg, tcfg)?, RunState::default())
+    } else if let Some(trainer) = init_trainer {
+        (trainer, RunState::default())
     } else if let Some(w) = &model.weights {
         let trainer = Trainer::from_weights(&model_cfg, w, tcfg, &default_device())?;
         (trainer, RunState::default())
@@ -459,6 +470,11 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     let mut rl_started = Instant::now();
     if cfg.rl.kl_coef > 0.0 && trainer.reference_weights().is_none() {
         trainer.freeze_reference();
+    }
+    if trainer.state().rl_steps == 0 {
+        // RL starts with fresh optimizer moments (see `Trainer::reset_optimizer`); a run
+        // resumed inside RL continues the moments of its checkpoint.
+        trainer.reset_optimizer();
     }
     trainer.set_lr(cfg.rl.lr);
     let agg = cfg.loss_agg()?;

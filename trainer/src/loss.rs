@@ -170,7 +170,7 @@ pub fn policy_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::{LossAgg, TrainBatch, flatten_trees, pack_trees};
+    use crate::pack::{LossAgg, TrainBatch, flatten_trees, longest_trajectory, pack_trees_capped};
     use crate::test_util::{norm, param_grads, random_rollout, small_config};
     use burn::optim::GradientsParams;
     use burn::tensor::Device;
@@ -235,14 +235,32 @@ mod tests {
             for estimator in [Estimator::TreeGrpo, Estimator::TreeRl] {
                 let advs = estimate(estimator, &rollouts).unwrap();
                 let groups: Vec<_> = rollouts.iter().zip(&advs).collect();
-                for agg in [LossAgg::TokenMean, LossAgg::SeqMeanTokenMean] {
-                    let packed = TrainBatch::new(pack_trees(&groups, agg).unwrap());
+                // Whole trees, rows capped at the longest trajectory, and a cap so small that
+                // every node starts a new row (the most context repeated).
+                let caps = [usize::MAX, longest_trajectory(&groups), 1];
+                for (agg, cap) in [LossAgg::TokenMean, LossAgg::SeqMeanTokenMean]
+                    .into_iter()
+                    .flat_map(|agg| caps.map(|cap| (agg, cap)))
+                {
+                    let packed = TrainBatch::new(pack_trees_capped(&groups, agg, cap).unwrap());
                     let flat = TrainBatch::new(flatten_trees(&groups, agg).unwrap());
-                    assert!(packed.num_tokens() < flat.num_tokens());
+                    if cap == usize::MAX {
+                        assert!(packed.num_tokens() < flat.num_tokens());
+                    } else {
+                        assert!(packed.padded_len() <= cap.max(longest_trajectory(&groups)));
+                    }
+                    if cap == 1 {
+                        assert!(
+                            packed.rows() > rollouts.iter().map(|r| r.num_trees as usize).sum()
+                        );
+                    }
                     let (lp, sp, gp) = loss_and_grads(&model, &reference, &packed, &ppo);
                     let (lf, sf, gf) = loss_and_grads(&model, &reference, &flat, &ppo);
                     let rel = ((lp - lf) as f64).abs() / (lf as f64).abs().max(1e-12);
-                    assert!(rel <= 1e-5, "{estimator} {agg}: loss {lp} vs {lf}");
+                    assert!(
+                        rel <= 1e-5,
+                        "{estimator} {agg} cap {cap}: loss {lp} vs {lf}"
+                    );
                     worst_loss = worst_loss.max(rel);
                     for (stat_p, stat_f) in [(sp.kl, sf.kl), (sp.entropy, sf.entropy)] {
                         assert!((stat_p - stat_f).abs() <= 1e-5 * stat_f.abs().max(1e-6));
@@ -256,7 +274,7 @@ mod tests {
                         let rel = norm(&diff) / norm(f).max(1e-12);
                         assert!(
                             rel <= 1e-5,
-                            "{estimator} {agg}: parameter {k} rel diff {rel}"
+                            "{estimator} {agg} cap {cap}: parameter {k} rel diff {rel}"
                         );
                         worst_grad = worst_grad.max(rel);
                     }

@@ -187,6 +187,12 @@ impl AdamW {
         self.config.lr = lr;
     }
 
+    /// Forgets the moments and the step count (bias correction starts over); the settings stay.
+    pub fn reset(&mut self) {
+        self.step = 0;
+        self.moments.clear();
+    }
+
     /// Updates applied so far.
     pub fn steps(&self) -> u64 {
         self.step

@@ -26,6 +26,16 @@
 //! `Σ_l c_l · min(r·a, clip(r)·a) = P·min(r, clip r) + N·max(r, clip r)`: the packed loss equals
 //! the per-trajectory loss.
 //!
+//! ## Row cap ([`pack_trees_capped`])
+//! Attention over a packed row is dense (`T × T` with a mask), so one very long row costs more
+//! than the tokens it saves. A cap cuts a tree into several rows: nodes are placed in DFS order,
+//! and a node that would push the row past the cap starts a new row holding the prompt and the
+//! node's ancestors again, as context only (no targets), then the node and the rest of the DFS.
+//! Every target is still scored exactly once with the same weights, so the loss and gradients do
+//! not change; only some ancestor tokens are forwarded twice. [`minibatches`] caps rows at the
+//! longest flattened trajectory of the mini-batch, so a packed batch is never wider than the
+//! flattened one.
+//!
 //! # Flattened ([`flatten_trees`])
 //! One sequence per leaf: the prompt and the tokens on the leaf's path, positions `0..`, causal
 //! attention; each action token of node `s` has `P = c_l·max(a(s,l), 0)`, `N = c_l·min(a(s,l), 0)`,
@@ -284,6 +294,17 @@ pub fn pack_trees(
     groups: &[(&TaskRollout, &AdvantageOutput)],
     agg: LossAgg,
 ) -> Result<Vec<PackedSequence>, TrainerError> {
+    pack_trees_capped(groups, agg, usize::MAX)
+}
+
+/// Like [`pack_trees`], but a tree whose packed sequence would be longer than `max_len` tokens
+/// is cut into several rows (see the module docs, "Row cap"). Every target still appears exactly
+/// once, so the loss and gradients are those of [`pack_trees`].
+pub fn pack_trees_capped(
+    groups: &[(&TaskRollout, &AdvantageOutput)],
+    agg: LossAgg,
+    max_len: usize,
+) -> Result<Vec<PackedSequence>, TrainerError> {
     for (r, a) in groups {
         check_group(r, a)?;
     }
@@ -292,42 +313,75 @@ pub fn pack_trees(
     for ((rollout, adv), c) in groups.iter().zip(&c) {
         let w = node_weights(rollout, adv, c);
         for tree in 0..rollout.num_trees {
-            let seq = pack_one_tree(rollout, tree, &w);
-            if !seq.targets.is_empty() {
-                out.push(seq);
-            }
+            out.extend(
+                pack_one_tree(rollout, tree, &w, max_len)
+                    .into_iter()
+                    .filter(|seq| !seq.targets.is_empty()),
+            );
         }
     }
     Ok(out)
 }
 
-fn pack_one_tree(rollout: &TaskRollout, tree: u32, w: &[[f64; 3]]) -> PackedSequence {
+/// Length of the longest flattened trajectory (prompt + path) of `groups`: the row cap
+/// [`minibatches`] uses for tree packing.
+pub fn longest_trajectory(groups: &[(&TaskRollout, &AdvantageOutput)]) -> usize {
+    groups
+        .iter()
+        .flat_map(|(r, _)| {
+            r.nodes.iter().filter(|n| n.is_leaf()).map(|leaf| {
+                r.prompt_tokens.len()
+                    + r.path(leaf.id)
+                        .iter()
+                        .map(|&s| r.node(s).tokens.len())
+                        .sum::<usize>()
+            })
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Where a node's tokens sit in the row being built: its span and the index of the last token
+/// on its path (its own last token, or its parent's if it has none).
+#[derive(Clone, Copy)]
+struct Placed {
+    span: u32,
+    last: u32,
+    depth: u32,
+}
+
+/// Rows of one tree. Nodes are visited in DFS order; when a node does not fit in the current row
+/// (and the row already scores something), a new row starts with the prompt and the node's
+/// ancestors as context-only spans.
+fn pack_one_tree(
+    rollout: &TaskRollout,
+    tree: u32,
+    w: &[[f64; 3]],
+    max_len: usize,
+) -> Vec<PackedSequence> {
     let prompt = &rollout.prompt_tokens;
-    let mut seq = PackedSequence {
+    let new_row = || PackedSequence {
         tokens: prompt.clone(),
         positions: (0..prompt.len() as u32).collect(),
         span: vec![0; prompt.len()],
         span_parent: vec![None],
         targets: Vec::new(),
     };
-    // DFS with an explicit stack of (node, parent span, path length so far, index of the last
-    // token on the path so far).
-    let last_prompt = prompt.len() as u32 - 1;
-    let mut stack: Vec<(NodeId, u32, u32, u32)> = rollout
-        .nodes
-        .iter()
-        .filter(|n| n.parent.is_none() && n.tree == tree)
-        .rev()
-        .map(|n| (n.id, 0, prompt.len() as u32, last_prompt))
-        .collect();
-    while let Some((id, parent_span, depth, mut last)) = stack.pop() {
+    let root = Placed {
+        span: 0,
+        last: prompt.len() as u32 - 1,
+        depth: prompt.len() as u32,
+    };
+    // Appends node `id` below `parent`, scoring its action tokens when `score`.
+    let place = |seq: &mut PackedSequence, id: NodeId, parent: Placed, score: bool| -> Placed {
         let node = rollout.node(id);
         let span = seq.span_parent.len() as u32;
-        seq.span_parent.push(Some(parent_span));
+        seq.span_parent.push(Some(parent.span));
         let [p, n, wt] = w[id as usize];
+        let mut last = parent.last;
         for (k, &token) in node.tokens.iter().enumerate() {
             let index = seq.tokens.len() as u32;
-            if node.is_action() {
+            if score && node.is_action() {
                 seq.targets.push(Target {
                     source: last,
                     token,
@@ -338,16 +392,53 @@ fn pack_one_tree(rollout: &TaskRollout, tree: u32, w: &[[f64; 3]]) -> PackedSequ
                 });
             }
             seq.tokens.push(token);
-            seq.positions.push(depth + k as u32);
+            seq.positions.push(parent.depth + k as u32);
             seq.span.push(span);
             last = index;
         }
-        let depth = depth + node.tokens.len() as u32;
+        Placed {
+            span,
+            last,
+            depth: parent.depth + node.tokens.len() as u32,
+        }
+    };
+    let mut rows = Vec::new();
+    let mut seq = new_row();
+    // Placement of the nodes in the current row, by node id.
+    let mut placed: Vec<Option<Placed>> = vec![None; rollout.nodes.len()];
+    let mut stack: Vec<NodeId> = rollout
+        .nodes
+        .iter()
+        .filter(|n| n.parent.is_none() && n.tree == tree)
+        .rev()
+        .map(|n| n.id)
+        .collect();
+    while let Some(id) = stack.pop() {
+        let node = rollout.node(id);
+        if seq.len() + node.tokens.len() > max_len && !seq.targets.is_empty() {
+            rows.push(std::mem::replace(&mut seq, new_row()));
+            placed.iter_mut().for_each(|p| *p = None);
+            // The ancestors again, as context: top node first.
+            let mut ancestors: Vec<NodeId> =
+                std::iter::successors(node.parent, |&a| rollout.node(a).parent).collect();
+            ancestors.reverse();
+            let mut at = root;
+            for a in ancestors {
+                at = place(&mut seq, a, at, false);
+                placed[a as usize] = Some(at);
+            }
+        }
+        let parent = match node.parent {
+            None => root,
+            Some(p) => placed[p as usize].expect("DFS order keeps the parent in the row"),
+        };
+        placed[id as usize] = Some(place(&mut seq, id, parent, true));
         for &child in node.children.iter().rev() {
-            stack.push((child, span, depth, last));
+            stack.push(child);
         }
     }
-    seq
+    rows.push(seq);
+    rows
 }
 
 /// Flattened sequences: one per leaf trajectory with at least one action token, in group then
@@ -396,7 +487,8 @@ pub fn flatten_trees(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Packing {
-    /// One packed sequence per tree ([`pack_trees`]); the default.
+    /// Tree packing ([`pack_trees_capped`]), rows capped at the longest trajectory of the
+    /// mini-batch; the default.
     #[default]
     Tree,
     /// One causal row per trajectory ([`flatten_trees`]).
@@ -420,7 +512,7 @@ pub fn minibatches(
     let mut out = Vec::new();
     for chunk in groups.chunks(groups_per_batch) {
         let seqs = match packing {
-            Packing::Tree => pack_trees(chunk, agg)?,
+            Packing::Tree => pack_trees_capped(chunk, agg, longest_trajectory(chunk))?,
             Packing::Flat => flatten_trees(chunk, agg)?,
         };
         if seqs.iter().any(|s| !s.targets.is_empty()) {

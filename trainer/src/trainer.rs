@@ -202,6 +202,14 @@ impl Trainer {
         self.optim.set_lr(lr);
     }
 
+    /// Starts the optimizer over (zero moments, step 0), keeping its settings. `arbor train`
+    /// does this when RL begins: moments accumulated on the SFT loss have another scale than
+    /// policy gradients (Adam's second moment remembers them for ~1/(1 − β2) = 1000 updates),
+    /// and would set the size of the first RL updates.
+    pub fn reset_optimizer(&mut self) {
+        self.optim.reset();
+    }
+
     /// The policy weights for the engine: `engine.load_weights(&trainer.weights())`.
     pub fn weights(&self) -> Weights {
         self.model.to_weights()
