@@ -43,6 +43,17 @@ fn bad_input_is_one_clear_line() {
         &arbor(&["train", "--env", "qa-file", "--out", out_dir]),
         "needs a task file",
     );
+    let nowhere = dir.join("no-such-checkpoint");
+    assert_one_line_error(
+        &arbor(&[
+            "train",
+            "--init",
+            nowhere.to_str().unwrap(),
+            "--out",
+            out_dir,
+        ]),
+        "does not exist",
+    );
     // Nothing was created for rejected runs.
     let entries: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -294,5 +305,57 @@ fn bench_sampler_samples_with_the_given_checkpoint() {
     assert!(trained.contains("checkpoints"), "{trained}");
     assert!(random.contains("seeded random weights"), "{random}");
     assert_eq!(trained.lines().count(), 2, "chain and tree rows");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn init_starts_a_new_run_from_a_checkpoint_without_redoing_sft() {
+    let dir = scratch("init");
+    let cfg = tiny_config(&dir, 0);
+    let (cfg, out_dir) = (cfg.to_str().unwrap(), dir.to_str().unwrap());
+    let base = arbor(&[
+        "train", "--config", cfg, "--out", out_dir, "--name", "base", "--quiet",
+    ]);
+    assert!(
+        base.status.success(),
+        "{}",
+        String::from_utf8_lossy(&base.stderr)
+    );
+    let next = arbor(&[
+        "train",
+        "--config",
+        cfg,
+        "--out",
+        out_dir,
+        "--name",
+        "next",
+        "--steps",
+        "1",
+        "--init",
+        dir.join("base").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        next.status.success(),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    let summary = |run: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(run).join("summary.json")).unwrap())
+            .unwrap()
+    };
+    // Same weights, same held-out episodes: the new run's pre-RL success is the base's final one.
+    assert_eq!(
+        summary("next")["success_before"],
+        summary("base")["success_after"]
+    );
+    // SFT was not repeated: the new run's metrics hold only its RL step.
+    let metrics = std::fs::read_to_string(dir.join("next").join("metrics.csv")).unwrap();
+    let phases: Vec<&str> = metrics
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(phases, ["rl"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
