@@ -7,7 +7,7 @@
 //!   [`rollout::engine::ModelConfig`]; [`model::PolicyModel::from_weights`] /
 //!   [`model::PolicyModel::to_weights`] convert from / to engine [`rollout::engine::Weights`]
 //!   (Hugging Face names, `[out, in]` matrices).
-//! - [`pack`] — training sequences: [`pack::pack_trees`] (one packed sequence per rollout tree:
+//! - [`pack`] — training sequences: [`pack::pack_trees`] (one packed sequence per task group's trees:
 //!   DFS order, path positions, ancestors-only attention, per-token weights summed over the
 //!   leaves below), [`pack::flatten_trees`] (one causal row per trajectory, the reference), loss
 //!   aggregation [`pack::LossAgg`], padded mini-batches [`pack::TrainBatch`] and

@@ -8,8 +8,9 @@
 //! [`TrainBatch`], whose tensors a model consumes.
 //!
 //! # Tree packing ([`pack_trees`])
-//! Each tree of a [`TaskRollout`] becomes one sequence: the prompt, then the tree's nodes in
-//! depth-first order (children in id order). A token's RoPE position is its position on its own
+//! Each task group ([`TaskRollout`]) becomes one sequence: the prompt once, then the nodes of its
+//! trees in depth-first order, tree after tree (children in id order); all trees of a group
+//! share the prompt, so it is forwarded once. A token's RoPE position is its position on its own
 //! root-to-node path (prompt tokens `0..p`, a top node continues at `p`, a child continues where
 //! its parent ended), and it attends to the prompt, to the tokens of its ancestor nodes and to the
 //! earlier tokens of its own node — exactly the context it had when it was sampled. So a shared
@@ -32,9 +33,10 @@
 //! and a node that would push the row past the cap starts a new row holding the prompt and the
 //! node's ancestors again, as context only (no targets), then the node and the rest of the DFS.
 //! Every target is still scored exactly once with the same weights, so the loss and gradients do
-//! not change; only some ancestor tokens are forwarded twice. [`minibatches`] caps rows at the
-//! longest flattened trajectory of the mini-batch, so a packed batch is never wider than the
-//! flattened one.
+//! not change; only some ancestor tokens are forwarded twice. Rows shorter than the cap are then
+//! joined first-fit (longest first) into shared rows, each part keeping its own root span, so
+//! little of the padded batch is padding. [`minibatches`] caps rows at the longest flattened
+//! trajectory of the mini-batch, so a packed batch is never wider than the flattened one.
 //!
 //! # Flattened ([`flatten_trees`])
 //! One sequence per leaf: the prompt and the tokens on the leaf's path, positions `0..`, causal
@@ -133,7 +135,8 @@ pub struct PackedSequence {
     pub positions: Vec<u32>,
     /// Span of each token.
     pub span: Vec<u32>,
-    /// Parent of each span (`None` for span 0 and only there).
+    /// Parent of each span (`None` for a root: span 0, and the first span of each part joined
+    /// by [`PackedSequence::append`]).
     pub span_parent: Vec<Option<u32>>,
     /// Scored tokens.
     pub targets: Vec<Target>,
@@ -150,6 +153,22 @@ impl PackedSequence {
             tokens,
             targets,
         }
+    }
+
+    /// Appends `other` after this sequence as an independent part: its spans keep their
+    /// structure (its root span stays a root), so no token of one part attends the other.
+    pub fn append(&mut self, other: PackedSequence) {
+        let (tok_off, span_off) = (self.tokens.len() as u32, self.span_parent.len() as u32);
+        self.tokens.extend(other.tokens);
+        self.positions.extend(other.positions);
+        self.span.extend(other.span.iter().map(|s| s + span_off));
+        self.span_parent
+            .extend(other.span_parent.iter().map(|p| p.map(|p| p + span_off)));
+        self.targets
+            .extend(other.targets.into_iter().map(|t| Target {
+                source: t.source + tok_off,
+                ..t
+            }));
     }
 
     /// Number of tokens.
@@ -287,9 +306,9 @@ fn node_weights(rollout: &TaskRollout, adv: &AdvantageOutput, c: &[f64]) -> Vec<
     w
 }
 
-/// Tree-packed sequences: one per tree of each group, in group then tree order (module docs);
-/// a tree without action tokens has nothing to train and is skipped. `groups` is one
-/// mini-batch: the aggregation weights `c_l` are computed over all of it.
+/// Tree-packed sequences: one per task group, in group order (module docs); a group without
+/// action tokens has nothing to train and is skipped. `groups` is one mini-batch: the
+/// aggregation weights `c_l` are computed over all of it.
 pub fn pack_trees(
     groups: &[(&TaskRollout, &AdvantageOutput)],
     agg: LossAgg,
@@ -297,7 +316,7 @@ pub fn pack_trees(
     pack_trees_capped(groups, agg, usize::MAX)
 }
 
-/// Like [`pack_trees`], but a tree whose packed sequence would be longer than `max_len` tokens
+/// Like [`pack_trees`], but a group whose packed sequence would be longer than `max_len` tokens
 /// is cut into several rows (see the module docs, "Row cap"). Every target still appears exactly
 /// once, so the loss and gradients are those of [`pack_trees`].
 pub fn pack_trees_capped(
@@ -312,15 +331,28 @@ pub fn pack_trees_capped(
     let mut out = Vec::new();
     for ((rollout, adv), c) in groups.iter().zip(&c) {
         let w = node_weights(rollout, adv, c);
-        for tree in 0..rollout.num_trees {
-            out.extend(
-                pack_one_tree(rollout, tree, &w, max_len)
-                    .into_iter()
-                    .filter(|seq| !seq.targets.is_empty()),
-            );
+        out.extend(
+            pack_group(rollout, &w, max_len)
+                .into_iter()
+                .filter(|seq| !seq.targets.is_empty()),
+        );
+    }
+    if max_len == usize::MAX {
+        return Ok(out);
+    }
+    // First-fit decreasing: rows shorter than the cap share a row (each keeps its own prompt
+    // span as a root, so neither attends the other).
+    let mut order: Vec<usize> = (0..out.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(out[i].len()));
+    let mut bins: Vec<PackedSequence> = Vec::new();
+    for i in order {
+        let seq = std::mem::replace(&mut out[i], PackedSequence::causal(Vec::new(), Vec::new()));
+        match bins.iter_mut().find(|b| b.len() + seq.len() <= max_len) {
+            Some(bin) => bin.append(seq),
+            None => bins.push(seq),
         }
     }
-    Ok(out)
+    Ok(bins)
 }
 
 /// Length of the longest flattened trajectory (prompt + path) of `groups`: the row cap
@@ -350,15 +382,10 @@ struct Placed {
     depth: u32,
 }
 
-/// Rows of one tree. Nodes are visited in DFS order; when a node does not fit in the current row
-/// (and the row already scores something), a new row starts with the prompt and the node's
-/// ancestors as context-only spans.
-fn pack_one_tree(
-    rollout: &TaskRollout,
-    tree: u32,
-    w: &[[f64; 3]],
-    max_len: usize,
-) -> Vec<PackedSequence> {
+/// Rows of one task group. Nodes are visited in DFS order, tree after tree; when a node does not
+/// fit in the current row (and the row already scores something), a new row starts with the
+/// prompt and the node's ancestors as context-only spans.
+fn pack_group(rollout: &TaskRollout, w: &[[f64; 3]], max_len: usize) -> Vec<PackedSequence> {
     let prompt = &rollout.prompt_tokens;
     let new_row = || PackedSequence {
         tokens: prompt.clone(),
@@ -406,13 +433,14 @@ fn pack_one_tree(
     let mut seq = new_row();
     // Placement of the nodes in the current row, by node id.
     let mut placed: Vec<Option<Placed>> = vec![None; rollout.nodes.len()];
-    let mut stack: Vec<NodeId> = rollout
+    let mut tops: Vec<(u32, NodeId)> = rollout
         .nodes
         .iter()
-        .filter(|n| n.parent.is_none() && n.tree == tree)
-        .rev()
-        .map(|n| n.id)
+        .filter(|n| n.parent.is_none())
+        .map(|n| (n.tree, n.id))
         .collect();
+    tops.sort_unstable();
+    let mut stack: Vec<NodeId> = tops.into_iter().rev().map(|(_, id)| id).collect();
     while let Some(id) = stack.pop() {
         let node = rollout.node(id);
         if seq.len() + node.tokens.len() > max_len && !seq.targets.is_empty() {
@@ -688,18 +716,61 @@ mod tests {
         let r = sample();
         let adv = grpo(&r);
         let seqs = pack_trees(&[(&r, &adv)], LossAgg::TokenMean).unwrap();
-        assert_eq!(seqs.len(), 2);
+        assert_eq!(seqs.len(), 1, "one row per task group");
         let s = &seqs[0];
-        // DFS: prompt, a, o, b, c.
-        assert_eq!(s.tokens, vec![1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(s.positions, vec![0, 1, 2, 3, 4, 5, 5, 6]);
-        // Targets: 3 (src 1), 4 (src 2), 6 (src 4 = observation), 7 (src 4), 8 (src 6).
+        // DFS: prompt, tree 0 (a, o, b, c), tree 1 (d).
+        assert_eq!(s.tokens, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(s.positions, vec![0, 1, 2, 3, 4, 5, 5, 6, 2]);
+        // Targets: 3 (src 1), 4 (src 2), 6 (src 4 = observation), 7 (src 4), 8 (src 6),
+        // 9 (src 1 = the prompt's last token).
         let src: Vec<(u32, u32)> = s.targets.iter().map(|t| (t.token, t.source)).collect();
-        assert_eq!(src, vec![(3, 1), (4, 2), (6, 4), (7, 4), (8, 6)]);
-        // c's tokens (7 at index 6) do not see b's token (index 5).
+        assert_eq!(src, vec![(3, 1), (4, 2), (6, 4), (7, 4), (8, 6), (9, 1)]);
+        // c's tokens (7 at index 6) do not see b's token (index 5); d sees only the prompt.
         assert!(!s.attends(6, 5));
         assert!(s.attends(6, 4) && s.attends(7, 6) && s.attends(5, 0));
         assert!(!s.attends(4, 5));
+        assert!(s.attends(8, 1) && s.attends(8, 0));
+        assert!((2..8).all(|j| !s.attends(8, j)));
+        // A cap of 6 tokens: c starts a row with prompt, a and o as context; d starts another.
+        let capped = pack_trees_capped(&[(&r, &adv)], LossAgg::TokenMean, 6).unwrap();
+        // (Longest row first; no two rows fit together under the cap.)
+        let rows: Vec<&Vec<u32>> = capped.iter().map(|s| &s.tokens).collect();
+        assert_eq!(
+            rows,
+            [
+                &vec![1, 2, 3, 4, 5, 7, 8],
+                &vec![1, 2, 3, 4, 5, 6],
+                &vec![1, 2, 9]
+            ]
+        );
+        let src: Vec<Vec<(u32, u32)>> = capped
+            .iter()
+            .map(|s| s.targets.iter().map(|t| (t.token, t.source)).collect())
+            .collect();
+        assert_eq!(
+            src,
+            [
+                vec![(7, 4), (8, 5)],
+                vec![(3, 1), (4, 2), (6, 4)],
+                vec![(9, 1)]
+            ]
+        );
+        assert_eq!(capped[0].positions, vec![0, 1, 2, 3, 4, 5, 6]);
+        // Two groups of 9 tokens under a cap of 20 share one row; the second part starts at
+        // index 9 with its own root and sees nothing of the first.
+        let adv2 = grpo(&r);
+        let two = [(&r, &adv), (&r, &adv2)];
+        let joined = pack_trees_capped(&two, LossAgg::TokenMean, 20).unwrap();
+        assert_eq!(joined.len(), 1);
+        let j = &joined[0];
+        assert_eq!(j.len(), 18);
+        assert_eq!(&j.tokens[9..], &s.tokens[..]);
+        assert_eq!(&j.positions[9..], &s.positions[..]);
+        assert!((9..18).all(|i| (0..9).all(|k| !j.attends(i, k))));
+        assert!(j.attends(17, 10) && j.attends(17, 9));
+        let sources: Vec<u32> = j.targets[6..].iter().map(|t| t.source).collect();
+        let expected: Vec<u32> = s.targets.iter().map(|t| t.source + 9).collect();
+        assert_eq!(sources, expected);
         // Token-mean: 3 + 4 + 1 = 8 trajectory tokens; `a` is below two leaves.
         let wa = s.targets[0].weight;
         assert!((wa - 2.0 / 8.0).abs() < 1e-7);
@@ -761,22 +832,23 @@ mod tests {
     fn device_batch_masks_padding() {
         let r = sample();
         let adv = grpo(&r);
-        let batch = TrainBatch::new(pack_trees(&[(&r, &adv)], LossAgg::TokenMean).unwrap());
+        let batch =
+            TrainBatch::new(pack_trees_capped(&[(&r, &adv)], LossAgg::TokenMean, 6).unwrap());
         let db = batch.to_device(&Device::flex()).unwrap();
         let mask: Vec<bool> = db.mask.into_data().try_into_vec().unwrap();
         let t = batch.padded_len();
-        assert_eq!(t, 8);
-        // Row 1 is prompt + d (3 tokens): position 5 is padding and sees only itself.
+        assert_eq!(t, 7);
+        // Row 2 is prompt + d (3 tokens): position 5 is padding and sees only itself.
         let row = |b: usize, i: usize| &mask[(b * t + i) * t..(b * t + i + 1) * t];
-        assert_eq!(row(1, 5).iter().filter(|&&m| !m).count(), 1);
-        assert!(!row(1, 5)[5]);
-        assert!(row(1, 2)[5], "real tokens never see padding");
+        assert_eq!(row(2, 5).iter().filter(|&&m| !m).count(), 1);
+        assert!(!row(2, 5)[5]);
+        assert!(row(2, 2)[5], "real tokens never see padding");
         let src: Vec<i64> = db
             .source
             .into_data()
             .convert::<i64>()
             .try_into_vec()
             .unwrap();
-        assert_eq!(src.last(), Some(&(t as i64 + 1)));
+        assert_eq!(src.last(), Some(&(2 * t as i64 + 1)));
     }
 }
