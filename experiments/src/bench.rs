@@ -107,7 +107,9 @@ struct SamplerRow {
 
 fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
     let hops = args.hops.to_string();
-    let spec = EnvSpec::from_name("multihop", &[("hops", hops.as_str())])?;
+    let mut knobs = vec![("hops", hops.as_str())];
+    knobs.extend(crate::envs_cmd::parse_knobs(&args.knobs)?);
+    let spec = EnvSpec::from_name("multihop", &knobs)?;
     // Held-out task ids (the eval range), the same for every budget and sampler.
     let tasks: Vec<(u64, AnyEnv)> = (0..args.tasks as u64)
         .map(|i| {
@@ -143,6 +145,10 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         base.branches_per_round = n;
     }
     base.validate()?;
+    let tree_settings = format!(
+        "M={} N={} granularity {} branch {}",
+        base.initial_chains, base.branches_per_round, base.granularity, base.branch
+    );
     let mut engine = Engine::new(cfg, &weights).context("building the engine")?;
     let mut rows = Vec::new();
     for &budget in &args.budgets {
@@ -184,8 +190,14 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "policy: {policy_name}; multihop hops={}, {} held-out tasks, temperature 1",
-        args.hops, args.tasks
+        "policy: {policy_name}; multihop {}, {} held-out tasks, temperature 1; tree: {}",
+        spec.knob_values()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        args.tasks,
+        tree_settings
     );
     println!(
         "{:>6} {:<6} {:>9} {:>6} {:>10} {:>7} {:>6} {:>8} {:>8}",

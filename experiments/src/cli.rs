@@ -144,6 +144,10 @@ pub struct SamplerBenchArgs {
     /// multihop hops.
     #[arg(long, default_value_t = 3)]
     pub hops: u32,
+    /// Other multihop knob `name=value`, repeatable (e.g. `distractors=0` to match a policy
+    /// trained without distractor facts) [default: the env's defaults].
+    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
+    pub knobs: Vec<String>,
     /// Model preset of the seeded random policy (used without --checkpoint).
     #[arg(long, default_value = "tiny")]
     pub preset: String,

@@ -570,28 +570,40 @@ where
                 }
                 return Ok(());
             }
-            let cost = costs.iter().sum::<f64>() / costs.len() as f64;
-            // What the live chains are still expected to use: for a chain that has generated
-            // `g` tokens, the mean of `c - g` over the finished chains longer than `g` (a chain
-            // past every finished one is assumed to need a whole mean trajectory more). Using
-            // the plain mean would trust the chains that finished first, the short ones.
-            let expected_rest = |g: f64| {
-                let longer: Vec<f64> = costs.iter().filter(|&&c| c > g).map(|c| c - g).collect();
-                if longer.is_empty() {
-                    cost
-                } else {
-                    longer.iter().sum::<f64>() / longer.len() as f64
-                }
-            };
-            let mut committed: f64 = st
+            // Commit, for each new chain, the longest chain seen (finished, or live: a live
+            // chain will cost more than it has generated), and for a live chain that has
+            // generated `g` tokens the longest `c - g` over finished chains longer than `g` (or
+            // that longest chain again). Means would trust the chains that finish first, the
+            // short ones: the first completion then starts a wave of chains whose tail the
+            // budget cannot finish, and truncated chains are tokens spent on no complete
+            // trajectory.
+            let live_lengths: Vec<f64> = st
                 .live
                 .iter()
-                .map(|l| expected_rest(path_actions(&st.spans, l.span, usize::MAX) as f64))
-                .sum();
+                .map(|l| path_actions(&st.spans, l.span, usize::MAX) as f64)
+                .collect();
+            let cost = costs
+                .iter()
+                .chain(&live_lengths)
+                .copied()
+                .fold(0.0, f64::max);
+            let expected_rest = |g: f64| {
+                costs
+                    .iter()
+                    .filter(|&&c| c > g)
+                    .map(|c| c - g)
+                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+                    .unwrap_or(cost)
+            };
+            let mut committed: f64 = live_lengths.iter().map(|&g| expected_rest(g)).sum();
             let under_cap = |st: &TaskState<E>| {
                 cfg.max_trajectories == 0 || st.spans.len() < cfg.max_trajectories
             };
-            while remaining as f64 - committed >= cost && under_cap(st) {
+            // Slow start: the estimate rests on few finished chains at first, so the number
+            // of live chains may at most double per completion (bounded by what has finished).
+            let max_live = 2 * (costs.len() + cfg.initial_chains);
+            while remaining as f64 - committed >= cost && under_cap(st) && st.live.len() < max_live
+            {
                 let tree = next_tree(st);
                 start_branch(policy, st, tree, None, 0)?;
                 committed += cost;

@@ -376,3 +376,40 @@ fn node_texts_add_up_to_what_the_env_received_even_mid_character() {
     }
     assert!(mid_char_forks > 0, "the case under test occurred");
 }
+
+#[test]
+fn chain_sampler_does_not_start_a_wave_of_chains_it_cannot_finish() {
+    // One-turn episodes of two lengths: a short answer (12 tokens) or a long one (48). The
+    // first chain to finish is usually a short one; trusting it starts far more chains than the
+    // budget can finish, and the whole cohort is cut at the end.
+    let spec = EnvSpec::from_name("multihop", &[("hops", "1")]).unwrap();
+    let tasks: Vec<(u64, AnyEnv)> = (0..8).map(|i| (i, spec.make(i))).collect();
+    let phrases = [
+        "answer[Zed]",
+        "answer[Zed Zed Zed Zed Zed Zed Zed Zed Zed Ze]",
+    ];
+    let cfg = SamplerConfig {
+        kind: SamplerKind::Chain,
+        budget: 1000,
+        ..Default::default()
+    };
+    let (mut trajectories, mut truncated, mut generated) = (0, 0, 0);
+    for seed in 0..4 {
+        let mut policy = ScriptedPolicy::new(&phrases, 0.0, 4096);
+        let (stats, _) = run(&cfg, &mut policy, &tasks, seed);
+        trajectories += stats.trajectories;
+        truncated += stats.truncated;
+        generated += stats.generated_tokens;
+    }
+    // Few cut chains (trusting the first completions cut about half of them), and nearly all
+    // of the budget still spent.
+    assert!(
+        truncated * 10 <= trajectories,
+        "{truncated} of {trajectories} trajectories truncated"
+    );
+    let budget = 4 * 8 * u64::from(cfg.budget);
+    assert!(
+        generated as f64 >= 0.9 * budget as f64,
+        "{generated} of {budget} tokens used"
+    );
+}
