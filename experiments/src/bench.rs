@@ -4,7 +4,7 @@ use anyhow::Context;
 use envs::{AnyEnv, EnvSpec};
 use rollout::engine::bench::{BenchOptions, EngineBenchRow};
 use rollout::engine::{Engine, ModelConfig, Weights};
-use rollout::sampler::{SamplerConfig, SamplerKind, SamplerStats, sample};
+use rollout::sampler::{BranchPolicy, SamplerConfig, SamplerKind, SamplerStats, sample};
 use rollout::tokenizer::ByteTokenizer;
 use rollout::tree::TaskRollout;
 use serde::Serialize;
@@ -94,6 +94,8 @@ fn engine_json(r: &EngineBenchRow) -> EngineJson<'_> {
 struct SamplerRow {
     bench: &'static str,
     sampler: &'static str,
+    /// Branching policy of a tree row (`None` for the chain).
+    branch: Option<&'static str>,
     budget: u32,
     policy: String,
     generated_tokens: u64,
@@ -135,9 +137,14 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             .parse()
             .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
     }
-    if let Some(b) = &args.branch {
-        base.branch = b.parse().map_err(|e| anyhow::anyhow!("--branch: {e}"))?;
-    }
+    let branches = if args.branch.is_empty() {
+        vec![base.branch]
+    } else {
+        args.branch
+            .iter()
+            .map(|b| b.parse().map_err(|e| anyhow::anyhow!("--branch: {e}")))
+            .collect::<anyhow::Result<Vec<BranchPolicy>>>()?
+    };
     if let Some(m) = args.initial_chains {
         base.initial_chains = m;
     }
@@ -146,16 +153,19 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
     }
     base.validate()?;
     let tree_settings = format!(
-        "M={} N={} granularity {} branch {}",
-        base.initial_chains, base.branches_per_round, base.granularity, base.branch
+        "M={} N={} granularity {}",
+        base.initial_chains, base.branches_per_round, base.granularity
     );
     let mut engine = Engine::new(cfg, &weights).context("building the engine")?;
     let mut rows = Vec::new();
     for &budget in &args.budgets {
-        for kind in [SamplerKind::Chain, SamplerKind::Tree] {
+        let arms = std::iter::once((SamplerKind::Chain, None))
+            .chain(branches.iter().map(|&b| (SamplerKind::Tree, Some(b))));
+        for (kind, branch) in arms {
             let sc = SamplerConfig {
                 kind,
                 budget,
+                branch: branch.unwrap_or(base.branch),
                 ..base.clone()
             };
             let mut sink: Vec<TaskRollout> = Vec::new();
@@ -171,6 +181,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             rows.push(SamplerRow {
                 bench: "sampler",
                 sampler: kind.as_str(),
+                branch: branch.map(BranchPolicy::as_str),
                 budget,
                 policy: policy_name.clone(),
                 generated_tokens: stats.generated_tokens,
@@ -200,7 +211,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         tree_settings
     );
     println!(
-        "{:>6} {:<6} {:>9} {:>6} {:>10} {:>7} {:>6} {:>8} {:>8}",
+        "{:>6} {:<15} {:>9} {:>6} {:>10} {:>7} {:>6} {:>8} {:>8}",
         "budget",
         "sampler",
         "generated",
@@ -212,10 +223,14 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         "wall ms"
     );
     for r in &rows {
+        let name = match r.branch {
+            Some(b) => format!("{} ({b})", r.sampler),
+            None => r.sampler.to_string(),
+        };
         println!(
-            "{:>6} {:<7} {:>9} {:>6} {:>11.2} {:>7.3} {:>6} {:>8.3} {:>8}",
+            "{:>6} {:<15} {:>9} {:>6} {:>11.2} {:>7.3} {:>6} {:>8.3} {:>8}",
             r.budget,
-            r.sampler,
+            name,
             r.generated_tokens,
             r.trajectories,
             r.distinct_per_1k,
@@ -226,15 +241,18 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!("\nratios tree / chain at equal budget:");
-    for pair in rows.chunks(2) {
-        let (c, t) = (&pair[0], &pair[1]);
-        println!(
-            "  budget {:>5}: distinct/1k x{:.2}, trajectories x{:.2}, wall x{:.2}",
-            c.budget,
-            t.distinct_per_1k / c.distinct_per_1k.max(1e-9),
-            t.trajectories as f64 / (c.trajectories as f64).max(1e-9),
-            t.wall_ms as f64 / (c.wall_ms as f64).max(1e-9),
-        );
+    for group in rows.chunks(1 + branches.len()) {
+        let c = &group[0];
+        for t in &group[1..] {
+            println!(
+                "  budget {:>5} {:<9}: distinct/1k x{:.2}, trajectories x{:.2}, wall x{:.2}",
+                c.budget,
+                t.branch.unwrap_or_default(),
+                t.distinct_per_1k / c.distinct_per_1k.max(1e-9),
+                t.trajectories as f64 / (c.trajectories as f64).max(1e-9),
+                t.wall_ms as f64 / (c.wall_ms as f64).max(1e-9),
+            );
+        }
     }
     Ok(())
 }

@@ -160,10 +160,10 @@ pub struct SamplerBenchArgs {
     /// Tree `sampler.granularity`: step, segment or token [default: the sampler default].
     #[arg(long)]
     pub granularity: Option<String>,
-    /// Tree `sampler.branch`: random, entropy, segment or adaptive [default: the sampler
-    /// default].
-    #[arg(long)]
-    pub branch: Option<String>,
+    /// Tree branching policies, comma separated (random, entropy, segment, adaptive): one tree
+    /// row per policy, each compared with the chain [default: the sampler default, random].
+    #[arg(long, value_delimiter = ',')]
+    pub branch: Vec<String>,
     /// `sampler.initial_chains` (M) [default: the sampler default].
     #[arg(long)]
     pub initial_chains: Option<usize>,
