@@ -317,7 +317,7 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     let groups: Vec<_> = rollouts.iter().zip(advs.iter()).collect();
     let mut rows = Vec::new();
     // `packed` is what training uses (rows capped at the longest trajectory); `packed-whole`
-    // is one row per tree, shown for comparison.
+    // is one row per task group, shown for comparison.
     let modes = [
         ("flattened", Some(Packing::Flat)),
         ("packed", Some(Packing::Tree)),

@@ -29,7 +29,7 @@
 //!
 //! ## Row cap ([`pack_trees_capped`])
 //! Attention over a packed row is dense (`T × T` with a mask), so one very long row costs more
-//! than the tokens it saves. A cap cuts a tree into several rows: nodes are placed in DFS order,
+//! than the tokens it saves. A cap cuts a group into several rows: nodes are placed in DFS order,
 //! and a node that would push the row past the cap starts a new row holding the prompt and the
 //! node's ancestors again, as context only (no targets), then the node and the rest of the DFS.
 //! Every target is still scored exactly once with the same weights, so the loss and gradients do
@@ -431,8 +431,9 @@ fn pack_group(rollout: &TaskRollout, w: &[[f64; 3]], max_len: usize) -> Vec<Pack
     };
     let mut rows = Vec::new();
     let mut seq = new_row();
-    // Placement of the nodes in the current row, by node id.
-    let mut placed: Vec<Option<Placed>> = vec![None; rollout.nodes.len()];
+    // Placement of each node, by node id, stamped with the row it was placed in (so starting a
+    // row invalidates every entry without touching them).
+    let mut placed: Vec<Option<(usize, Placed)>> = vec![None; rollout.nodes.len()];
     let mut tops: Vec<(u32, NodeId)> = rollout
         .nodes
         .iter()
@@ -445,7 +446,6 @@ fn pack_group(rollout: &TaskRollout, w: &[[f64; 3]], max_len: usize) -> Vec<Pack
         let node = rollout.node(id);
         if seq.len() + node.tokens.len() > max_len && !seq.targets.is_empty() {
             rows.push(std::mem::replace(&mut seq, new_row()));
-            placed.iter_mut().for_each(|p| *p = None);
             // The ancestors again, as context: top node first.
             let mut ancestors: Vec<NodeId> =
                 std::iter::successors(node.parent, |&a| rollout.node(a).parent).collect();
@@ -453,14 +453,17 @@ fn pack_group(rollout: &TaskRollout, w: &[[f64; 3]], max_len: usize) -> Vec<Pack
             let mut at = root;
             for a in ancestors {
                 at = place(&mut seq, a, at, false);
-                placed[a as usize] = Some(at);
+                placed[a as usize] = Some((rows.len(), at));
             }
         }
         let parent = match node.parent {
             None => root,
-            Some(p) => placed[p as usize].expect("DFS order keeps the parent in the row"),
+            Some(p) => match placed[p as usize] {
+                Some((row, at)) if row == rows.len() => at,
+                _ => unreachable!("DFS order keeps the parent in the current row"),
+            },
         };
-        placed[id as usize] = Some(place(&mut seq, id, parent, true));
+        placed[id as usize] = Some((rows.len(), place(&mut seq, id, parent, true)));
         for &child in node.children.iter().rev() {
             stack.push(child);
         }

@@ -592,7 +592,7 @@ where
                     .iter()
                     .filter(|&&c| c > g)
                     .map(|c| c - g)
-                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+                    .reduce(f64::max)
                     .unwrap_or(cost)
             };
             let mut committed: f64 = live_lengths.iter().map(|&g| expected_rest(g)).sum();
