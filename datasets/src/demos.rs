@@ -15,10 +15,18 @@
 //! mistake per episode**, `mistake_rate = 1` puts it at the first turn where a recoverable one is
 //! offered, and `mistake_rate = 0` gives the pure expert.
 //!
+//! # Guesses (imperfect demonstrations)
+//! With [`DemoOptions::guess_rate`] above zero, the RNG `rng_for(&[seed, id, GUESS_SALT])` draws
+//! a uniform `u` per task; when `u < guess_rate` and the environment offers one
+//! ([`Expert::guess_action`]: multihop answers `unknown`), the demonstration is
+//! that single guess, which ends the episode **unsolved**. This models SFT data from an imperfect
+//! demonstrator: the SFT policy learns to skip the work at about that rate, a decision that
+//! reinforcement learning, which sees the reward, can unlearn.
+//!
 //! # Which demonstrations are kept
-//! Only successful episodes ([`Outcome::is_success`] on the final step) are returned, in the order
-//! of `task_ids`; a task whose expert fails is left out, so the result can be shorter than the
-//! input (the benchmark experts solve every task, which the `envs` tests check).
+//! Successful episodes ([`Outcome::is_success`] on the final step) and guesses are returned, in
+//! the order of `task_ids`; a task whose expert fails is left out, so the result can be shorter
+//! than the input (the benchmark experts solve every task, which the `envs` tests check).
 //!
 //! # Tokens
 //! [`Demonstration::encode`] lays a demonstration out as the transcript of DESIGN §2:
@@ -45,14 +53,21 @@ pub struct DemoOptions {
     /// Chance per turn of taking a recoverable mistake (at most one per episode, see the
     /// [module docs](self)). `0` or less never, `1` or more at the first chance. Default 0.0.
     pub mistake_rate: f32,
-    /// Seed of the mistake draws. Default 0.
+    /// Share of tasks whose demonstration is a guess that fails (see the
+    /// [module docs](self)). Default 0.0.
+    pub guess_rate: f32,
+    /// Seed of the mistake and guess draws. Default 0.
     pub seed: u64,
 }
+
+/// Salt of the per-task guess draw (distinct from any turn index of the mistake draws).
+const GUESS_SALT: u64 = 0x6775_6573_7321;
 
 impl Default for DemoOptions {
     fn default() -> Self {
         DemoOptions {
             mistake_rate: 0.0,
+            guess_rate: 0.0,
             seed: 0,
         }
     }
@@ -80,10 +95,14 @@ pub struct Demonstration {
     pub turns: Vec<Turn>,
     /// Sum of the step rewards.
     pub reward: f32,
-    /// Whether the episode ended in success (always true for what [`demonstrations`] returns).
+    /// Whether the episode ended in success (true for what [`demonstrations`] returns, guesses
+    /// excepted).
     pub success: bool,
     /// Mistakes taken (0 or 1).
     pub mistakes: u32,
+    /// Whether this is a guess (a single failing turn, see the [module docs](self)).
+    #[serde(default)]
+    pub guessed: bool,
 }
 
 /// A tokenized demonstration with its SFT loss mask.
@@ -151,7 +170,7 @@ pub fn demonstrations(spec: &EnvSpec, task_ids: &[u64], opts: &DemoOptions) -> V
     task_ids
         .iter()
         .map(|&id| demonstrate(spec, id, opts))
-        .filter(|demo| demo.success)
+        .filter(|demo| demo.success || demo.guessed)
         .collect()
 }
 
@@ -175,6 +194,26 @@ fn demonstrate(spec: &EnvSpec, task_id: u64, opts: &DemoOptions) -> Demonstratio
     let mut reward = 0.0f32;
     let mut mistakes = 0u32;
     let mut outcome = Outcome::Continue;
+    let guess = (opts.guess_rate > 0.0
+        && rng_for(&[opts.seed, task_id, GUESS_SALT]).random::<f32>() < opts.guess_rate)
+        .then(|| env.guess_action())
+        .flatten();
+    if let Some(action) = guess {
+        let step = env.step(&action);
+        return Demonstration {
+            task_id,
+            env: spec.name().to_string(),
+            prompt,
+            turns: vec![Turn {
+                action,
+                observation: step.observation,
+            }],
+            reward: step.reward,
+            success: step.outcome.is_success(),
+            mistakes: 0,
+            guessed: true,
+        };
+    }
     for turn in 0..=env.max_turns() {
         let mut action = None;
         if mistakes == 0 {
@@ -210,6 +249,7 @@ fn demonstrate(spec: &EnvSpec, task_id: u64, opts: &DemoOptions) -> Demonstratio
         reward,
         success: outcome.is_success(),
         mistakes,
+        guessed: false,
     }
 }
 
@@ -233,6 +273,7 @@ mod tests {
             let opts = DemoOptions {
                 mistake_rate: rate,
                 seed: 9,
+                ..DemoOptions::default()
             };
             let spec = multihop("3");
             let a = demonstrations(&spec, &ids(), &opts);
@@ -246,6 +287,42 @@ mod tests {
                 assert_eq!(x.encode(&ByteTokenizer), y.encode(&ByteTokenizer));
             }
         }
+    }
+
+    #[test]
+    fn guesses_are_single_failing_turns_at_about_the_rate() {
+        let spec = multihop("2");
+        let ids: Vec<u64> = (0..400).collect();
+        let opts = DemoOptions {
+            guess_rate: 0.25,
+            seed: 5,
+            ..DemoOptions::default()
+        };
+        let demos = demonstrations(&spec, &ids, &opts);
+        assert_eq!(demos.len(), ids.len(), "guesses are kept");
+        let guesses: Vec<_> = demos.iter().filter(|d| d.guessed).collect();
+        assert!(
+            (70..=130).contains(&guesses.len()),
+            "{} guesses",
+            guesses.len()
+        );
+        for g in &guesses {
+            assert_eq!(g.turns.len(), 1);
+            assert!(g.turns[0].action.starts_with("answer["));
+            assert!(!g.success);
+            assert_eq!(g.reward, 0.0);
+        }
+        for d in demos.iter().filter(|d| !d.guessed) {
+            assert!(d.success);
+        }
+        // The draw is per task: the same seed guesses on the same tasks.
+        let again = demonstrations(&spec, &ids, &opts);
+        assert_eq!(demos, again);
+        assert!(
+            demonstrations(&spec, &ids, &DemoOptions::default())
+                .iter()
+                .all(|d| !d.guessed)
+        );
     }
 
     #[test]
@@ -267,6 +344,7 @@ mod tests {
         let opts = DemoOptions {
             mistake_rate: 1.0,
             seed: 3,
+            ..DemoOptions::default()
         };
         for hops in ["1", "2", "4"] {
             let spec = multihop(hops);
@@ -308,6 +386,7 @@ mod tests {
         let opts = DemoOptions {
             mistake_rate: 1.0,
             seed: 1,
+            ..DemoOptions::default()
         };
         for demo in demonstrations(&multihop("3"), &ids(), &opts) {
             let enc = demo.encode(&tok);
@@ -375,6 +454,7 @@ mod tests {
         let opts = DemoOptions {
             mistake_rate: 0.5,
             seed: 4,
+            ..DemoOptions::default()
         };
         for spec in &specs {
             let ids: Vec<u64> = (0..12).collect();
@@ -416,6 +496,7 @@ mod tests {
             reward: 1.0,
             success: true,
             mistakes: 0,
+            guessed: false,
         };
         assert_eq!(demo.transcript(), "P|a1|o1|a2");
         let tok = ByteTokenizer;

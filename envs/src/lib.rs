@@ -67,6 +67,12 @@ pub trait Expert: Env {
     /// mistakes), chosen with `seed`; `None` when the environment has none to offer here (for
     /// example in a single-turn task, where any mistake is fatal).
     fn mistake_action(&self, seed: u64) -> Option<String>;
+    /// A final answer given at the start of an episode without doing the work (a guess that
+    /// ends the episode unsolved), for demonstrations from an imperfect demonstrator; `None`
+    /// when the environment has none (the default).
+    fn guess_action(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The result of one action.

@@ -530,6 +530,12 @@ impl Expert for Multihop {
             candidates[(derive(&[seed, self.turn as u64]) % candidates.len() as u64) as usize];
         Some(format!("search[{}]", self.world.entities[pick].name))
     }
+
+    /// Before any turn: `answer[unknown]`, a demonstrator giving up without looking anything up
+    /// (no entity is called that: names are capitalised).
+    fn guess_action(&self) -> Option<String> {
+        (self.turn == 0 && !self.done).then(|| "answer[unknown]".to_string())
+    }
 }
 
 #[cfg(test)]
@@ -603,6 +609,29 @@ mod tests {
         let s = e.step(&format!("answer[ {} ]", env.answer()));
         assert_eq!(s.outcome, Outcome::Solved);
         assert_eq!(s.reward, 1.0);
+    }
+
+    #[test]
+    fn a_guess_ends_the_episode_unsolved_and_is_only_offered_first() {
+        for hops in 1..=3 {
+            let cfg = MultihopConfig {
+                hops,
+                distractors: 1,
+                max_turns: 0,
+            };
+            for id in 0..200 {
+                let env = Multihop::generate(&cfg, id);
+                let guess = env.guess_action().expect("offered at the first turn");
+                assert_eq!(guess, "answer[unknown]");
+                let mut e = env.clone();
+                let s = e.step(&guess);
+                assert!(s.done);
+                assert_eq!(s.outcome, Outcome::Failed);
+                let mut e = env.clone();
+                e.step(&e.expert_action());
+                assert_eq!(e.guess_action(), None);
+            }
+        }
     }
 
     #[test]

@@ -181,4 +181,7 @@ impl Expert for AnyEnv {
     fn mistake_action(&self, seed: u64) -> Option<String> {
         each!(self, e => e.mistake_action(seed))
     }
+    fn guess_action(&self) -> Option<String> {
+        each!(self, e => e.guess_action())
+    }
 }

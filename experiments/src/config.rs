@@ -143,6 +143,9 @@ pub struct SftSection {
     /// Share of turns where the expert makes a recoverable mistake. Default: 0 (with mistakes
     /// the tiny default model needs far longer to learn to copy names).
     pub mistake_rate: f32,
+    /// Share of demonstrations that are a failing guess instead of the expert's episode (an
+    /// imperfect demonstrator, see `datasets::demos`). Default: 0.
+    pub guess_rate: f32,
 }
 
 /// `[rl]`.
@@ -244,6 +247,7 @@ impl Default for SftSection {
             warmup: 20,
             min_lr_ratio: 0.1,
             mistake_rate: 0.0,
+            guess_rate: 0.0,
         }
     }
 }
@@ -328,6 +332,9 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.sft.mistake_rate) {
             bail!("config sft.mistake_rate must be in [0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.sft.guess_rate) {
+            bail!("config sft.guess_rate must be in [0, 1]");
         }
         if self.eval.temperature < 0.0 || !self.eval.temperature.is_finite() {
             bail!("config eval.temperature must be a finite number >= 0");

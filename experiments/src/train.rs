@@ -395,6 +395,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         let ids = train_set.sample(u64::MAX, cfg.sft.demos, cfg.seed);
         let opts = DemoOptions {
             mistake_rate: cfg.sft.mistake_rate,
+            guess_rate: cfg.sft.guess_rate,
             seed: cfg.seed,
         };
         let demos = demonstrations(&spec, &ids, &opts);
