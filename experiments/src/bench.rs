@@ -323,6 +323,9 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
         ("packed", Some(Packing::Tree)),
         ("packed-whole", None),
     ];
+    // Modes are timed in turn, one update each per round, and each reports its median round:
+    // a slow spell of the machine then hits every mode alike instead of whichever ran during it.
+    let mut setups = Vec::new();
     for (mode, packing) in modes {
         let batches = match packing {
             Some(packing) => {
@@ -330,25 +333,29 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
             }
             None => vec![TrainBatch::new(pack_trees(&groups, LossAgg::TokenMean)?)],
         };
-        let tokens: usize = batches.iter().map(|b| b.num_tokens()).sum();
         let mut trainer =
             Trainer::from_weights(&cfg, &weights, TrainerConfig::default(), &default_device())?;
         trainer.rl_step(&batches, 1)?; // warm-up
-        let t0 = std::time::Instant::now();
-        for _ in 0..args.repeats.max(1) {
-            trainer.rl_step(&batches, 1)?;
+        setups.push((mode, batches, trainer, Vec::new()));
+    }
+    for _ in 0..args.repeats.max(1) {
+        for (_, batches, trainer, times) in &mut setups {
+            let t0 = std::time::Instant::now();
+            trainer.rl_step(batches, 1)?;
+            times.push(t0.elapsed().as_secs_f64() * 1000.0);
         }
-        let ms = t0.elapsed().as_secs_f64() * 1000.0 / args.repeats.max(1) as f64;
+    }
+    for (mode, batches, _, mut times) in setups {
+        times.sort_by(f64::total_cmp);
         rows.push(TrainRow {
             bench: "train",
             mode,
-            ms_per_step: ms,
-            total_tokens: 0,
+            ms_per_step: times[times.len() / 2],
+            total_tokens: batches.iter().map(|b| b.num_tokens()).sum(),
             unique_tokens: 0,
             rows: batches.iter().map(|b| b.rows()).sum(),
             padded_len: batches.iter().map(|b| b.padded_len()).max().unwrap_or(0),
         });
-        rows.last_mut().expect("pushed").total_tokens = tokens;
     }
     // The flattened batch forwards every trajectory's full context (total tokens); a whole
     // packed tree forwards each unique token once (the capped rows repeat some context).

@@ -103,8 +103,9 @@ pub struct TrainBenchArgs {
     /// Task groups in the batch.
     #[arg(long, default_value_t = 4)]
     pub tasks: usize,
-    /// Timed updates per mode (the mean is reported, after one untimed warm-up).
-    #[arg(long, default_value_t = 3)]
+    /// Timed updates per mode, the modes taking turns (the median is reported, after one
+    /// untimed warm-up each).
+    #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// A run or checkpoint directory whose policy samples the trees [default: seeded random
     /// weights of the tiny preset].

@@ -56,7 +56,9 @@ pub struct TrainConfig {
     pub sft: SftSection,
     /// Reinforcement learning.
     pub rl: RlSection,
-    /// Rollout sampling during RL.
+    /// Rollout sampling during RL. Keys a `[sampler]` table leaves out take the run's defaults
+    /// ([`run_sampler_default`]: budget 512), not the sampler's own (budget 1024).
+    #[serde(deserialize_with = "sampler_over_run_defaults")]
     pub sampler: SamplerConfig,
     /// Held-out evaluation before and after RL.
     pub eval: EvalSection,
@@ -208,13 +210,34 @@ impl Default for TrainConfig {
             model: ModelSection::default(),
             sft: SftSection::default(),
             rl: RlSection::default(),
-            sampler: SamplerConfig {
-                budget: 512,
-                ..SamplerConfig::default()
-            },
+            sampler: run_sampler_default(),
             eval: EvalSection::default(),
         }
     }
+}
+
+/// The sampler settings of a run whose config sets none: [`SamplerConfig::default`] with a
+/// budget of 512 (what the default run trains with in about five minutes).
+pub fn run_sampler_default() -> SamplerConfig {
+    SamplerConfig {
+        budget: 512,
+        ..SamplerConfig::default()
+    }
+}
+
+/// Reads a `[sampler]` table over [`run_sampler_default`], so that a config setting only, say,
+/// `initial_chains` keeps the run's budget.
+fn sampler_over_run_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<SamplerConfig, D::Error> {
+    use serde::de::Error;
+    let given = toml::Table::deserialize(d)?;
+    let mut merged = match toml::Value::try_from(run_sampler_default()).map_err(D::Error::custom)? {
+        toml::Value::Table(t) => t,
+        _ => return Err(D::Error::custom("sampler defaults are not a table")),
+    };
+    merged.extend(given);
+    SamplerConfig::deserialize(toml::Value::Table(merged)).map_err(D::Error::custom)
 }
 
 impl Default for EnvSection {
@@ -378,5 +401,39 @@ impl TrainConfig {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         Ok(EnvSpec::from_name(&self.env.name, &knobs)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TrainConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn a_partial_sampler_table_keeps_the_run_defaults() {
+        let cfg = parse("[sampler]\ninitial_chains = 6\n").unwrap();
+        assert_eq!(cfg.sampler.budget, 512);
+        assert_eq!(cfg.sampler.initial_chains, 6);
+        assert_eq!(parse("").unwrap().sampler, run_sampler_default());
+        let cfg = parse("[sampler]\nbudget = 2048\nkind = \"chain\"\n").unwrap();
+        assert_eq!(cfg.sampler.budget, 2048);
+        assert_eq!(cfg.sampler.kind.as_str(), "chain");
+    }
+
+    #[test]
+    fn unknown_or_mistyped_sampler_keys_are_errors() {
+        let err = parse("[sampler]\nbudgett = 5\n").unwrap_err().to_string();
+        assert!(err.contains("budgett"), "{err}");
+        assert!(parse("[sampler]\nbudget = \"many\"\n").is_err());
+    }
+
+    #[test]
+    fn the_resolved_config_reads_back_equal() {
+        let cfg = parse("[sampler]\ninitial_chains = 3\n[sft]\nguess_rate = 0.1\n").unwrap();
+        let again = parse(&cfg.to_toml().unwrap()).unwrap();
+        assert_eq!(cfg, again);
     }
 }
