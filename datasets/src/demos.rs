@@ -194,29 +194,15 @@ fn demonstrate(spec: &EnvSpec, task_id: u64, opts: &DemoOptions) -> Demonstratio
     let mut reward = 0.0f32;
     let mut mistakes = 0u32;
     let mut outcome = Outcome::Continue;
-    let guess = (opts.guess_rate > 0.0
+    // A guess is the first action and ends the episode (`Expert::guess_action`).
+    let mut guess = (opts.guess_rate > 0.0
         && rng_for(&[opts.seed, task_id, GUESS_SALT]).random::<f32>() < opts.guess_rate)
         .then(|| env.guess_action())
         .flatten();
-    if let Some(action) = guess {
-        let step = env.step(&action);
-        return Demonstration {
-            task_id,
-            env: spec.name().to_string(),
-            prompt,
-            turns: vec![Turn {
-                action,
-                observation: step.observation,
-            }],
-            reward: step.reward,
-            success: step.outcome.is_success(),
-            mistakes: 0,
-            guessed: true,
-        };
-    }
+    let guessed = guess.is_some();
     for turn in 0..=env.max_turns() {
-        let mut action = None;
-        if mistakes == 0 {
+        let mut action = guess.take();
+        if action.is_none() && mistakes == 0 {
             let mut rng = rng_for(&[opts.seed, task_id, turn as u64]);
             if rng.random::<f32>() < opts.mistake_rate {
                 action = env.mistake_action(rng.random::<u64>()).filter(|mistake| {
@@ -224,10 +210,8 @@ fn demonstrate(spec: &EnvSpec, task_id: u64, opts: &DemoOptions) -> Demonstratio
                     let step = after.step(mistake);
                     !step.done && expert_solves(after)
                 });
+                mistakes += u32::from(action.is_some());
             }
-        }
-        if action.is_some() {
-            mistakes += 1;
         }
         let action = action.unwrap_or_else(|| env.expert_action());
         let step = env.step(&action);
@@ -249,7 +233,7 @@ fn demonstrate(spec: &EnvSpec, task_id: u64, opts: &DemoOptions) -> Demonstratio
         reward,
         success: outcome.is_success(),
         mistakes,
-        guessed: false,
+        guessed,
     }
 }
 

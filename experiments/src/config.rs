@@ -220,7 +220,7 @@ impl Default for TrainConfig {
 }
 
 /// The sampler settings of a run whose config sets none: [`SamplerConfig::default`] with a
-/// budget of 512 (what the default run trains with in about five minutes).
+/// budget of 512 (the default run's budget, half the sampler's own default).
 pub fn run_sampler_default() -> SamplerConfig {
     SamplerConfig {
         budget: 512,
