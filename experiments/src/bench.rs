@@ -292,7 +292,11 @@ fn policy_weights(
 
 fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     use rollout::advantage::{Estimator, estimate};
-    use trainer::pack::{LossAgg, Packing, TrainBatch, minibatches, pack_trees};
+    use trainer::attn::LayoutChoice;
+    use trainer::pack::{
+        LossAgg, Packing, TrainBatch, longest_trajectory, minibatches, pack_trees,
+        pack_trees_capped,
+    };
     use trainer::trainer::{Trainer, TrainerConfig, default_device};
 
     let (cfg, weights, policy) = policy_weights(args.checkpoint.as_deref())?;
@@ -316,23 +320,35 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     let advs = estimate(Estimator::TreeGrpo, &rollouts)?;
     let groups: Vec<_> = rollouts.iter().zip(advs.iter()).collect();
     let mut rows = Vec::new();
-    // `packed` is what training uses (rows capped at the longest trajectory); `packed-whole`
-    // is one row per task group, shown for comparison.
+    // `flattened` and `packed` are what training uses (attention layout chosen by the planner:
+    // sparse where it saves enough); the `-dense` modes force dense masks, with packed rows cut
+    // at the longest trajectory so they are never wider than the flattened rows (the layout
+    // before sparse attention); `packed-whole` is one row per task group.
     let modes = [
-        ("flattened", Some(Packing::Flat)),
-        ("packed", Some(Packing::Tree)),
-        ("packed-whole", None),
+        ("flattened", Some(Packing::Flat), LayoutChoice::Auto),
+        ("packed", Some(Packing::Tree), LayoutChoice::Auto),
+        ("flattened-dense", Some(Packing::Flat), LayoutChoice::Dense),
+        ("packed-dense", None, LayoutChoice::Dense),
+        ("packed-whole", None, LayoutChoice::Auto),
     ];
     // Modes are timed in turn, one update each per round, and each reports its median round:
     // a slow spell of the machine then hits every mode alike instead of whichever ran during it.
     let mut setups = Vec::new();
-    for (mode, packing) in modes {
-        let batches = match packing {
-            Some(packing) => {
+    for (mode, packing, layout) in modes {
+        let mut batches = match (packing, mode) {
+            (Some(packing), _) => {
                 minibatches(&groups, groups.len().max(1), LossAgg::TokenMean, packing)?
             }
-            None => vec![TrainBatch::new(pack_trees(&groups, LossAgg::TokenMean)?)],
+            (None, "packed-dense") => vec![TrainBatch::new(pack_trees_capped(
+                &groups,
+                LossAgg::TokenMean,
+                longest_trajectory(&groups),
+            )?)],
+            (None, _) => vec![TrainBatch::new(pack_trees(&groups, LossAgg::TokenMean)?)],
         };
+        for b in &mut batches {
+            b.layout = layout;
+        }
         let mut trainer =
             Trainer::from_weights(&cfg, &weights, TrainerConfig::default(), &default_device())?;
         trainer.rl_step(&batches, 1)?; // warm-up
@@ -359,7 +375,7 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     }
     // The flattened batch forwards every trajectory's full context (total tokens); a whole
     // packed tree forwards each unique token once (the capped rows repeat some context).
-    let (total, unique) = (rows[0].total_tokens, rows[2].total_tokens);
+    let (total, unique) = (rows[0].total_tokens, rows[4].total_tokens);
     for r in &mut rows {
         r.total_tokens = total;
         r.unique_tokens = unique;
@@ -376,16 +392,18 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     );
     for r in &rows {
         println!(
-            "{:<12} {:>9.1} ms/update  rows {:>3}  padded len {:>5}",
+            "{:<15} {:>9.1} ms/update  rows {:>3}  padded len {:>5}",
             r.mode, r.ms_per_step, r.rows, r.padded_len
         );
     }
     let ratio = total as f64 / unique.max(1) as f64;
     let speedup = rows[0].ms_per_step / rows[1].ms_per_step.max(1e-9);
+    let dense = rows[2].ms_per_step / rows[3].ms_per_step.max(1e-9);
     println!(
         "total/unique tokens {total}/{unique} = {ratio:.2}; packed speedup x{speedup:.2} \
-         (= {:.2} of the token ratio)",
-        speedup / ratio
+         (= {:.2} of the token ratio); with dense masks x{dense:.2} (= {:.2})",
+        speedup / ratio,
+        dense / ratio
     );
     Ok(())
 }

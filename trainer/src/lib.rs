@@ -12,6 +12,9 @@
 //!   leaves below), [`pack::flatten_trees`] (one causal row per trajectory, the reference), loss
 //!   aggregation [`pack::LossAgg`], padded mini-batches [`pack::TrainBatch`] and
 //!   [`pack::minibatches`] to split a batch of task groups.
+//! - [`attn`] — attention layouts of a batch: dense masks, and query-block sparse attention
+//!   whose cost follows a tree-packed row's mask (each block gathers only the keys on its
+//!   queries' paths), chosen per batch by [`attn::AttentionLayout::plan`].
 //! - [`loss`] — [`loss::policy_loss`]: PPO-clip with optional K3 KL to a frozen reference and
 //!   entropy bonus; the same function scores packed and flattened batches.
 //! - [`sft`] — cross-entropy on the action tokens of encoded demonstrations.
@@ -46,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod attn;
 pub mod checkpoint;
 mod error;
 pub mod loss;

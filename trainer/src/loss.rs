@@ -87,10 +87,10 @@ pub struct LossStats {
 /// # Shapes
 /// - returns `(logprobs: [K], log_softmax rows: [K, vocab])`
 pub fn target_logprobs(model: &PolicyModel, batch: &DeviceBatch) -> (Tensor<1>, Tensor<2>) {
-    let logits = model.forward(
+    let logits = model.forward_with(
         batch.tokens.clone(),
         batch.positions.clone(),
-        batch.mask.clone(),
+        &batch.attention,
     );
     let [b, t, v] = logits.dims();
     let rows = logits.reshape([b * t, v]).select(0, batch.source.clone());
@@ -170,6 +170,7 @@ pub fn policy_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attn::LayoutChoice;
     use crate::pack::{LossAgg, TrainBatch, flatten_trees, longest_trajectory, pack_trees_capped};
     use crate::test_util::{norm, param_grads, random_rollout, small_config};
     use burn::optim::GradientsParams;
@@ -182,10 +183,11 @@ mod tests {
         model: &PolicyModel,
         reference: &PolicyModel,
         batch: &TrainBatch,
+        layout: LayoutChoice,
         cfg: &PpoConfig,
     ) -> (f32, LossStats, Vec<Option<Vec<f32>>>) {
         let device = Device::flex().autodiff();
-        let db = batch.to_device(&device).unwrap();
+        let db = batch.to_device_with(&device, layout).unwrap();
         let (ref_lp, _) = target_logprobs(reference, &batch.to_device(&Device::flex()).unwrap());
         let (loss, stats) = policy_loss(model, &db, Some(&ref_lp.autodiff()), cfg);
         let value = scalar(loss.clone().detach());
@@ -196,6 +198,9 @@ mod tests {
     /// The tree-packed loss equals the flattened (per-trajectory) loss, and so does every
     /// parameter gradient, on random trees, for both aggregations and for a trajectory-level
     /// (tree-GRPO) and the node-level (TreeRL) estimator, with the KL and entropy terms on.
+    /// The packed batch is scored with a dense mask and with the sparse layout (query blocks of
+    /// 1, 4 and 7 positions, so blocks straddle node and row boundaries); the flattened
+    /// reference always with a dense mask.
     ///
     /// Tolerance: both sides compute the same sums in f32, in different orders (a shared-prefix
     /// token's gradient is accumulated once in the packed row, from several rows in the flattened
@@ -254,29 +259,38 @@ mod tests {
                             packed.rows() > rollouts.iter().map(|r| r.num_trees as usize).sum()
                         );
                     }
-                    let (lp, sp, gp) = loss_and_grads(&model, &reference, &packed, &ppo);
-                    let (lf, sf, gf) = loss_and_grads(&model, &reference, &flat, &ppo);
-                    let rel = ((lp - lf) as f64).abs() / (lf as f64).abs().max(1e-12);
-                    assert!(
-                        rel <= 1e-5,
-                        "{estimator} {agg} cap {cap}: loss {lp} vs {lf}"
-                    );
-                    worst_loss = worst_loss.max(rel);
-                    for (stat_p, stat_f) in [(sp.kl, sf.kl), (sp.entropy, sf.entropy)] {
-                        assert!((stat_p - stat_f).abs() <= 1e-5 * stat_f.abs().max(1e-6));
-                    }
-                    clip_seen.0 |= sf.clip_frac > 0.0;
-                    clip_seen.1 |= sf.clip_frac < 1.0;
-                    assert_eq!(gp.len(), gf.len());
-                    for (k, (p, f)) in gp.iter().zip(&gf).enumerate() {
-                        let (p, f) = (p.as_ref().unwrap(), f.as_ref().unwrap());
-                        let diff: Vec<f32> = p.iter().zip(f).map(|(a, b)| a - b).collect();
-                        let rel = norm(&diff) / norm(f).max(1e-12);
+                    let (lf, sf, gf) =
+                        loss_and_grads(&model, &reference, &flat, LayoutChoice::Dense, &ppo);
+                    for layout in [
+                        LayoutChoice::Dense,
+                        LayoutChoice::Sparse { block: 1 },
+                        LayoutChoice::Sparse { block: 4 },
+                        LayoutChoice::Sparse { block: 7 },
+                    ] {
+                        let (lp, sp, gp) =
+                            loss_and_grads(&model, &reference, &packed, layout, &ppo);
+                        let rel = ((lp - lf) as f64).abs() / (lf as f64).abs().max(1e-12);
                         assert!(
                             rel <= 1e-5,
-                            "{estimator} {agg} cap {cap}: parameter {k} rel diff {rel}"
+                            "{estimator} {agg} cap {cap} {layout:?}: loss {lp} vs {lf}"
                         );
-                        worst_grad = worst_grad.max(rel);
+                        worst_loss = worst_loss.max(rel);
+                        for (stat_p, stat_f) in [(sp.kl, sf.kl), (sp.entropy, sf.entropy)] {
+                            assert!((stat_p - stat_f).abs() <= 1e-5 * stat_f.abs().max(1e-6));
+                        }
+                        clip_seen.0 |= sf.clip_frac > 0.0;
+                        clip_seen.1 |= sf.clip_frac < 1.0;
+                        assert_eq!(gp.len(), gf.len());
+                        for (k, (p, f)) in gp.iter().zip(&gf).enumerate() {
+                            let (p, f) = (p.as_ref().unwrap(), f.as_ref().unwrap());
+                            let diff: Vec<f32> = p.iter().zip(f).map(|(a, b)| a - b).collect();
+                            let rel = norm(&diff) / norm(f).max(1e-12);
+                            assert!(
+                                rel <= 1e-5,
+                                "{estimator} {agg} cap {cap} {layout:?}: parameter {k} rel diff {rel}"
+                            );
+                            worst_grad = worst_grad.max(rel);
+                        }
                     }
                 }
             }

@@ -31,11 +31,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rollout::engine::{ModelConfig, Weights};
 
 use crate::TrainerError;
-
-/// Additive score for a blocked attention entry. Finite (not `-inf`) so that a row with every
-/// entry blocked (only possible for padding) gives a uniform softmax instead of NaN; `exp` of
-/// this value minus any realistic maximum is exactly 0 in f32, so allowed rows are unaffected.
-const BLOCKED_SCORE: f32 = -1.0e9;
+use crate::attn::{AttentionMask, BLOCKED_SCORE, SparseAttention};
 
 /// Whether burn stores the named tensor transposed relative to Hugging Face: burn's [`Linear`]
 /// keeps `[in, out]`, Hugging Face `[out, in]`; embeddings, norm weights and biases agree.
@@ -104,13 +100,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x: [B, T, d]`, `cos`/`sin: [B, 1, T, hd]`, `bias: [B, 1, T, T]` (0 or blocked).
+    /// `x: [B, T, d]`, `cos`/`sin: [B, 1, T, hd]`; `scores` the dense bias `[B, 1, T, T]` (0 or
+    /// blocked) or a sparse layout.
     fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        bias: &Tensor<4>,
+        scores: &Scores,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -119,23 +116,70 @@ impl Attention {
         let k = apply_rope(heads(self.k_proj.forward(x.clone()), kvh), cos, sin);
         let v = heads(self.v_proj.forward(x), kvh);
         // Query head j reads key/value head j / (h / kvh), as in Hugging Face `repeat_kv`.
-        let (k, v) = if kvh == h {
-            (k, v)
-        } else {
-            let rep = h / kvh;
-            let expand = |y: Tensor<4>| {
-                y.unsqueeze_dim::<5>(2)
-                    .repeat_dim(2, rep)
-                    .reshape([b, h, t, hd])
-            };
-            (expand(k), expand(v))
+        let expand = |y: Tensor<4>| {
+            if kvh == h {
+                return y;
+            }
+            let [n, _, len, _] = y.dims();
+            y.unsqueeze_dim::<5>(2)
+                .repeat_dim(2, h / kvh)
+                .reshape([n, h, len, hd])
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
-        let probs = softmax(scores, 3);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let out = match scores {
+            Scores::Dense(bias) => {
+                let scores = q.matmul(expand(k).swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
+                softmax(scores, 3).matmul(expand(v))
+            }
+            Scores::Sparse(sp) => {
+                let bs = sp.block;
+                let nb = t / bs;
+                // [B·nb, h, bs, hd]: queries by block.
+                let q = q
+                    .swap_dims(1, 2)
+                    .reshape([b * nb, bs, h, hd])
+                    .swap_dims(1, 2);
+                // [B·T, kvh·hd]: keys and values by flat position, ready to gather.
+                let flat = |y: Tensor<4>| y.swap_dims(1, 2).reshape([b * t, kvh * hd]);
+                let (k, v) = (flat(k), flat(v));
+                let parts: Vec<Tensor<4>> = sp
+                    .buckets
+                    .iter()
+                    .map(|bucket| {
+                        let (nq, slots) = (bucket.blocks, bucket.key_slots);
+                        let gather = |y: &Tensor<2>| {
+                            expand(
+                                y.clone()
+                                    .select(0, bucket.keys.clone())
+                                    .reshape([nq, slots, kvh, hd])
+                                    .swap_dims(1, 2),
+                            )
+                        };
+                        let qb = q.clone().select(0, bucket.queries.clone());
+                        let scores = qb.matmul(gather(&k).swap_dims(2, 3)).mul_scalar(scale)
+                            + bucket.bias.clone();
+                        softmax(scores, 3).matmul(gather(&v))
+                    })
+                    .collect();
+                // Back to block order, then to [B, h, T, hd].
+                Tensor::cat(parts, 0)
+                    .select(0, sp.inverse.clone())
+                    .swap_dims(1, 2)
+                    .reshape([b, t, h, hd])
+                    .swap_dims(1, 2)
+            }
+        };
+        let out = out.swap_dims(1, 2).reshape([b, t, h * hd]);
         self.o_proj.forward(out)
     }
+}
+
+/// The attention structure one forward pass uses in every layer.
+enum Scores {
+    /// Additive bias `[B, 1, T, T]`.
+    Dense(Tensor<4>),
+    /// Query-block sparse attention.
+    Sparse(SparseAttention),
 }
 
 /// `x · cos + rotate_half(x) · sin` with `rotate_half([x1, x2]) = [-x2, x1]`.
@@ -230,17 +274,40 @@ impl PolicyModel {
         positions: Tensor<2, Int>,
         mask: Tensor<3, Bool>,
     ) -> Tensor<3> {
+        self.forward_with(tokens, positions, &AttentionMask::Dense(mask))
+    }
+
+    /// Logits for every position, with the attention given as a dense mask or a sparse layout
+    /// (see [`crate::attn`]); both give the same logits.
+    ///
+    /// # Shapes
+    /// - `tokens: [B, T]`, `positions: [B, T]`; a sparse layout needs `T` a multiple of its block
+    /// - returns logits `[B, T, vocab]`
+    pub fn forward_with(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        attention: &AttentionMask,
+    ) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
-        let bias = Tensor::<3>::zeros([b, t, t], &device)
-            .mask_fill(mask, BLOCKED_SCORE)
-            .unsqueeze_dim::<4>(1);
+        let scores = match attention {
+            AttentionMask::Dense(mask) => Scores::Dense(
+                Tensor::<3>::zeros([b, t, t], &device)
+                    .mask_fill(mask.clone(), BLOCKED_SCORE)
+                    .unsqueeze_dim::<4>(1),
+            ),
+            AttentionMask::Sparse(sp) => {
+                assert_eq!(t % sp.block, 0, "sparse attention needs whole query blocks");
+                Scores::Sparse(sp.clone())
+            }
+        };
         let (cos, sin) = self.rope_tables(positions);
         let mut x = self.embed.forward(tokens);
         for layer in &self.layers {
             let h = layer
                 .attn
-                .forward(layer.attn_norm.forward(x.clone()), &cos, &sin, &bias);
+                .forward(layer.attn_norm.forward(x.clone()), &cos, &sin, &scores);
             x = x + h;
             let h = layer.mlp.forward(layer.mlp_norm.forward(x.clone()));
             x = x + h;

@@ -27,16 +27,19 @@
 //! `Σ_l c_l · min(r·a, clip(r)·a) = P·min(r, clip r) + N·max(r, clip r)`: the packed loss equals
 //! the per-trajectory loss.
 //!
-//! ## Row cap ([`pack_trees_capped`])
-//! Attention over a packed row is dense (`T × T` with a mask), so one very long row costs more
-//! than the tokens it saves. A cap cuts a group into several rows: nodes are placed in DFS order,
-//! and a node that would push the row past the cap starts a new row holding the prompt and the
+//! ## Rows and attention cost ([`pack_trees_capped`])
+//! A packed row is scored with the sparse attention layout of [`crate::attn`]: each block of
+//! queries gathers only the keys its queries' paths reach, so a row's attention cost follows
+//! the tree (unique tokens × path length), not the square of the row length. Rows can therefore
+//! be long: [`minibatches`] joins the groups of a mini-batch first-fit (longest first) into
+//! rows of up to [`PACKED_ROW_TOKENS`] tokens (more if one trajectory is longer), each part
+//! keeping its own root span, so almost nothing of the padded batch is padding.
+//!
+//! A group longer than the cap is cut into several rows: nodes are placed in DFS order, and a
+//! node that would push the row past the cap starts a new row holding the prompt and the
 //! node's ancestors again, as context only (no targets), then the node and the rest of the DFS.
 //! Every target is still scored exactly once with the same weights, so the loss and gradients do
-//! not change; only some ancestor tokens are forwarded twice. Rows shorter than the cap are then
-//! joined first-fit (longest first) into shared rows, each part keeping its own root span, so
-//! little of the padded batch is padding. [`minibatches`] caps rows at the longest flattened
-//! trajectory of the mini-batch, so a packed batch is never wider than the flattened one.
+//! not change; only some ancestor tokens are forwarded twice.
 //!
 //! # Flattened ([`flatten_trees`])
 //! One sequence per leaf: the prompt and the tokens on the leaf's path, positions `0..`, causal
@@ -55,11 +58,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rollout::advantage::AdvantageOutput;
 use rollout::tree::{NodeId, TaskRollout};
 
 use crate::TrainerError;
+use crate::attn::{AttentionLayout, AttentionMask, LayoutChoice};
 
 /// How per-token losses are averaged (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -182,7 +186,7 @@ impl PackedSequence {
     }
 
     /// `ancestor[k][m]`: span `m` is span `k` or one of its ancestors.
-    fn span_ancestry(&self) -> Vec<Vec<bool>> {
+    pub(crate) fn span_ancestry(&self) -> Vec<Vec<bool>> {
         let n = self.span_parent.len();
         let mut table = vec![vec![false; n]; n];
         for (k, row) in table.iter_mut().enumerate() {
@@ -355,8 +359,13 @@ pub fn pack_trees_capped(
     Ok(bins)
 }
 
-/// Length of the longest flattened trajectory (prompt + path) of `groups`: the row cap
-/// [`minibatches`] uses for tree packing.
+/// Row length [`minibatches`] packs trees into (module docs, "Rows and attention cost").
+/// Sparse attention makes a row's cost linear in its length for tree-shaped masks, so the cap
+/// only bounds the memory of one row's activations.
+pub const PACKED_ROW_TOKENS: usize = 16_384;
+
+/// Length of the longest flattened trajectory (prompt + path) of `groups`: no packed row is
+/// cut shorter than this.
 pub fn longest_trajectory(groups: &[(&TaskRollout, &AdvantageOutput)]) -> usize {
     groups
         .iter()
@@ -518,8 +527,8 @@ pub fn flatten_trees(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Packing {
-    /// Tree packing ([`pack_trees_capped`]), rows capped at the longest trajectory of the
-    /// mini-batch; the default.
+    /// Tree packing ([`pack_trees_capped`]), groups joined into rows of up to
+    /// [`PACKED_ROW_TOKENS`] tokens (at least the longest trajectory); the default.
     #[default]
     Tree,
     /// One causal row per trajectory ([`flatten_trees`]).
@@ -543,7 +552,10 @@ pub fn minibatches(
     let mut out = Vec::new();
     for chunk in groups.chunks(groups_per_batch) {
         let seqs = match packing {
-            Packing::Tree => pack_trees_capped(chunk, agg, longest_trajectory(chunk))?,
+            Packing::Tree => {
+                let cap = longest_trajectory(chunk).max(PACKED_ROW_TOKENS);
+                pack_trees_capped(chunk, agg, cap)?
+            }
             Packing::Flat => flatten_trees(chunk, agg)?,
         };
         if seqs.iter().any(|s| !s.targets.is_empty()) {
@@ -558,12 +570,17 @@ pub fn minibatches(
 pub struct TrainBatch {
     /// The sequences (rows).
     pub sequences: Vec<PackedSequence>,
+    /// Which attention layout [`TrainBatch::to_device`] may use (planner's choice by default).
+    pub layout: LayoutChoice,
 }
 
 impl TrainBatch {
     /// A batch of the given sequences.
     pub fn new(sequences: Vec<PackedSequence>) -> Self {
-        TrainBatch { sequences }
+        TrainBatch {
+            sequences,
+            layout: LayoutChoice::Auto,
+        }
     }
 
     /// Number of rows.
@@ -586,34 +603,36 @@ impl TrainBatch {
         self.sequences.iter().map(|s| s.len()).sum()
     }
 
-    /// Pads the rows to a common length and uploads everything. Padding tokens are id 0 at
-    /// position 0, attend only to themselves, are attended by nobody, and are never targets.
+    /// Pads the rows to a common length and uploads everything, with the attention layout
+    /// [`AttentionLayout::plan`] picks under [`TrainBatch::layout`] (dense or sparse, see
+    /// [`crate::attn`]). Padding tokens
+    /// are id 0 at position 0, attend only to themselves, are attended by nobody, and are never
+    /// targets.
     pub fn to_device(&self, device: &Device) -> Result<DeviceBatch, TrainerError> {
-        let (b, t) = (self.rows(), self.padded_len());
-        if b == 0 || t == 0 {
+        self.to_device_with(device, self.layout)
+    }
+
+    /// [`TrainBatch::to_device`] with the layout choice given here instead of the batch's.
+    pub fn to_device_with(
+        &self,
+        device: &Device,
+        choice: LayoutChoice,
+    ) -> Result<DeviceBatch, TrainerError> {
+        if self.rows() == 0 || self.padded_len() == 0 {
             return Err(TrainerError::batch("empty batch"));
         }
+        let (layout, t) = AttentionLayout::plan(&self.sequences, choice);
+        let b = self.rows();
         let mut tokens = vec![0i64; b * t];
         let mut positions = vec![0i64; b * t];
-        let mut mask = vec![true; b * t * t];
         let mut src = Vec::new();
         let mut tgt = Vec::new();
         let mut cols: [Vec<f32>; 4] = Default::default();
         for (row, seq) in self.sequences.iter().enumerate() {
             let n = seq.len();
-            let ancestry = seq.span_ancestry();
-            for i in 0..t {
-                tokens[row * t + i] = seq.tokens.get(i).map_or(0, |&x| x as i64);
-                positions[row * t + i] = seq.positions.get(i).map_or(0, |&x| x as i64);
-                let mrow = &mut mask[(row * t + i) * t..(row * t + i + 1) * t];
-                if i >= n {
-                    mrow[i] = false;
-                    continue;
-                }
-                let anc = &ancestry[seq.span[i] as usize];
-                for j in 0..=i {
-                    mrow[j] = !anc[seq.span[j] as usize];
-                }
+            for i in 0..n {
+                tokens[row * t + i] = seq.tokens[i] as i64;
+                positions[row * t + i] = seq.positions[i] as i64;
             }
             for target in &seq.targets {
                 if target.source as usize >= n {
@@ -641,7 +660,7 @@ impl TrainBatch {
         Ok(DeviceBatch {
             tokens: int2(tokens),
             positions: int2(positions),
-            mask: Tensor::<3, Bool>::from_data(TensorData::new(mask, [b, t, t]), device),
+            attention: layout.to_device(b, t, device),
             source: int1(src),
             target: int1(tgt),
             old_logprob: float1(old),
@@ -655,7 +674,7 @@ impl TrainBatch {
 /// A [`TrainBatch`] on a device. `K` is the number of targets.
 ///
 /// # Shapes
-/// - `tokens`, `positions: [B, T]`; `mask: [B, T, T]` (true = blocked)
+/// - `tokens`, `positions: [B, T]`; `attention`: see [`AttentionMask`]
 /// - `source: [K]` (flat index `row·T + position` into `[B·T]`), `target: [K]`
 /// - `old_logprob`, `pos_weight`, `neg_weight`, `weight: [K]`
 #[derive(Debug, Clone)]
@@ -664,8 +683,8 @@ pub struct DeviceBatch {
     pub tokens: Tensor<2, Int>,
     /// RoPE positions.
     pub positions: Tensor<2, Int>,
-    /// Attention mask, `true` = blocked.
-    pub mask: Tensor<3, Bool>,
+    /// Which keys each position attends.
+    pub attention: AttentionMask,
     /// Flat logit source index of each target.
     pub source: Tensor<1, Int>,
     /// Target token ids.
@@ -837,8 +856,13 @@ mod tests {
         let adv = grpo(&r);
         let batch =
             TrainBatch::new(pack_trees_capped(&[(&r, &adv)], LossAgg::TokenMean, 6).unwrap());
-        let db = batch.to_device(&Device::flex()).unwrap();
-        let mask: Vec<bool> = db.mask.into_data().try_into_vec().unwrap();
+        let db = batch
+            .to_device_with(&Device::flex(), LayoutChoice::Dense)
+            .unwrap();
+        let AttentionMask::Dense(mask) = db.attention else {
+            panic!("a dense layout was asked for");
+        };
+        let mask: Vec<bool> = mask.into_data().try_into_vec().unwrap();
         let t = batch.padded_len();
         assert_eq!(t, 7);
         // Row 2 is prompt + d (3 tokens): position 5 is padding and sees only itself.

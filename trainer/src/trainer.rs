@@ -426,7 +426,9 @@ pub(crate) mod tests {
         let expected = engine.forward_full(&seq.tokens);
         let single = TrainBatch::new(vec![seq.clone()]);
         let db = single.to_device(trainer.device()).unwrap();
-        let logits = trainer.model().forward(db.tokens, db.positions, db.mask);
+        let logits = trainer
+            .model()
+            .forward_with(db.tokens, db.positions, &db.attention);
         let logits = crate::model::to_f32_vec(logits.into_data());
         let diff = logits
             .iter()
