@@ -15,6 +15,7 @@
 //! Errors: every command returns `anyhow::Result`; `main` prints the error chain on one line and
 //! exits with status 1 (2 for usage errors, from clap). Nothing panics on bad input.
 
+mod alloc;
 mod bench;
 mod cli;
 mod config;
@@ -29,6 +30,7 @@ mod train;
 use clap::Parser;
 
 fn main() {
+    alloc::keep_freed_memory();
     let cli = cli::Cli::parse();
     if let Err(err) = run(cli) {
         // One line: the error and its causes, outermost first.

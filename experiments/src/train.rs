@@ -306,6 +306,7 @@ fn trainer_config(cfg: &TrainConfig) -> TrainerConfig {
         },
         seed: cfg.seed,
         shuffle_minibatches: true,
+        ..TrainerConfig::default()
     }
 }
 

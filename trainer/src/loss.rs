@@ -78,8 +78,35 @@ pub struct LossStats {
     pub entropy: f32,
     /// W-weighted fraction of targets whose ratio is outside `[1 − ε, 1 + ε]`.
     pub clip_frac: f32,
+    /// `Σ W` over the targets: the weight of the means above when statistics of several parts
+    /// of one batch are merged ([`LossStats::merge`]).
+    pub weight: f32,
     /// Number of targets.
     pub targets: usize,
+}
+
+impl LossStats {
+    /// Statistics of a batch from those of two disjoint parts of it: the losses and target
+    /// counts add (each part's loss is its share of the batch loss), the means are
+    /// `W`-weighted.
+    pub fn merge(&self, other: &LossStats) -> LossStats {
+        let weight = self.weight + other.weight;
+        let mean = |a: f32, b: f32| {
+            if weight > 0.0 {
+                (a * self.weight + b * other.weight) / weight
+            } else {
+                0.0
+            }
+        };
+        LossStats {
+            loss: self.loss + other.loss,
+            kl: mean(self.kl, other.kl),
+            entropy: mean(self.entropy, other.entropy),
+            clip_frac: mean(self.clip_frac, other.clip_frac),
+            weight,
+            targets: self.targets + other.targets,
+        }
+    }
 }
 
 /// Log-probabilities of every target under `model`, and the full log-softmax rows they come from.
@@ -143,6 +170,7 @@ pub fn policy_loss(
     let w_total = scalar(w.clone().sum()).max(f32::MIN_POSITIVE);
     let mut stats = LossStats {
         targets: batch.source.dims()[0],
+        weight: w_total,
         ..LossStats::default()
     };
     if let Some(reference) = ref_logprob {

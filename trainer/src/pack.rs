@@ -64,6 +64,7 @@ use rollout::tree::{NodeId, TaskRollout};
 
 use crate::TrainerError;
 use crate::attn::{AttentionLayout, AttentionMask, LayoutChoice};
+use crate::trainer::DEFAULT_SHARDS;
 
 /// How per-token losses are averaged (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -328,6 +329,19 @@ pub fn pack_trees_capped(
     agg: LossAgg,
     max_len: usize,
 ) -> Result<Vec<PackedSequence>, TrainerError> {
+    let rows = group_rows(groups, agg, max_len)?;
+    if max_len == usize::MAX {
+        return Ok(rows);
+    }
+    Ok(join_rows(rows, max_len, 1))
+}
+
+/// The rows of every group (cut at `max_len`), not yet joined.
+fn group_rows(
+    groups: &[(&TaskRollout, &AdvantageOutput)],
+    agg: LossAgg,
+    max_len: usize,
+) -> Result<Vec<PackedSequence>, TrainerError> {
     for (r, a) in groups {
         check_group(r, a)?;
     }
@@ -341,22 +355,26 @@ pub fn pack_trees_capped(
                 .filter(|seq| !seq.targets.is_empty()),
         );
     }
-    if max_len == usize::MAX {
-        return Ok(out);
-    }
-    // First-fit decreasing: rows shorter than the cap share a row (each keeps its own prompt
-    // span as a root, so neither attends the other).
-    let mut order: Vec<usize> = (0..out.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(out[i].len()));
+    Ok(out)
+}
+
+/// Joins packed rows into shared rows of at most `cap` tokens (each part keeps its own root
+/// span, so no part attends another), balanced: longest first, each row opens one of the first
+/// `min_rows` bins or goes to the shortest bin it fits in (a new bin if none).
+fn join_rows(rows: Vec<PackedSequence>, cap: usize, min_rows: usize) -> Vec<PackedSequence> {
+    let mut rows = rows;
+    rows.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut bins: Vec<PackedSequence> = Vec::new();
-    for i in order {
-        let seq = std::mem::replace(&mut out[i], PackedSequence::causal(Vec::new(), Vec::new()));
-        match bins.iter_mut().find(|b| b.len() + seq.len() <= max_len) {
-            Some(bin) => bin.append(seq),
-            None => bins.push(seq),
+    for seq in rows {
+        let fit = (0..bins.len())
+            .filter(|&k| bins[k].len() + seq.len() <= cap)
+            .min_by_key(|&k| (bins[k].len(), k));
+        match fit {
+            Some(k) if bins.len() >= min_rows => bins[k].append(seq),
+            _ => bins.push(seq),
         }
     }
-    Ok(bins)
+    bins
 }
 
 /// Row length [`minibatches`] packs trees into (module docs, "Rows and attention cost").
@@ -554,7 +572,7 @@ pub fn minibatches(
         let seqs = match packing {
             Packing::Tree => {
                 let cap = longest_trajectory(chunk).max(PACKED_ROW_TOKENS);
-                pack_trees_capped(chunk, agg, cap)?
+                join_rows(group_rows(chunk, agg, cap)?, cap, DEFAULT_SHARDS)
             }
             Packing::Flat => flatten_trees(chunk, agg)?,
         };
@@ -581,6 +599,35 @@ impl TrainBatch {
             sequences,
             layout: LayoutChoice::Auto,
         }
+    }
+
+    /// The rows split into at most `n` shards with targets, balanced by tokens (longest row
+    /// first, each to the shard with the fewest tokens so far; rows keep their order within a
+    /// shard). Target weights are kept, so the shards' losses sum to the batch loss.
+    pub fn shards(&self, n: usize) -> Vec<TrainBatch> {
+        let n = n.clamp(1, self.rows().max(1));
+        let mut order: Vec<usize> = (0..self.rows()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.sequences[i].len()));
+        let mut load = vec![0usize; n];
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for i in order {
+            let k = (0..n).min_by_key(|&k| (load[k], k)).expect("n >= 1");
+            load[k] += self.sequences[i].len();
+            members[k].push(i);
+        }
+        members
+            .into_iter()
+            .filter_map(|mut rows| {
+                rows.sort_unstable();
+                let seqs: Vec<PackedSequence> =
+                    rows.iter().map(|&i| self.sequences[i].clone()).collect();
+                let has_targets = seqs.iter().any(|s| !s.targets.is_empty());
+                has_targets.then_some(TrainBatch {
+                    sequences: seqs,
+                    layout: self.layout,
+                })
+            })
+            .collect()
     }
 
     /// Number of rows.

@@ -72,6 +72,7 @@ pub fn sft_loss(model: &PolicyModel, batch: &DeviceBatch) -> (Tensor<1>, LossSta
     let loss = (batch.weight.clone() * logp).sum().neg();
     let stats = LossStats {
         loss: scalar(loss.clone().detach()),
+        weight: scalar(batch.weight.clone().sum()),
         targets: batch.source.dims()[0],
         ..LossStats::default()
     };

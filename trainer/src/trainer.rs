@@ -1,7 +1,7 @@
 //! [`Trainer`]: the optimisation state of a run — policy, optional frozen reference, AdamW,
 //! step counters — and the SFT and RL update steps.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
@@ -28,7 +28,18 @@ pub struct TrainerConfig {
     /// Whether [`Trainer::rl_step`] visits the mini-batches of each epoch in a seeded random
     /// order (otherwise in the order given). By default, this is enabled.
     pub shuffle_minibatches: bool,
+    /// Data-parallel shards per update: the rows of a batch are split into this many shards
+    /// (balanced by tokens, see [`TrainBatch::shards`]), each shard's loss is forwarded and
+    /// back-propagated on its own thread, and the gradients are summed — the same update as one
+    /// pass over the whole batch, up to float summation order. A fixed number, not the core
+    /// count, so a run's numbers do not depend on the machine. By default, this is
+    /// [`DEFAULT_SHARDS`].
+    pub shards: usize,
 }
+
+/// Default [`TrainerConfig::shards`]: the two cores of the reference machine (burn's CPU
+/// kernels run many small operations on one thread, so two shards use both cores).
+pub const DEFAULT_SHARDS: usize = 2;
 
 impl Default for TrainerConfig {
     fn default() -> Self {
@@ -37,6 +48,7 @@ impl Default for TrainerConfig {
             ppo: PpoConfig::default(),
             seed: 0,
             shuffle_minibatches: true,
+            shards: DEFAULT_SHARDS,
         }
     }
 }
@@ -239,20 +251,90 @@ impl Trainer {
         self.reference.as_ref().map(PolicyModel::to_weights)
     }
 
-    /// Backward pass and one optimizer update; returns the gradient norm.
-    fn apply(&mut self, loss: Tensor<1>) -> f32 {
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+    /// One optimizer update on the summed gradients of `loss` over the shards (each on its own
+    /// thread); returns the gradient norm and the merged loss statistics.
+    fn update<F>(&mut self, shards: usize, loss: F) -> (f32, LossStats)
+    where
+        F: Fn(&PolicyModel, usize) -> (Tensor<1>, LossStats) + Sync,
+    {
+        let model = &self.model;
+        let grads_of = |i: usize| {
+            let (l, stats) = loss(model, i);
+            (GradientsParams::from_grads(l.backward(), model), stats)
+        };
+        // Plain threads, one per shard (measured faster than rayon's pool here: the backend's
+        // kernels nest their own rayon jobs).
+        let mut parts: Vec<(GradientsParams, LossStats)> = if shards == 1 {
+            vec![grads_of(0)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..shards)
+                    .map(|i| {
+                        let grads_of = &grads_of;
+                        s.spawn(move || grads_of(i))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a shard's backward pass panicked"))
+                    .collect()
+            })
+        };
+        // Summed in shard order, so the result does not depend on thread timing.
+        let (mut grads, mut stats) = parts.remove(0);
+        for (mut g, st) in parts {
+            self.model.visit(&mut AddGrads {
+                into: &mut grads,
+                from: &mut g,
+            });
+            stats = stats.merge(&st);
+        }
         let (model, norm) = self.optim.step(self.model.clone(), &grads);
         self.model = model;
-        norm as f32
+        (norm as f32, stats)
+    }
+
+    /// Reference-model logprobs of every target of each shard (forward only, one thread per
+    /// shard).
+    fn reference_logprobs(
+        &self,
+        shards: &[TrainBatch],
+    ) -> Result<Vec<Option<Tensor<1>>>, TrainerError> {
+        let Some(reference) = &self.reference else {
+            return Ok(vec![None; shards.len()]);
+        };
+        let plain = self.device.clone().without_autodiff();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = shards
+                .iter()
+                .map(|b| {
+                    let plain = &plain;
+                    s.spawn(move || -> Result<Tensor<1>, TrainerError> {
+                        Ok(target_logprobs(reference, &b.to_device(plain)?).0)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    let logp = h.join().expect("a reference forward pass panicked")?;
+                    Ok(Some(logp.autodiff()))
+                })
+                .collect()
+        })
     }
 
     /// One SFT update on a batch from [`crate::sft::sft_batch`].
     pub fn sft_step(&mut self, batch: &TrainBatch) -> Result<StepStats, TrainerError> {
-        let db = batch.to_device(&self.device)?;
+        let shards = batch.shards(self.config.shards);
+        let device_shards = shards
+            .iter()
+            .map(|b| b.to_device(&self.device))
+            .collect::<Result<Vec<_>, _>>()?;
         let lr = self.lr();
-        let (loss, stats) = sft_loss(&self.model, &db);
-        let grad_norm = self.apply(loss);
+        let (grad_norm, stats) = self.update(device_shards.len(), |model, i| {
+            sft_loss(model, &device_shards[i])
+        });
         self.state.sft_steps += 1;
         self.state.phase = Phase::Sft;
         Ok(StepStats {
@@ -280,22 +362,19 @@ impl Trainer {
                 "rl_step needs at least one mini-batch and epoch",
             ));
         }
-        let device_batches = minibatches
-            .iter()
-            .map(|b| b.to_device(&self.device))
-            .collect::<Result<Vec<_>, _>>()?;
-        let ref_logprobs = match &self.reference {
-            Some(reference) => {
-                let plain = self.device.clone().without_autodiff();
-                let mut out = Vec::with_capacity(minibatches.len());
-                for b in minibatches {
-                    let (logp, _) = target_logprobs(reference, &b.to_device(&plain)?);
-                    out.push(Some(logp.autodiff()));
-                }
-                out
-            }
-            None => vec![None; minibatches.len()],
-        };
+        // Per mini-batch: its shards, on the device, and their reference logprobs.
+        let mut device_batches = Vec::with_capacity(minibatches.len());
+        let mut ref_logprobs = Vec::with_capacity(minibatches.len());
+        for b in minibatches {
+            let shards = b.shards(self.config.shards);
+            device_batches.push(
+                shards
+                    .iter()
+                    .map(|s| s.to_device(&self.device))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+            ref_logprobs.push(self.reference_logprobs(&shards)?);
+        }
         let lr = self.lr();
         let mut sum = StepStats::default();
         let mut order: Vec<usize> = (0..minibatches.len()).collect();
@@ -310,13 +389,10 @@ impl Trainer {
                 order.shuffle(&mut rng);
             }
             for &i in &order {
-                let (loss, stats): (Tensor<1>, LossStats) = policy_loss(
-                    &self.model,
-                    &device_batches[i],
-                    ref_logprobs[i].as_ref(),
-                    &self.config.ppo,
-                );
-                let grad_norm = self.apply(loss);
+                let (shards, refs, ppo) = (&device_batches[i], &ref_logprobs[i], self.config.ppo);
+                let (grad_norm, stats) = self.update(shards.len(), |model, k| {
+                    policy_loss(model, &shards[k], refs[k].as_ref(), &ppo)
+                });
                 sum.loss += stats.loss;
                 sum.kl += stats.kl;
                 sum.entropy += stats.entropy;
@@ -342,6 +418,24 @@ impl Trainer {
     }
 }
 
+/// Adds the gradients of `from` into `into`, parameter by parameter.
+struct AddGrads<'a> {
+    into: &'a mut GradientsParams,
+    from: &'a mut GradientsParams,
+}
+
+impl ModuleVisitor for AddGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.from.remove::<D>(param.id) {
+            let sum = match self.into.remove::<D>(param.id) {
+                Some(a) => a + g,
+                None => g,
+            };
+            self.into.register(param.id, sum);
+        }
+    }
+}
+
 /// Stream tag of the RL mini-batch shuffle in `envs::rng::rng_for(&[seed, tag, step, epoch])`.
 const RL_SHUFFLE_STREAM: u64 = 0x5348_5546; // "SHUF"
 
@@ -359,6 +453,50 @@ pub(crate) mod tests {
             },
             seed,
             ..TrainerConfig::default()
+        }
+    }
+
+    /// Sharded updates (each shard's gradients on its own thread, then summed) give the
+    /// weights and statistics of one pass over the whole batch, up to float summation order.
+    #[test]
+    fn sharded_updates_equal_one_pass() {
+        let cfg = small_config();
+        let run = |shards: usize| {
+            let mut t = Trainer::new(
+                &cfg,
+                TrainerConfig {
+                    shards,
+                    ..config(3)
+                },
+            )
+            .unwrap();
+            let stats = run_steps(&mut t, 0, 4);
+            (t.weights(), stats)
+        };
+        let (w1, s1) = run(1);
+        for shards in [2, 3] {
+            let (w, s) = run(shards);
+            for (a, b) in s1.iter().zip(&s) {
+                for (x, y) in [
+                    (a.loss, b.loss),
+                    (a.kl, b.kl),
+                    (a.clip_frac, b.clip_frac),
+                    (a.grad_norm, b.grad_norm),
+                ] {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
+                        "{shards}: {a:?} vs {b:?}"
+                    );
+                }
+                assert_eq!((a.targets, a.tokens), (b.targets, b.tokens));
+            }
+            for (name, t) in w1.iter() {
+                let u = w.get(name).unwrap();
+                let diff: Vec<f32> = t.data.iter().zip(&u.data).map(|(x, y)| x - y).collect();
+                let rel =
+                    crate::test_util::norm(&diff) / crate::test_util::norm(&t.data).max(1e-12);
+                assert!(rel <= 1e-5, "{shards} shards: {name} rel diff {rel}");
+            }
         }
     }
 
