@@ -20,7 +20,10 @@
 //! - [`sft`] — cross-entropy on the action tokens of encoded demonstrations.
 //! - [`optim`] — AdamW with global gradient-norm clipping and a name-keyed, checkpointable state.
 //! - [`trainer`] — [`Trainer`]: policy + reference + optimizer + counters;
-//!   [`Trainer::sft_step`], [`Trainer::rl_step`], [`Trainer::weights`] for engine sync.
+//!   [`Trainer::sft_step`], [`Trainer::rl_step`], [`Trainer::weights`] for engine sync. Each
+//!   update splits its batch into [`TrainerConfig::shards`] token-balanced shards (default 2)
+//!   whose gradients are computed on separate threads and summed: burn's CPU kernels leave most
+//!   small operations on one thread, so this is what uses the second core.
 //! - [`checkpoint`] — atomic checkpoint directories (safetensors weights readable by PyTorch,
 //!   optimizer moments, `config.json`, `state.json`, `latest`) and exact resume.
 //! - [`TrainerError`] — the crate's error type.

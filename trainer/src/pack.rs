@@ -31,9 +31,11 @@
 //! A packed row is scored with the sparse attention layout of [`crate::attn`]: each block of
 //! queries gathers only the keys its queries' paths reach, so a row's attention cost follows
 //! the tree (unique tokens × path length), not the square of the row length. Rows can therefore
-//! be long: [`minibatches`] joins the groups of a mini-batch first-fit (longest first) into
-//! rows of up to [`PACKED_ROW_TOKENS`] tokens (more if one trajectory is longer), each part
-//! keeping its own root span, so almost nothing of the padded batch is padding.
+//! be long: [`minibatches`] joins the groups of a mini-batch (longest first, each into the
+//! shortest row it fits) into at least [`crate::trainer::DEFAULT_SHARDS`] rows of up to
+//! [`PACKED_ROW_TOKENS`] tokens (more if one trajectory is longer), so each data-parallel
+//! shard of the trainer gets about the same number of tokens and almost nothing of the padded
+//! batch is padding. Each part keeps its own root span, so no part attends another.
 //!
 //! A group longer than the cap is cut into several rows: nodes are placed in DFS order, and a
 //! node that would push the row past the cap starts a new row holding the prompt and the
@@ -322,7 +324,7 @@ pub fn pack_trees(
 }
 
 /// Like [`pack_trees`], but a group whose packed sequence would be longer than `max_len` tokens
-/// is cut into several rows (see the module docs, "Row cap"). Every target still appears exactly
+/// is cut into several rows (see the module docs, "Rows and attention cost"). Every target still appears exactly
 /// once, so the loss and gradients are those of [`pack_trees`].
 pub fn pack_trees_capped(
     groups: &[(&TaskRollout, &AdvantageOutput)],

@@ -258,20 +258,25 @@ impl Trainer {
         F: Fn(&PolicyModel, usize) -> (Tensor<1>, LossStats) + Sync,
     {
         let model = &self.model;
-        let grads_of = |i: usize| {
+        let grads_of = |model: &PolicyModel, i: usize| {
             let (l, stats) = loss(model, i);
             (GradientsParams::from_grads(l.backward(), model), stats)
         };
         // Plain threads, one per shard (measured faster than rayon's pool here: the backend's
-        // kernels nest their own rayon jobs).
+        // kernels nest their own rayon jobs). Each thread differentiates its own copy of the
+        // policy: `valid().train()` shares the weights and parameter ids but gives fresh
+        // autodiff leaves. Shards that shared leaves would share one autodiff graph, and one
+        // shard's backward pass could consume nodes the other still needs (seen as a rare
+        // "graph tape has already been consumed" panic).
         let mut parts: Vec<(GradientsParams, LossStats)> = if shards == 1 {
-            vec![grads_of(0)]
+            vec![grads_of(model, 0)]
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = (0..shards)
                     .map(|i| {
                         let grads_of = &grads_of;
-                        s.spawn(move || grads_of(i))
+                        let local = model.valid().train();
+                        s.spawn(move || grads_of(&local, i))
                     })
                     .collect();
                 handles
