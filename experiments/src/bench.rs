@@ -294,8 +294,7 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     use rollout::advantage::{Estimator, estimate};
     use trainer::attn::LayoutChoice;
     use trainer::pack::{
-        LossAgg, Packing, TrainBatch, longest_trajectory, minibatches, pack_trees,
-        pack_trees_capped,
+        LossAgg, Packing, TrainBatch, longest_trajectory, minibatches, pack_trees_capped,
     };
     use trainer::trainer::{Trainer, TrainerConfig, default_device};
 
@@ -324,27 +323,26 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     // sparse where it saves enough); the `-dense` modes force dense masks, with packed rows cut
     // at the longest trajectory so they are never wider than the flattened rows (the layout
     // before sparse attention); `packed-whole` is one row per task group.
+    // Rows: `Ok(packing)` as training builds them, `Err(cap)` tree-packed rows cut at `cap`.
+    let longest = longest_trajectory(&groups);
     let modes = [
-        ("flattened", Some(Packing::Flat), LayoutChoice::Auto),
-        ("packed", Some(Packing::Tree), LayoutChoice::Auto),
-        ("flattened-dense", Some(Packing::Flat), LayoutChoice::Dense),
-        ("packed-dense", None, LayoutChoice::Dense),
-        ("packed-whole", None, LayoutChoice::Auto),
+        ("flattened", Ok(Packing::Flat), LayoutChoice::Auto),
+        ("packed", Ok(Packing::Tree), LayoutChoice::Auto),
+        ("flattened-dense", Ok(Packing::Flat), LayoutChoice::Dense),
+        ("packed-dense", Err(longest), LayoutChoice::Dense),
+        ("packed-whole", Err(usize::MAX), LayoutChoice::Auto),
     ];
     // Modes are timed in turn, one update each per round, and each reports its median round:
     // a slow spell of the machine then hits every mode alike instead of whichever ran during it.
     let mut setups = Vec::new();
-    for (mode, packing, layout) in modes {
-        let mut batches = match (packing, mode) {
-            (Some(packing), _) => {
-                minibatches(&groups, groups.len().max(1), LossAgg::TokenMean, packing)?
-            }
-            (None, "packed-dense") => vec![TrainBatch::new(pack_trees_capped(
+    for (mode, rows, layout) in modes {
+        let mut batches = match rows {
+            Ok(packing) => minibatches(&groups, groups.len().max(1), LossAgg::TokenMean, packing)?,
+            Err(cap) => vec![TrainBatch::new(pack_trees_capped(
                 &groups,
                 LossAgg::TokenMean,
-                longest_trajectory(&groups),
+                cap,
             )?)],
-            (None, _) => vec![TrainBatch::new(pack_trees(&groups, LossAgg::TokenMean)?)],
         };
         for b in &mut batches {
             b.layout = layout;

@@ -85,16 +85,6 @@ pub struct SparseAttention {
     pub inverse: Tensor<1, Int>,
 }
 
-impl SparseAttention {
-    /// Scored entries (query, key slot) per head.
-    pub fn entries(&self) -> usize {
-        self.buckets
-            .iter()
-            .map(|b| b.blocks * self.block * b.key_slots)
-            .sum()
-    }
-}
-
 /// A host-side layout, built by [`AttentionLayout::plan`] and uploaded by
 /// [`AttentionLayout::to_device`].
 #[derive(Debug, Clone, PartialEq)]

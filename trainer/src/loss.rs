@@ -216,7 +216,8 @@ mod tests {
     ) -> (f32, LossStats, Vec<Option<Vec<f32>>>) {
         let device = Device::flex().autodiff();
         let db = batch.to_device_with(&device, layout).unwrap();
-        let (ref_lp, _) = target_logprobs(reference, &batch.to_device(&Device::flex()).unwrap());
+        let plain = batch.to_device_with(&Device::flex(), layout).unwrap();
+        let (ref_lp, _) = target_logprobs(reference, &plain);
         let (loss, stats) = policy_loss(model, &db, Some(&ref_lp.autodiff()), cfg);
         let value = scalar(loss.clone().detach());
         let grads = GradientsParams::from_grads(loss.backward(), model);

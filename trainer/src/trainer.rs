@@ -11,7 +11,7 @@ use crate::TrainerError;
 use crate::loss::{LossStats, PpoConfig, policy_loss, target_logprobs};
 use crate::model::PolicyModel;
 use crate::optim::{AdamW, AdamWConfig, AdamWState};
-use crate::pack::TrainBatch;
+use crate::pack::{DeviceBatch, TrainBatch};
 use crate::sft::sft_loss;
 
 /// Trainer settings.
@@ -329,13 +329,28 @@ impl Trainer {
         })
     }
 
-    /// One SFT update on a batch from [`crate::sft::sft_batch`].
-    pub fn sft_step(&mut self, batch: &TrainBatch) -> Result<StepStats, TrainerError> {
+    /// `batch` split into the configured shards, on the host and on the device.
+    fn shard(
+        &self,
+        batch: &TrainBatch,
+    ) -> Result<(Vec<TrainBatch>, Vec<DeviceBatch>), TrainerError> {
         let shards = batch.shards(self.config.shards);
-        let device_shards = shards
+        if shards.is_empty() {
+            // No shard has a target (or the batch has no rows): the same error as uploading
+            // the whole batch gives.
+            batch.to_device(&self.device)?;
+            return Err(TrainerError::batch("batch has no targets"));
+        }
+        let on_device = shards
             .iter()
             .map(|b| b.to_device(&self.device))
             .collect::<Result<Vec<_>, _>>()?;
+        Ok((shards, on_device))
+    }
+
+    /// One SFT update on a batch from [`crate::sft::sft_batch`].
+    pub fn sft_step(&mut self, batch: &TrainBatch) -> Result<StepStats, TrainerError> {
+        let (_, device_shards) = self.shard(batch)?;
         let lr = self.lr();
         let (grad_norm, stats) = self.update(device_shards.len(), |model, i| {
             sft_loss(model, &device_shards[i])
@@ -371,13 +386,8 @@ impl Trainer {
         let mut device_batches = Vec::with_capacity(minibatches.len());
         let mut ref_logprobs = Vec::with_capacity(minibatches.len());
         for b in minibatches {
-            let shards = b.shards(self.config.shards);
-            device_batches.push(
-                shards
-                    .iter()
-                    .map(|s| s.to_device(&self.device))
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
+            let (shards, on_device) = self.shard(b)?;
+            device_batches.push(on_device);
             ref_logprobs.push(self.reference_logprobs(&shards)?);
         }
         let lr = self.lr();
@@ -503,6 +513,21 @@ pub(crate) mod tests {
                 assert!(rel <= 1e-5, "{shards} shards: {name} rel diff {rel}");
             }
         }
+    }
+
+    /// A batch without rows or without targets is an error, not a panic, however it is sharded.
+    #[test]
+    fn batches_without_targets_are_errors() {
+        let mut t = Trainer::new(&small_config(), config(0)).unwrap();
+        let no_targets = TrainBatch::new(vec![
+            crate::pack::PackedSequence::causal(vec![1, 2, 3], Vec::new()),
+            crate::pack::PackedSequence::causal(vec![4, 5], Vec::new()),
+        ]);
+        for batch in [TrainBatch::new(Vec::new()), no_targets] {
+            assert!(t.sft_step(&batch).is_err());
+            assert!(t.rl_step(std::slice::from_ref(&batch), 1).is_err());
+        }
+        assert_eq!(t.state().sft_steps + t.state().rl_steps, 0);
     }
 
     /// Two SFT steps, a reference freeze, two RL steps of two mini-batches × two epochs.
