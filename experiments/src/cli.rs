@@ -322,6 +322,14 @@ pub struct SweepArgs {
     /// `eval.episodes`: held-out episodes before and after RL.
     #[arg(long)]
     pub episodes: Option<usize>,
+    /// `eval.every`: evaluate the held-out set every K RL steps (the learning curves of
+    /// `success_vs_tokens` and `curves.csv`).
+    #[arg(long, value_name = "K")]
+    pub eval_every: Option<usize>,
+    /// Success levels whose RL token cost `reach.csv` reports per run (besides the chain
+    /// reference's final success).
+    #[arg(long, value_delimiter = ',')]
+    pub reach: Vec<f64>,
     /// Sweep directory [default: sweeps/<env>].
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,

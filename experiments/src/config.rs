@@ -184,6 +184,10 @@ pub struct RlSection {
     pub loss_agg: String,
     /// Train each tree as one packed sequence (true) or one row per trajectory. Default: true.
     pub packed: bool,
+    /// Budget-truncated trajectories carry no loss and take no part in any group or baseline
+    /// (they stay in the export with `truncated = true` and a null advantage). Default: true
+    /// (DESIGN §6): a cut is the sampler's scheduling, not the policy's failure.
+    pub mask_truncated: bool,
     /// Save a checkpoint every this many RL steps (0: only at the end). Default: 10.
     pub checkpoint_every: usize,
     /// Which RL steps' rollouts go to `trajectories.parquet` / `nodes.parquet`: `every`
@@ -201,6 +205,10 @@ pub struct EvalSection {
     pub episodes: usize,
     /// Sampling temperature of the episodes (0: greedy). Default: 1, the distribution RL trains.
     pub temperature: f32,
+    /// Evaluate the held-out set every this many RL steps as well (0: only before and after
+    /// RL). Every evaluation is a `phase = "eval"` row of `metrics.parquet` with `success_rate`,
+    /// `success_stderr` and `cumulative_generated_tokens`: the learning curve. Default: 0.
+    pub every: usize,
 }
 
 impl Default for TrainConfig {
@@ -295,6 +303,7 @@ impl Default for RlSection {
             entropy_coef: 0.0,
             loss_agg: "token-mean".into(),
             packed: true,
+            mask_truncated: true,
             checkpoint_every: 10,
             export_rollouts: "every".into(),
             export_every: 1,
@@ -307,6 +316,7 @@ impl Default for EvalSection {
         EvalSection {
             episodes: 256,
             temperature: 1.0,
+            every: 0,
         }
     }
 }

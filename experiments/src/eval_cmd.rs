@@ -106,7 +106,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut engine = Engine::new(ckpt.model_config.clone(), &ckpt.weights)?;
     let ids = TaskSet::new(spec.clone(), Split::Eval).eval_ids(args.episodes);
     let tokenizer = cfg.model.load()?.tokenizer;
-    let (r, episodes) = evaluate_episodes(
+    let (r, episodes, _) = evaluate_episodes(
         &mut engine,
         tokenizer.as_ref(),
         &spec,

@@ -55,6 +55,10 @@ pub struct LineChart {
     pub log2_x: bool,
     /// Fixed y range; `None` fits the data (from 0, or below 0 if a value is).
     pub y_range: Option<(f64, f64)>,
+    /// Draw ± std as a shaded band around each line instead of error bars, with about six
+    /// evenly spaced x ticks (learning curves, where points are many and dense); with `false`
+    /// the ticks are the points' x values (budgets).
+    pub band: bool,
     /// The lines.
     pub series: Vec<Series>,
 }
@@ -132,6 +136,25 @@ impl Ranged for TickedAxis {
     }
 }
 
+/// About six round tick values covering `[lo, hi]` (steps of 1, 2 or 5 times a power of ten).
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
+        return vec![lo];
+    }
+    let raw = (hi - lo) / 6.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * mag);
+    let first = (lo / step).ceil() * step;
+    (0..)
+        .map(|i| first + f64::from(i) * step)
+        .take_while(|&t| t <= hi + step * 1e-9)
+        .collect()
+}
+
 /// Draws the chart on any plotters backend.
 fn draw<DB: DrawingBackend>(chart: &LineChart, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()>
 where
@@ -156,6 +179,9 @@ where
         (Some(&a), Some(&b)) => (a, b),
         _ => (0.0, 1.0),
     };
+    if chart.band {
+        ticks = nice_ticks(x0, x1);
+    }
     let pad = if x1 > x0 { (x1 - x0) * 0.08 } else { 0.5 };
     let (y0, y1) = chart.y_range.unwrap_or_else(|| {
         let std = |p: &Point| if p.std.is_finite() { p.std } else { 0.0 };
@@ -181,7 +207,9 @@ where
     let log2 = chart.log2_x;
     let x_fmt = move |x: &f64| {
         let v = if log2 { x.exp2() } else { *x };
-        if (v - v.round()).abs() < 1e-6 {
+        if v.abs() >= 10_000.0 {
+            format!("{:.0}k", v / 1000.0)
+        } else if (v - v.round()).abs() < 1e-6 {
             format!("{}", v.round() as i64)
         } else {
             format!("{v:.3}")
@@ -225,7 +253,16 @@ where
             .filter(|p| p.mean.is_finite() && (p.x > 0.0 || !log2))
             .collect();
         pts.sort_by(|a, b| a.x.total_cmp(&b.x));
+        let offset = if chart.band { 0.0 } else { offset };
         let xy: Vec<(f64, f64)> = pts.iter().map(|p| (tx(p.x) + offset, p.mean)).collect();
+        if chart.band && pts.len() > 1 {
+            let sd = |p: &Point| if p.std.is_finite() { p.std } else { 0.0 };
+            let mut outline: Vec<(f64, f64)> =
+                pts.iter().map(|p| (tx(p.x), p.mean + sd(p))).collect();
+            outline.extend(pts.iter().rev().map(|p| (tx(p.x), p.mean - sd(p))));
+            ctx.draw_series([Polygon::new(outline, color.mix(0.18).filled())])
+                .map_err(err)?;
+        }
         let line = color.stroke_width(2);
         let drawn = if series.reference {
             ctx.draw_series(DashedLineSeries::new(xy.clone(), 8, 5, line))
@@ -243,7 +280,7 @@ where
         let bars = pts
             .iter()
             .zip(&xy)
-            .filter(|(p, _)| p.std > 0.0 && p.std.is_finite());
+            .filter(|(p, _)| !chart.band && p.std > 0.0 && p.std.is_finite());
         for (p, &(x, m)) in bars {
             let (lo, hi) = (m - p.std, m + p.std);
             let style = color.stroke_width(1);
@@ -291,6 +328,7 @@ mod tests {
             y_label: "success".into(),
             log2_x: true,
             y_range: Some((0.0, 1.0)),
+            band: false,
             series: vec![
                 series("chain", 0.8),
                 series("tree", 1.0),
@@ -298,6 +336,19 @@ mod tests {
             ],
         };
         let [svg, png] = write_chart(&chart, &dir.join("chart")).unwrap();
+        let banded = LineChart {
+            log2_x: false,
+            band: true,
+            ..chart.clone()
+        };
+        let [band_svg, _] = write_chart(&banded, &dir.join("band")).unwrap();
+        assert!(
+            std::fs::read_to_string(&band_svg)
+                .unwrap()
+                .contains("<polygon")
+        );
+        assert_eq!(nice_ticks(0.0, 61_000.0)[..3], [0.0, 20_000.0, 40_000.0]);
+        assert_eq!(nice_ticks(0.0, 50.0), [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]);
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
         assert!(text.contains("chain") && text.contains("1024"), "{text}");

@@ -8,8 +8,27 @@
 //! <out>/runs/<run>/          one ordinary run directory per grid point, named
 //!                            <preset>_<sampler>[-<branch>]_<estimator>_b<budget>_s<seed>
 //! <out>/summary.parquet      one row per grid point (columns: [`SummaryRow`]); + summary.csv
-//! <out>/plots/success_vs_budget.{svg,png}, distinct_per_1k_vs_budget.{svg,png}
+//! <out>/curves.csv           every held-out evaluation of every run (the learning curves)
+//! <out>/reach.csv            per run, the RL tokens it needed to first reach each success level
+//! <out>/plots/success_vs_budget.{svg,png}, distinct_per_1k_vs_budget.{svg,png},
+//!             success_vs_tokens.{svg,png}
 //! ```
+//!
+//! # Learning curves and the tokens-to-reach question
+//! With `eval.every = K` (`--eval-every K`) each run evaluates the held-out set every K RL
+//! steps; `success_vs_tokens` draws held-out success against cumulative generated RL tokens,
+//! one line per (sampler, branch, estimator, budget), mean over seeds with a ± std band (x is
+//! the mean cumulative token count of the seeds at each evaluation).
+//!
+//! The **chain reference** is the chain sampler at the largest budget of the sweep (with the
+//! `grpo` estimator when the sweep has it): its *final* held-out success, averaged over seeds,
+//! is the level every run is measured against. For each run, `tokens_to_chain_final` is the
+//! cumulative RL token count at its first evaluation at or above that level (NaN if it never
+//! gets there), and `reach_ratio` is that count over the chain reference's mean total RL tokens:
+//! a tree that reaches the chain's final success with a quarter of its tokens has a ratio of
+//! 0.25. Levels given with `--reach 0.5,0.6` are measured the same way and listed in
+//! `reach.csv`. Evaluations are one episode per held-out task at the eval temperature, so a
+//! level is reached when the success rate of that fixed set is at or above it: no smoothing.
 //!
 //! # Decisions
 //! - **One SFT checkpoint per preset**, trained once with the base config (its seed) and reused
@@ -92,8 +111,50 @@ pub struct SummaryRow {
     pub truncated: u64,
     /// Wall time of the run in seconds (SFT excluded: it is shared).
     pub wall_s: f64,
+    /// RL tokens generated before the run's first held-out evaluation at or above the chain
+    /// reference's final success (module docs); NaN if it never reached it.
+    pub tokens_to_chain_final: f64,
+    /// `tokens_to_chain_final` over the chain reference's mean total RL tokens.
+    pub reach_ratio: f64,
     /// The run directory.
     pub run_dir: String,
+}
+
+/// One held-out evaluation of a run (a `phase = "eval"` row of its metrics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CurvePoint {
+    /// RL steps completed before the evaluation.
+    pub rl_step: u64,
+    /// RL tokens generated before it.
+    pub tokens: u64,
+    /// Held-out success.
+    pub success: f64,
+    /// Its standard error.
+    pub stderr: f64,
+}
+
+/// The learning curve of a run, from its `metrics.parquet`, in step order.
+fn curve(dir: &Path) -> anyhow::Result<Vec<CurvePoint>> {
+    let mut points: Vec<CurvePoint> = read_metrics(dir.join(METRICS_FILE))?
+        .iter()
+        .filter(|m| m.phase == "eval")
+        .map(|m| CurvePoint {
+            rl_step: m.step,
+            tokens: m.cumulative_generated_tokens,
+            success: m.success_rate,
+            stderr: m.success_stderr,
+        })
+        .collect();
+    points.sort_by_key(|p| p.rl_step);
+    Ok(points)
+}
+
+/// RL tokens before the first evaluation of `curve` whose success is at least `level`.
+fn tokens_to_reach(curve: &[CurvePoint], level: f64) -> Option<u64> {
+    curve
+        .iter()
+        .find(|p| p.success >= level - 1e-12)
+        .map(|p| p.tokens)
 }
 
 /// One point of the grid.
@@ -245,6 +306,7 @@ fn sft_view(cfg: &TrainConfig) -> TrainConfig {
         export_rollouts: "none".into(),
         ..RlSection::default()
     };
+    view.eval.every = 0;
     view.sampler = SamplerConfig {
         max_action_tokens: cfg.sampler.max_action_tokens,
         ..TrainConfig::default().sampler
@@ -430,8 +492,202 @@ fn summary_row(point: &GridPoint, env: &str, dir: &Path) -> anyhow::Result<Summa
         cache_read_share: ratio(rl.iter().map(|m| m.cache_read_share).sum(), rl.len() as f64),
         truncated: rl.iter().map(|m| m.truncated).sum(),
         wall_s: num("wall_s")?,
+        tokens_to_chain_final: f64::NAN,
+        reach_ratio: f64::NAN,
         run_dir: dir.display().to_string(),
     })
+}
+
+/// The chain reference of a sweep (module docs): its final success level (mean over seeds)
+/// and mean total RL tokens; `None` without a chain run.
+fn chain_reference(rows: &[SummaryRow], curves: &[Vec<CurvePoint>]) -> Option<(f64, f64)> {
+    let chains: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].sampler == "chain")
+        .collect();
+    let budget = chains.iter().map(|&i| rows[i].budget).max()?;
+    let at_budget: Vec<usize> = chains
+        .into_iter()
+        .filter(|&i| rows[i].budget == budget)
+        .collect();
+    let grpo: Vec<usize> = at_budget
+        .iter()
+        .copied()
+        .filter(|&i| rows[i].estimator == "grpo")
+        .collect();
+    let refs = if grpo.is_empty() { at_budget } else { grpo };
+    let finals: Vec<f64> = refs
+        .iter()
+        .map(|&i| {
+            curves[i]
+                .last()
+                .map_or(rows[i].success_after, |p| p.success)
+        })
+        .collect();
+    let tokens: Vec<f64> = refs
+        .iter()
+        .map(|&i| rows[i].generated_tokens as f64)
+        .collect();
+    let (level, _) = mean_std(&finals);
+    let (total, _) = mean_std(&tokens);
+    Some((level, total))
+}
+
+/// Fills `tokens_to_chain_final` and `reach_ratio` of every row.
+fn fill_reach(rows: &mut [SummaryRow], curves: &[Vec<CurvePoint>]) {
+    let Some((level, total)) = chain_reference(rows, curves) else {
+        return;
+    };
+    for (r, c) in rows.iter_mut().zip(curves) {
+        if let Some(t) = tokens_to_reach(c, level) {
+            r.tokens_to_chain_final = t as f64;
+            r.reach_ratio = if total > 0.0 {
+                t as f64 / total
+            } else {
+                f64::NAN
+            };
+        }
+    }
+}
+
+/// `curves.csv`: one line per held-out evaluation of every run.
+fn curves_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>]) -> String {
+    let mut out = String::from(
+        "env,preset,sampler,branch,estimator,budget,seed,rl_step,cumulative_generated_tokens,\
+         success,stderr\n",
+    );
+    for (r, c) in rows.iter().zip(curves) {
+        for p in c {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{}",
+                r.env,
+                r.preset,
+                r.sampler,
+                r.branch.as_deref().unwrap_or(""),
+                r.estimator,
+                r.budget,
+                r.seed,
+                p.rl_step,
+                p.tokens,
+                p.success,
+                p.stderr
+            );
+        }
+    }
+    out
+}
+
+/// `reach.csv`: per run and level (`chain_final` first, then `--reach` levels), the RL tokens
+/// it needed to first reach the level (empty if never) and their ratio to the chain
+/// reference's mean total RL tokens.
+fn reach_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], levels: &[f64]) -> String {
+    let mut out = String::from(
+        "env,preset,sampler,branch,estimator,budget,seed,level_name,level,tokens,ratio_to_chain\n",
+    );
+    let reference = chain_reference(rows, curves);
+    let mut named: Vec<(String, f64)> = Vec::new();
+    if let Some((level, _)) = reference {
+        named.push(("chain_final".into(), level));
+    }
+    named.extend(levels.iter().map(|&l| (format!("{l}"), l)));
+    let total = reference.map_or(f64::NAN, |(_, t)| t);
+    for (r, c) in rows.iter().zip(curves) {
+        for (name, level) in &named {
+            let tokens = tokens_to_reach(c, *level);
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{}",
+                r.env,
+                r.preset,
+                r.sampler,
+                r.branch.as_deref().unwrap_or(""),
+                r.estimator,
+                r.budget,
+                r.seed,
+                name,
+                level,
+                tokens.map_or(String::new(), |t| t.to_string()),
+                tokens.map_or(String::new(), |t| format!("{}", t as f64 / total)),
+            );
+        }
+    }
+    out
+}
+
+/// `success_vs_tokens`: held-out success against cumulative generated RL tokens, one line per
+/// (sampler, branch, estimator, budget), mean ± std over seeds at each evaluation, and the
+/// chain reference's final success as a dashed line.
+fn curve_chart(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], over: &str) -> LineChart {
+    let mut groups: Vec<(SeriesKey, u32)> = Vec::new();
+    for r in rows {
+        let g = (series_key(r), r.budget);
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    let mut series: Vec<Series> = groups
+        .iter()
+        .map(|(key, budget)| {
+            let members: Vec<&Vec<CurvePoint>> = rows
+                .iter()
+                .zip(curves)
+                .filter(|(r, _)| series_key(r) == *key && r.budget == *budget)
+                .map(|(_, c)| c)
+                .collect();
+            let mut by_step: BTreeMap<u64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+            for c in &members {
+                for p in c.iter() {
+                    let e = by_step.entry(p.rl_step).or_default();
+                    e.0.push(p.tokens as f64);
+                    e.1.push(p.success);
+                }
+            }
+            let points = by_step
+                .into_values()
+                .map(|(tokens, success)| {
+                    let (mean, std) = mean_std(&success);
+                    Point {
+                        x: mean_std(&tokens).0,
+                        mean,
+                        std,
+                    }
+                })
+                .collect();
+            Series {
+                label: format!("{} B={budget}", series_label(key, rows)),
+                points,
+                reference: false,
+            }
+        })
+        .collect();
+    if let Some((level, _)) = chain_reference(rows, curves) {
+        let x_max = curves
+            .iter()
+            .flatten()
+            .map(|p| p.tokens as f64)
+            .fold(0.0, f64::max);
+        series.push(Series {
+            label: format!("chain final {level:.3}"),
+            points: [0.0, x_max]
+                .iter()
+                .map(|&x| Point {
+                    x,
+                    mean: level,
+                    std: 0.0,
+                })
+                .collect(),
+            reference: true,
+        });
+    }
+    LineChart {
+        title: format!("held-out success vs generated RL tokens{over}"),
+        x_label: "cumulative generated RL tokens".into(),
+        y_label: "held-out success rate".into(),
+        log2_x: false,
+        y_range: Some((0.0, 1.0)),
+        band: true,
+        series,
+    }
 }
 
 /// Runs `arbor sweep`.
@@ -447,7 +703,13 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         quiet: true,
         ..TrainArgs::default()
     };
-    let base = train::resolve(&targs)?;
+    let mut base = train::resolve(&targs)?;
+    if let Some(k) = args.eval_every {
+        base.eval.every = k;
+    }
+    if args.reach.iter().any(|l| !(0.0..=1.0).contains(l)) {
+        bail!("--reach levels must be success rates in [0, 1]");
+    }
     let sweep_dir = args
         .out
         .clone()
@@ -503,11 +765,13 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
 
     let bar = train::progress(points.len() as u64, "sweep", quiet);
     let mut rows = Vec::with_capacity(points.len());
+    let mut curves = Vec::with_capacity(points.len());
     for (i, ((point, cfg), state)) in points.iter().zip(&configs).zip(&states).enumerate() {
         bar.set_message(cfg.name.clone());
         let init = inits.get(&point.preset).cloned().flatten();
         let dir = ensure_run(cfg, state, init.as_deref())?;
         let row = summary_row(point, &base.env.name, &dir)?;
+        curves.push(curve(&dir)?);
         if !quiet {
             let how = match state {
                 DirState::Done => "reused",
@@ -531,14 +795,22 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    fill_reach(&mut rows, &curves);
 
     write_summary(&sweep_dir.join(SUMMARY_FILE), &rows)?;
+    for (name, text) in [
+        ("curves.csv", curves_csv(&rows, &curves)),
+        ("reach.csv", reach_csv(&rows, &curves, &args.reach)),
+    ] {
+        write_atomic(&sweep_dir.join(name), text.as_bytes())
+            .with_context(|| format!("writing {}", sweep_dir.join(name).display()))?;
+    }
     write_atomic(
         &sweep_dir.join(SUMMARY_CSV_FILE),
         summary_csv(&rows).as_bytes(),
     )
     .with_context(|| format!("writing {}", sweep_dir.join(SUMMARY_CSV_FILE).display()))?;
-    let plots = write_plots(&sweep_dir.join("plots"), &rows)?;
+    let plots = write_plots(&sweep_dir.join("plots"), &rows, &curves)?;
     print!("{}", table(&rows));
     println!(
         "wrote {}, {} and {} plots in {}",
@@ -573,6 +845,8 @@ pub fn summary_schema() -> SchemaRef {
         f("cache_read_share", DataType::Float64),
         f("truncated", DataType::UInt64),
         f("wall_s", DataType::Float64),
+        f("tokens_to_chain_final", DataType::Float64),
+        f("reach_ratio", DataType::Float64),
         f("run_dir", DataType::Utf8),
     ]))
 }
@@ -605,6 +879,8 @@ fn summary_batch(rows: &[SummaryRow]) -> anyhow::Result<RecordBatch> {
         f(|r| r.cache_read_share),
         u(|r| r.truncated),
         f(|r| r.wall_s),
+        f(|r| r.tokens_to_chain_final),
+        f(|r| r.reach_ratio),
         s(|r| &r.run_dir),
     ];
     Ok(RecordBatch::try_new(summary_schema(), columns)?)
@@ -668,6 +944,10 @@ pub fn read_summary(path: &Path) -> anyhow::Result<Vec<SummaryRow>> {
                 get!("cache_read_share", Float64Array),
                 get!("wall_s", Float64Array),
             );
+            let (to_final, ratio) = (
+                get!("tokens_to_chain_final", Float64Array),
+                get!("reach_ratio", Float64Array),
+            );
             for i in 0..batch.num_rows() {
                 rows.push(SummaryRow {
                     env: env.value(i).to_string(),
@@ -685,6 +965,8 @@ pub fn read_summary(path: &Path) -> anyhow::Result<Vec<SummaryRow>> {
                     cache_read_share: cache.value(i),
                     truncated: truncated.value(i),
                     wall_s: wall.value(i),
+                    tokens_to_chain_final: to_final.value(i),
+                    reach_ratio: ratio.value(i),
                     run_dir: run_dir.value(i).to_string(),
                 });
             }
@@ -714,7 +996,7 @@ pub fn summary_csv(rows: &[SummaryRow]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             quote(&r.env),
             quote(&r.preset),
             r.sampler,
@@ -730,6 +1012,8 @@ pub fn summary_csv(rows: &[SummaryRow]) -> String {
             r.cache_read_share,
             r.truncated,
             r.wall_s,
+            r.tokens_to_chain_final,
+            r.reach_ratio,
             quote(&r.run_dir)
         );
     }
@@ -832,8 +1116,13 @@ fn lines(rows: &[SummaryRow], value: fn(&SummaryRow) -> f64) -> Vec<Series> {
         .collect()
 }
 
-/// Writes `success_vs_budget` and `distinct_per_1k_vs_budget` (SVG and PNG) into `dir`.
-fn write_plots(dir: &Path, rows: &[SummaryRow]) -> anyhow::Result<Vec<PathBuf>> {
+/// Writes `success_vs_budget`, `distinct_per_1k_vs_budget` and, when the runs evaluated
+/// during RL, `success_vs_tokens` (SVG and PNG) into `dir`.
+fn write_plots(
+    dir: &Path,
+    rows: &[SummaryRow],
+    curves: &[Vec<CurvePoint>],
+) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let seeds = {
         let mut s: Vec<u64> = rows.iter().map(|r| r.seed).collect();
@@ -868,7 +1157,7 @@ fn write_plots(dir: &Path, rows: &[SummaryRow]) -> anyhow::Result<Vec<PathBuf>> 
             reference: true,
         });
     }
-    let charts = [
+    let mut charts = vec![
         (
             "success_vs_budget",
             LineChart {
@@ -877,6 +1166,7 @@ fn write_plots(dir: &Path, rows: &[SummaryRow]) -> anyhow::Result<Vec<PathBuf>> 
                 y_label: "held-out success rate".into(),
                 log2_x: true,
                 y_range: Some((0.0, 1.0)),
+                band: false,
                 series: success,
             },
         ),
@@ -888,10 +1178,14 @@ fn write_plots(dir: &Path, rows: &[SummaryRow]) -> anyhow::Result<Vec<PathBuf>> 
                 y_label: "distinct trajectories / 1k generated tokens".into(),
                 log2_x: true,
                 y_range: None,
+                band: false,
                 series: lines(rows, |r| r.distinct_per_1k),
             },
         ),
     ];
+    if curves.iter().any(|c| c.len() > 2) {
+        charts.push(("success_vs_tokens", curve_chart(rows, curves, &over)));
+    }
     let mut written = Vec::new();
     for (stem, chart) in &charts {
         written.extend(write_chart(chart, &dir.join(stem))?);
@@ -923,7 +1217,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6} {:>6} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7}",
+        "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6} {:>6} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7} {:>11}",
         "preset",
         "sampler",
         "branch",
@@ -937,12 +1231,13 @@ pub fn table(rows: &[SummaryRow]) -> String {
         "distinct/1k",
         "cache",
         "trunc",
-        "wall_s"
+        "wall_s",
+        "reach_ratio"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6.3} {:>6.3} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7.1}",
+            "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6.3} {:>6.3} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7.1} {:>11}",
             r.preset,
             r.sampler,
             r.branch.as_deref().unwrap_or("-"),
@@ -956,7 +1251,8 @@ pub fn table(rows: &[SummaryRow]) -> String {
             num(r.distinct_per_1k, 2),
             num(r.cache_read_share, 3),
             r.truncated,
-            r.wall_s
+            r.wall_s,
+            num(r.reach_ratio, 2)
         );
     }
     let mut seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
@@ -966,7 +1262,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
         let _ = writeln!(out, "\nmean ± std over {} seeds", seeds.len());
         let _ = writeln!(
             out,
-            "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>15} {:>15} {:>11}",
+            "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>15} {:>15} {:>11} {:>21}",
             "preset",
             "sampler",
             "branch",
@@ -974,7 +1270,8 @@ pub fn table(rows: &[SummaryRow]) -> String {
             "budget",
             "after",
             "distinct/1k",
-            "tok/success"
+            "tok/success",
+            "reach_ratio (seeds)"
         );
         let mut groups: Vec<(SeriesKey, u32)> = Vec::new();
         for r in rows {
@@ -997,9 +1294,11 @@ pub fn table(rows: &[SummaryRow]) -> String {
                 }
             };
             let (tps, _) = mean_std(&of.iter().map(|r| r.tokens_per_success).collect::<Vec<_>>());
+            let reached = of.iter().filter(|r| r.reach_ratio.is_finite()).count();
+            let reach = format!("{} ({reached}/{})", stat(|r| r.reach_ratio, 2), of.len());
             let _ = writeln!(
                 out,
-                "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>15} {:>15} {:>11}",
+                "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>15} {:>15} {:>11} {:>21}",
                 key.0,
                 key.1,
                 key.2.as_deref().unwrap_or("-"),
@@ -1007,7 +1306,8 @@ pub fn table(rows: &[SummaryRow]) -> String {
                 budget,
                 stat(|r| r.success_after, 3),
                 stat(|r| r.distinct_per_1k, 2),
-                num(tps, 1)
+                num(tps, 1),
+                reach
             );
         }
     }
@@ -1035,6 +1335,8 @@ mod tests {
             cache_read_share: 0.1,
             truncated: 2,
             wall_s: 3.5,
+            tokens_to_chain_final: f64::NAN,
+            reach_ratio: f64::NAN,
             run_dir: "sweeps/x/runs/a,b".into(),
         }
     }
@@ -1054,7 +1356,7 @@ mod tests {
         assert_eq!(back[1].success_after, 0.75);
         let csv = summary_csv(&rows);
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines[0].split(',').count(), 16);
+        assert_eq!(lines[0].split(',').count(), 18);
         assert!(lines[1].starts_with("multihop,tiny,chain,,tree-grpo,256,0,0.25,0.5,1000,NaN,"));
         assert!(lines[1].ends_with(",\"sweeps/x/runs/a,b\""), "{}", lines[1]);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1086,6 +1388,75 @@ mod tests {
         assert_eq!(l[1].points[0].std, 0.0);
         let t = table(&rows);
         assert!(t.contains("mean ± std over 2 seeds"), "{t}");
+    }
+
+    fn pt(rl_step: u64, tokens: u64, success: f64) -> CurvePoint {
+        CurvePoint {
+            rl_step,
+            tokens,
+            success,
+            stderr: 0.0,
+        }
+    }
+
+    /// The chain reference is the chain at the largest budget (grpo preferred): its final
+    /// success averaged over seeds; each run's tokens to first reach it, over the reference's
+    /// mean total tokens.
+    #[test]
+    fn reach_is_measured_against_the_chain_reference() {
+        let mut rows = vec![
+            row("chain", 512, 0, 0.6),
+            row("chain", 512, 1, 0.6),
+            row("tree", 128, 0, 0.7),
+            row("tree", 128, 1, 0.5),
+            row("chain", 128, 0, 0.9),
+        ];
+        for r in &mut rows[..2] {
+            r.estimator = "grpo".into();
+            r.generated_tokens = 4000;
+        }
+        let curves = vec![
+            vec![pt(0, 0, 0.3), pt(5, 2000, 0.5), pt(10, 4000, 0.6)],
+            vec![pt(0, 0, 0.3), pt(5, 2000, 0.7), pt(10, 4000, 0.8)],
+            // Reference level (0.6 + 0.8)/2 = 0.7, mean total 4000 tokens.
+            vec![pt(0, 0, 0.3), pt(5, 500, 0.69), pt(10, 1000, 0.7)],
+            vec![pt(0, 0, 0.3), pt(5, 500, 0.4), pt(10, 1000, 0.5)],
+            vec![pt(0, 0, 0.3), pt(5, 500, 0.9)],
+        ];
+        assert_eq!(chain_reference(&rows, &curves), Some((0.7, 4000.0)));
+        fill_reach(&mut rows, &curves);
+        assert_eq!(rows[2].tokens_to_chain_final, 1000.0);
+        assert_eq!(rows[2].reach_ratio, 0.25);
+        assert!(rows[3].reach_ratio.is_nan());
+        assert_eq!(rows[1].tokens_to_chain_final, 2000.0);
+        let csv = reach_csv(&rows, &curves, &[0.5]);
+        assert!(
+            csv.contains("tree,random,tree-grpo,128,0,chain_final,0.7,1000,0.25"),
+            "{csv}"
+        );
+        assert!(
+            csv.contains("tree,random,tree-grpo,128,1,0.5,0.5,1000,0.25"),
+            "{csv}"
+        );
+        assert!(
+            csv.contains("tree,random,tree-grpo,128,1,chain_final,0.7,,"),
+            "{csv}"
+        );
+        let chart = curve_chart(&rows, &curves, "");
+        let tree = chart
+            .series
+            .iter()
+            .find(|s| s.label.contains("B=128"))
+            .unwrap();
+        assert!(tree.label.starts_with("tree"));
+        assert_eq!(tree.points[1].x, 500.0);
+        assert!((tree.points[1].mean - 0.545).abs() < 1e-12);
+        assert!(chart.series.last().unwrap().reference);
+        assert!(
+            table(&rows).contains("0.25 ± 0.00 (1/2)"),
+            "{}",
+            table(&rows)
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use datasets::export::{MetricsRow, MetricsWriter, RolloutWriter, StepInfo};
 use datasets::{DemoOptions, Split, TaskSet, demonstrations};
 use envs::{AnyEnv, EnvSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rollout::advantage::estimate;
+use rollout::advantage::{EstimateOptions, estimate_with};
 use rollout::engine::{Engine, ModelConfig};
 use rollout::policy::SamplingParams;
 use rollout::sampler::{SamplerConfig, SamplerKind, SamplerStats, sample};
@@ -38,7 +38,7 @@ pub struct EvalResult {
     pub success: f64,
     /// Standard error of `success` (binomial, sqrt(p(1-p)/n)).
     pub stderr: f64,
-    /// 95% interval (normal approximation), clipped to [0, 1].
+    /// 95% Wilson score interval (inside [0, 1], and not empty at 0 or n successes).
     pub ci95: (f64, f64),
     /// Mean generated tokens per episode.
     pub tokens_per_episode: f64,
@@ -302,6 +302,8 @@ fn trainer_config(cfg: &TrainConfig) -> TrainerConfig {
             clip_eps: cfg.rl.clip_eps,
             kl_coef: cfg.rl.kl_coef,
             entropy_coef: cfg.rl.entropy_coef,
+            // Score the tempered distribution the sampler draws from (on-policy at T ≠ 1).
+            temperature: cfg.sampler.sampling.scoring_temperature(),
             ..PpoConfig::default()
         },
         seed: cfg.seed,
@@ -374,7 +376,9 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
     let mut metrics = if opts.resume {
         MetricsWriter::resume(&dir, |m| {
-            (m.phase == "sft" && m.step < sft_done) || (m.phase == "rl" && m.step < rl_done)
+            (m.phase == "sft" && m.step < sft_done)
+                || (m.phase == "rl" && m.step < rl_done)
+                || (m.phase == "eval" && m.step <= rl_done)
         })?
     } else {
         MetricsWriter::create(&dir)?
@@ -456,7 +460,9 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     let before = match run_state.before {
         Some(b) => b,
         None => {
-            let b = evaluate(&mut engine, tokenizer, &spec, &eval_ids, &cfg, cfg.seed)?;
+            let (b, eval_stats) =
+                evaluate_with_stats(&mut engine, tokenizer, &spec, &eval_ids, &cfg, cfg.seed)?;
+            push_eval(&mut metrics, eval_row(0, &b, &eval_stats, 0))?;
             run_state.before = Some(b);
             run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
             run_state.save_with(&dir, &trainer)?;
@@ -482,6 +488,9 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     let agg = cfg.loss_agg()?;
     let bar = progress(cfg.rl.steps as u64, "rl", quiet);
     let rl_done = trainer.state().rl_steps;
+    // The last periodic evaluation (`eval.every`), reused as the final one when it falls on the
+    // last step (same weights, same fixed episodes: the same result).
+    let mut last_eval: Option<(u64, EvalResult)> = None;
     bar.set_position(rl_done);
     for step in rl_done..cfg.rl.steps as u64 {
         let t0 = Instant::now();
@@ -498,7 +507,10 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
             &mut rollouts,
         )?;
         run_state.generated_tokens += stats.generated_tokens;
-        let advantages = estimate(cfg.rl.estimator, &rollouts)?;
+        let opts = EstimateOptions {
+            mask_truncated: cfg.rl.mask_truncated,
+        };
+        let advantages = estimate_with(cfg.rl.estimator, &rollouts, opts)?;
         let groups: Vec<_> = rollouts.iter().zip(advantages.iter()).collect();
         let last = step + 1 == cfg.rl.steps as u64;
         let due = match export {
@@ -532,13 +544,24 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         };
         engine.load_weights(&trainer.weights())?;
         let wall = t0.elapsed();
-        let row = rl_row(step, &stats, train.as_ref(), wall.as_millis() as u64);
+        let mut row = rl_row(step, &stats, train.as_ref(), wall.as_millis() as u64);
+        row.cumulative_generated_tokens = run_state.generated_tokens;
         bar.set_message(format!(
             "reward {:.3} traj {} trunc {}",
             row.reward_mean, row.trajectories, row.truncated
         ));
         bar.inc(1);
         metrics.push(row)?;
+        let done = step + 1;
+        if cfg.eval.every > 0 && done % cfg.eval.every as u64 == 0 {
+            let (e, eval_stats) =
+                evaluate_with_stats(&mut engine, tokenizer, &spec, &eval_ids, &cfg, cfg.seed)?;
+            push_eval(
+                &mut metrics,
+                eval_row(done, &e, &eval_stats, run_state.generated_tokens),
+            )?;
+            last_eval = Some((done, e));
+        }
         let every = cfg.rl.checkpoint_every as u64;
         if last || (every > 0 && (step + 1) % every == 0) {
             run_state.rl_wall_s += rl_started.elapsed().as_secs_f64();
@@ -559,7 +582,17 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         run_state.save_with(&dir, &trainer)?;
     }
 
-    let after = evaluate(&mut engine, tokenizer, &spec, &eval_ids, &cfg, cfg.seed)?;
+    let steps_done = trainer.state().rl_steps;
+    let after = match last_eval {
+        Some((at, e)) if at == steps_done => e,
+        _ => {
+            let (e, eval_stats) =
+                evaluate_with_stats(&mut engine, tokenizer, &spec, &eval_ids, &cfg, cfg.seed)?;
+            let row = eval_row(steps_done, &e, &eval_stats, run_state.generated_tokens);
+            push_eval(&mut metrics, row)?;
+            e
+        }
+    };
     say(format!(
         "eval after RL:  success {:.3} ± {:.3} over {} held-out tasks",
         after.success, after.stderr, after.episodes
@@ -610,6 +643,7 @@ fn rl_row(
         row.loss = f64::from(t.loss);
         row.kl = f64::from(t.kl);
         row.entropy = f64::from(t.entropy);
+        row.clip_frac = f64::from(t.clip_frac);
         row.grad_norm = f64::from(t.grad_norm);
         row.lr = t.lr;
     }
@@ -618,20 +652,58 @@ fn rl_row(
     row
 }
 
-/// One episode per held-out task with the chain sampler (no budget pressure), at the eval
-/// temperature.
-pub fn evaluate(
+/// The `phase = "eval"` metrics row of a held-out evaluation after `rl_steps` RL steps, with
+/// `cumulative` RL tokens generated before it.
+fn eval_row(rl_steps: u64, e: &EvalResult, stats: &SamplerStats, cumulative: u64) -> MetricsRow {
+    MetricsRow {
+        success_rate: e.success,
+        success_stderr: e.stderr,
+        cumulative_generated_tokens: cumulative,
+        ..MetricsRow::from_sampler(rl_steps, "eval", stats)
+    }
+}
+
+/// Appends an eval row unless the table has one for that step already (a resumed run that
+/// evaluates the same weights again: the same fixed episodes give the same result).
+fn push_eval(metrics: &mut MetricsWriter, row: MetricsRow) -> anyhow::Result<()> {
+    let seen = metrics
+        .rows()
+        .iter()
+        .any(|m| m.phase == "eval" && m.step == row.step);
+    if !seen {
+        metrics.push(row)?;
+    }
+    Ok(())
+}
+
+/// [`evaluate_episodes`] without the episodes.
+fn evaluate_with_stats(
     engine: &mut Engine,
     tokenizer: &dyn Tokenizer,
     spec: &EnvSpec,
     ids: &[u64],
     cfg: &TrainConfig,
     seed: u64,
-) -> anyhow::Result<EvalResult> {
-    evaluate_episodes(engine, tokenizer, spec, ids, cfg, seed).map(|(r, _)| r)
+) -> anyhow::Result<(EvalResult, SamplerStats)> {
+    evaluate_episodes(engine, tokenizer, spec, ids, cfg, seed).map(|(r, _, s)| (r, s))
 }
 
-/// [`evaluate`], also returning the episodes (one single-leaf tree per task).
+/// The 95% Wilson score interval of `successes / n` (z = 1.96).
+pub fn wilson95(successes: u64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (z, n) = (1.96f64, n as f64);
+    let p = successes as f64 / n;
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// One episode per held-out task with the chain sampler (no budget pressure), at the eval
+/// temperature: the result, the episodes (one single-leaf tree per task) and the sampler's
+/// counters.
 pub fn evaluate_episodes(
     engine: &mut Engine,
     tokenizer: &dyn Tokenizer,
@@ -639,7 +711,7 @@ pub fn evaluate_episodes(
     ids: &[u64],
     cfg: &TrainConfig,
     seed: u64,
-) -> anyhow::Result<(EvalResult, Vec<TaskRollout>)> {
+) -> anyhow::Result<(EvalResult, Vec<TaskRollout>, SamplerStats)> {
     let tasks: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, spec.make(id))).collect();
     let max_turns = tasks
         .iter()
@@ -668,8 +740,8 @@ pub fn evaluate_episodes(
         episodes: sink.len(),
         success: p,
         stderr: se,
-        ci95: ((p - 1.96 * se).max(0.0), (p + 1.96 * se).min(1.0)),
+        ci95: wilson95(stats.successes, sink.len() as u64),
         tokens_per_episode: stats.generated_tokens as f64 / n,
     };
-    Ok((result, sink))
+    Ok((result, sink, stats))
 }

@@ -190,7 +190,7 @@ fn sweep_rollout_inspect() {
     assert!(trajectories.iter().all(|t| t.phase == "rollout"
         && t.sampler == "tree"
         && t.estimator == "tree-grpo"
-        && t.advantage.is_some()));
+        && t.advantage.is_some() != t.truncated));
     assert_one_line_error(
         &arbor(&[
             "rollout",
@@ -275,5 +275,61 @@ fn bad_input_is_one_clear_line() {
         "does not exist",
     );
     assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With `--eval-every`, every run evaluates during RL: its metrics hold `eval` rows at steps
+/// 0, 1, 2 with the RL tokens generated before each, and the sweep writes the learning curves
+/// (`curves.csv`, `success_vs_tokens`) and the tokens-to-reach table.
+#[test]
+fn sweep_learning_curves() {
+    let dir = scratch("curves");
+    let cfg = tiny_config(&dir, 2);
+    let sweep = dir.join("sweep");
+    let (cfg_s, sweep_s) = (cfg.to_str().unwrap(), sweep.to_str().unwrap());
+    let (stdout, _) = ok(&arbor(&[
+        "sweep",
+        "--config",
+        cfg_s,
+        "--out",
+        sweep_s,
+        "--budgets",
+        "64",
+        "--samplers",
+        "chain,tree",
+        "--seeds",
+        "0",
+        "--eval-every",
+        "1",
+        "--reach",
+        "0.5",
+    ]));
+    assert!(stdout.contains("reach_ratio"), "{stdout}");
+    let run = sweep.join("runs").join("tiny_tree-random_tree-grpo_b64_s0");
+    let metrics = datasets::export::read_metrics(run.join("metrics.parquet")).unwrap();
+    let rl_tokens: Vec<u64> = metrics
+        .iter()
+        .filter(|m| m.phase == "rl")
+        .map(|m| m.generated_tokens)
+        .collect();
+    assert_eq!(rl_tokens.len(), 2);
+    let evals: Vec<(u64, u64)> = metrics
+        .iter()
+        .filter(|m| m.phase == "eval")
+        .map(|m| (m.step, m.cumulative_generated_tokens))
+        .collect();
+    let want = vec![(0, 0), (1, rl_tokens[0]), (2, rl_tokens[0] + rl_tokens[1])];
+    assert_eq!(evals, want);
+    let curves = std::fs::read_to_string(sweep.join("curves.csv")).unwrap();
+    assert_eq!(curves.lines().count(), 1 + 2 * 3, "{curves}");
+    let reach = std::fs::read_to_string(sweep.join("reach.csv")).unwrap();
+    // Two runs × (chain_final, 0.5).
+    assert_eq!(reach.lines().count(), 1 + 2 * 2, "{reach}");
+    assert!(
+        reach.lines().nth(1).unwrap().contains(",chain_final,"),
+        "{reach}"
+    );
+    let svg = std::fs::read_to_string(sweep.join("plots").join("success_vs_tokens.svg")).unwrap();
+    assert!(svg.contains("B=64") && svg.contains("chain final"), "{svg}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

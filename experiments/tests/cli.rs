@@ -349,13 +349,14 @@ fn init_starts_a_new_run_from_a_checkpoint_without_redoing_sft() {
         summary("next")["success_before"],
         summary("base")["success_after"]
     );
-    // SFT was not repeated: the new run's metrics hold only its RL step.
+    // SFT was not repeated: the new run's metrics hold only its RL step, between the held-out
+    // evaluations before and after RL.
     let metrics = std::fs::read_to_string(dir.join("next").join("metrics.csv")).unwrap();
     let phases: Vec<&str> = metrics
         .lines()
         .skip(1)
         .map(|l| l.split(',').nth(1).unwrap())
         .collect();
-    assert_eq!(phases, ["rl"]);
+    assert_eq!(phases, ["eval", "rl", "eval"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

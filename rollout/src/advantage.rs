@@ -8,14 +8,22 @@
 //! implements. Nothing here holds trainer state.
 //!
 //! # Conventions (all estimators)
-//! - The trajectories of a task are the leaves of its [`TaskRollout`] (all its trees). A
-//!   truncated leaf takes part with its reward 0 (DESIGN §4: reported, never dropped).
+//! - The trajectories of a task are the leaves of its [`TaskRollout`] (all its trees).
+//! - **Budget-truncated leaves are masked** by default ([`EstimateOptions::mask_truncated`],
+//!   DESIGN §6): a leaf cut by the token budget or the context window is the sampler's
+//!   scheduling, not the policy's failure, so it takes no part in any group, baseline or
+//!   `treerl` value, its `leaf_adv` is `None`, [`AdvantageOutput::masked`] marks it, and its tokens
+//!   carry no loss (a node whose leaves are all masked has zero advantage and weight). With
+//!   masking off, a truncated leaf takes part with its reward 0.
 //! - ε = [`EPSILON`] = 1e-6; "std" is the unbiased sample standard deviation (divides by n − 1);
 //!   a z-score is `(R − mean) / (std + ε)`.
 //! - **A group of size 1 has mean 0 and std 1** (DESIGN §6, as verl's GRPO does), so a lone
 //!   trajectory's z-score is `R / (1 + ε)`: it keeps the sign of its own reward instead of being
-//!   zeroed. This rule applies to every *normalising group* (the z-scores of `grpo` and
-//!   `tree-grpo`, the whitening of `treepo`, and `treepo`'s root subgroup, as in TreePO's code).
+//!   zeroed. This rule applies to every *normalising group* (the z-scores of `grpo` and the
+//!   task term of `tree-grpo`, the whitening of `treepo`, and `treepo`'s root subgroup, as in
+//!   TreePO's code). The one exception is `tree-grpo`'s intra-tree term: a tree with a single
+//!   leaf has nothing to compare with, so its intra term is 0 and chains (one leaf per tree)
+//!   get plain GRPO.
 //!   It does not apply to `treerl`'s values, which are plain means (a leaf's value is its own
 //!   reward); `rloo` gives a lone trajectory 0 (no other trajectory to compare with).
 //!   An empty group (a task without leaves) has mean 0 and std 1 as well; it produces nothing.
@@ -176,8 +184,11 @@ pub struct AdvantageOutput {
     pub task_id: u64,
     /// The estimator that produced these values.
     pub estimator: Estimator,
-    /// The trajectory-level advantage `A(l)` at each leaf l; `None` at non-leaves and for
-    /// node-level estimators.
+    /// Whether each node is a masked leaf (budget-truncated, with
+    /// [`EstimateOptions::mask_truncated`]): it takes part in no group and carries no loss.
+    pub masked: Vec<bool>,
+    /// The trajectory-level advantage `A(l)` at each leaf l; `None` at non-leaves, at masked
+    /// leaves and for node-level estimators.
     pub leaf_adv: Vec<Option<f32>>,
     /// DESIGN §9 `nodes.advantage`: `A(s)` for node-level estimators, the sum of the advantages
     /// of the leaves below s for trajectory-level ones; 0 for observation nodes.
@@ -186,9 +197,11 @@ pub struct AdvantageOutput {
     pub pos_sum: Vec<f32>,
     /// `Σ_{l below s} min(a(s,l), 0)`; 0 for observation nodes.
     pub neg_sum: Vec<f32>,
-    /// Number of leaves in the subtree of s (s included).
+    /// Number of leaves in the subtree of s (s included), masked ones included (DESIGN §9
+    /// `nodes.leaves_below`: a description of the tree, not of the estimate).
     pub leaves_below: Vec<u32>,
-    /// `V(s)`: mean reward of the leaves below s (DESIGN §9 `nodes.value`).
+    /// Mean reward of all leaves below s, truncated ones with their reward 0 (DESIGN §9
+    /// `nodes.value`). `treerl`'s `V(s)` masks truncated leaves and may differ from it.
     pub value: Vec<f32>,
 }
 
@@ -197,11 +210,15 @@ impl AdvantageOutput {
     /// `leaf` (`node` must be on `leaf`'s path; this is not checked). For observation nodes the
     /// trainer masks the loss regardless.
     ///
+    /// Tokens in a masked trajectory carry no loss: the advantage is 0 for a masked `leaf`.
+    ///
     /// # Panics
     /// If `node` or `leaf` is out of range, or, for a trajectory-level estimator, `leaf` is not a
     /// leaf.
     pub fn token_advantage(&self, node: NodeId, leaf: NodeId) -> f32 {
-        if self.estimator.is_node_level() {
+        if self.masked[leaf as usize] {
+            0.0
+        } else if self.estimator.is_node_level() {
             self.node_adv[node as usize]
         } else {
             self.leaf_adv[leaf as usize].expect("token_advantage: `leaf` is not a leaf")
@@ -209,13 +226,39 @@ impl AdvantageOutput {
     }
 }
 
-/// Runs `estimator` on a batch of task groups; one output per group, in order.
+/// How the estimators treat a batch (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EstimateOptions {
+    /// Budget-truncated leaves take no part in groups and baselines and carry no loss.
+    /// By default, this is enabled (DESIGN §6).
+    pub mask_truncated: bool,
+}
+
+impl Default for EstimateOptions {
+    fn default() -> Self {
+        EstimateOptions {
+            mask_truncated: true,
+        }
+    }
+}
+
+/// Runs `estimator` on a batch of task groups with the default [`EstimateOptions`] (truncated
+/// leaves masked); one output per group, in order.
 ///
 /// Every group is checked with [`TaskRollout::validate`] first, so the estimators never see a
 /// malformed tree. (The per-estimator functions skip this check and may panic on one.)
 pub fn estimate(
     estimator: Estimator,
     rollouts: &[TaskRollout],
+) -> Result<Vec<AdvantageOutput>, AdvantageError> {
+    estimate_with(estimator, rollouts, EstimateOptions::default())
+}
+
+/// [`estimate`] with explicit options.
+pub fn estimate_with(
+    estimator: Estimator,
+    rollouts: &[TaskRollout],
+    opts: EstimateOptions,
 ) -> Result<Vec<AdvantageOutput>, AdvantageError> {
     for r in rollouts {
         r.validate()
@@ -224,12 +267,22 @@ pub fn estimate(
                 source,
             })?;
     }
+    let mask = opts.mask_truncated;
     Ok(match estimator {
-        Estimator::Grpo => rollouts.iter().map(grpo).collect(),
-        Estimator::TreeGrpo => rollouts.iter().map(tree_grpo).collect(),
-        Estimator::TreeRl => rollouts.iter().map(treerl).collect(),
-        Estimator::TreePo => treepo(rollouts),
-        Estimator::Rloo => rollouts.iter().map(rloo).collect(),
+        Estimator::TreePo => treepo_scans(rollouts, mask),
+        e => rollouts
+            .iter()
+            .map(|r| {
+                let scan = Scan::new(r, mask);
+                match e {
+                    Estimator::Grpo => grpo_scan(r, &scan),
+                    Estimator::TreeGrpo => tree_grpo_scan(r, &scan),
+                    Estimator::TreeRl => treerl_scan(r, &scan),
+                    Estimator::Rloo => rloo_scan(r, &scan),
+                    Estimator::TreePo => unreachable!("handled above"),
+                }
+            })
+            .collect(),
     })
 }
 
@@ -237,9 +290,13 @@ pub fn estimate(
 /// `Â_{i,t} = (r_i − mean(r)) / std(r)`):
 /// `A(l) = (R_l − mean(R)) / (std(R) + ε)` over all leaves of the task (all its trees).
 ///
-/// Expects a rollout that passes [`TaskRollout::validate`].
+/// Truncated leaves are masked (the default [`EstimateOptions`]); expects a rollout that
+/// passes [`TaskRollout::validate`].
 pub fn grpo(rollout: &TaskRollout) -> AdvantageOutput {
-    let scan = Scan::new(rollout);
+    grpo_scan(rollout, &Scan::new(rollout, true))
+}
+
+fn grpo_scan(rollout: &TaskRollout, scan: &Scan) -> AdvantageOutput {
     let adv = z_scores(&scan.rewards);
     scan.trajectory_output(rollout, Estimator::Grpo, &adv)
 }
@@ -248,19 +305,27 @@ pub fn grpo(rollout: &TaskRollout) -> AdvantageOutput {
 /// arXiv:2509.21240, the tree-based group-relative advantage `Â = Â_intra-tree + Â_inter-tree`):
 /// `A(l) = z(R_l within l's tree) + z(R_l within the task)`.
 ///
-/// A tree with a single leaf is a group of size 1 (mean 0, std 1), so its intra-tree term is
-/// `R_l / (1 + ε)`; with one leaf per tree (the chain sampler) the estimator thus adds the raw
-/// reward to the GRPO z-score.
+/// A tree with a single (unmasked) leaf has nothing to compare its leaf with: its intra-tree
+/// term is **0** (DESIGN §6), not the size-1 z-score `R / (1 + ε)`. So with one leaf per tree
+/// (the chain sampler) `tree-grpo` equals [`grpo`] exactly, and a chain baseline is plain GRPO
+/// whatever estimator is configured.
 ///
-/// Expects a rollout that passes [`TaskRollout::validate`].
+/// Truncated leaves are masked (the default [`EstimateOptions`]); expects a rollout that
+/// passes [`TaskRollout::validate`].
 pub fn tree_grpo(rollout: &TaskRollout) -> AdvantageOutput {
-    let scan = Scan::new(rollout);
+    tree_grpo_scan(rollout, &Scan::new(rollout, true))
+}
+
+fn tree_grpo_scan(rollout: &TaskRollout, scan: &Scan) -> AdvantageOutput {
     let mut adv = z_scores(&scan.rewards);
     let mut by_tree: Vec<Vec<usize>> = vec![Vec::new(); rollout.num_trees as usize];
     for (i, &l) in scan.leaves.iter().enumerate() {
         by_tree[rollout.node(l).tree as usize].push(i);
     }
     for members in by_tree {
+        if members.len() < 2 {
+            continue;
+        }
         let rewards: Vec<f64> = members.iter().map(|&i| scan.rewards[i]).collect();
         for (&i, z) in members.iter().zip(z_scores(&rewards)) {
             adv[i] += z;
@@ -272,19 +337,40 @@ pub fn tree_grpo(rollout: &TaskRollout) -> AdvantageOutput {
 /// TreeRL (Hou et al. 2025, "TreeRL: LLM Reinforcement Learning with On-Policy Tree Search",
 /// arXiv:2506.11902, the process signal of EPTree nodes `R(s) = (GA(s) + LA(s)) / sqrt(|L(s)|)`):
 /// `V(s)` = mean reward of the leaves below s; `GA(s) = V(s) − V(root)`;
-/// `LA(s) = V(s) − V(parent(s))`; `A(s) = (GA(s) + LA(s)) / sqrt(|L(s)|)` on every token of s.
+/// `LA(s) = V(s) − V(fork(s))`; `A(s) = (GA(s) + LA(s)) / sqrt(|L(s)|)` on every token of s.
 ///
-/// The root is the task: `V(root)` is the mean over all leaves of the task (all trees), and it
-/// is `V(parent)` of every top node. Observation nodes get `A = 0` (no loss), but their `V` is
-/// the parent value of the action nodes below them. `V` is a plain mean (no size-1 rule), so a
-/// lone trajectory gets 0 and equal rewards give 0 everywhere. Node-level: `leaf_adv` is all
-/// `None`, and `pos_sum`/`neg_sum` are `|L(s)|·max(A(s), 0)` / `|L(s)|·min(A(s), 0)`.
+/// `fork(s)` is the *last fork point* above s: the nearest ancestor with more leaves than s
+/// (TreeRL's local term compares a segment with the branch point it came from). A node whose
+/// parent has the same leaves (an action followed by its observation, a turn cut into segments)
+/// thus keeps its local advantage instead of getting `V(s) − V(s) = 0`. When no ancestor has
+/// more leaves, `fork(s)` is the root.
 ///
-/// Expects a rollout that passes [`TaskRollout::validate`].
+/// The root is the task: `V(root)` is the mean over all leaves of the task (all trees).
+/// Observation nodes get `A = 0` (no loss), but count as ancestors like any node. `V` is a
+/// plain mean (no size-1 rule), so a lone trajectory gets 0 and equal rewards give 0
+/// everywhere. Node-level: `leaf_adv` is all `None`, and `pos_sum`/`neg_sum` are
+/// `|L(s)|·max(A(s), 0)` / `|L(s)|·min(A(s), 0)`.
+///
+/// Truncated leaves are masked (the default [`EstimateOptions`]); expects a rollout that
+/// passes [`TaskRollout::validate`].
 pub fn treerl(rollout: &TaskRollout) -> AdvantageOutput {
-    let scan = Scan::new(rollout);
+    treerl_scan(rollout, &Scan::new(rollout, true))
+}
+
+fn treerl_scan(rollout: &TaskRollout, scan: &Scan) -> AdvantageOutput {
     let v_root = plain_mean(&scan.rewards);
     let mut out = scan.empty_output(rollout, Estimator::TreeRl);
+    // The last fork point above each node (None: the root); parents precede children.
+    let mut fork: Vec<Option<NodeId>> = vec![None; rollout.nodes.len()];
+    for node in &rollout.nodes {
+        if let Some(p) = node.parent {
+            fork[node.id as usize] = if scan.counts[p as usize] > scan.counts[node.id as usize] {
+                Some(p)
+            } else {
+                fork[p as usize]
+            };
+        }
+    }
     for node in &rollout.nodes {
         let s = node.id as usize;
         let count = scan.counts[s];
@@ -292,7 +378,7 @@ pub fn treerl(rollout: &TaskRollout) -> AdvantageOutput {
             continue;
         }
         let v = scan.value[s];
-        let v_parent = node.parent.map_or(v_root, |p| scan.value[p as usize]);
+        let v_parent = fork[s].map_or(v_root, |p| scan.value[p as usize]);
         let a = ((v - v_root) + (v - v_parent)) / f64::from(count).sqrt();
         out.node_adv[s] = a as f32;
         out.pos_sum[s] = (f64::from(count) * a.max(0.0)) as f32;
@@ -306,7 +392,7 @@ pub fn treerl(rollout: &TaskRollout) -> AdvantageOutput {
 ///
 /// Expects a rollout that passes [`TaskRollout::validate`].
 pub fn treepo_unwhitened(rollout: &TaskRollout) -> AdvantageOutput {
-    let scan = Scan::new(rollout);
+    let scan = Scan::new(rollout, true);
     let adv = treepo_raw(rollout, &scan);
     scan.trajectory_output(rollout, Estimator::TreePo, &adv)
 }
@@ -333,9 +419,14 @@ pub fn treepo_unwhitened(rollout: &TaskRollout) -> AdvantageOutput {
 /// (it would be `{l}`, of size 1). Trees are not subgroups of their own: all trees of a task
 /// share only the prompt, which is the task subgroup already.
 ///
-/// Expects rollouts that pass [`TaskRollout::validate`].
+/// Truncated leaves are masked (the default [`EstimateOptions`]); expects rollouts that pass
+/// [`TaskRollout::validate`].
 pub fn treepo(rollouts: &[TaskRollout]) -> Vec<AdvantageOutput> {
-    let scans: Vec<Scan> = rollouts.iter().map(Scan::new).collect();
+    treepo_scans(rollouts, true)
+}
+
+fn treepo_scans(rollouts: &[TaskRollout], mask: bool) -> Vec<AdvantageOutput> {
+    let scans: Vec<Scan> = rollouts.iter().map(|r| Scan::new(r, mask)).collect();
     let raws: Vec<Vec<f64>> = rollouts
         .iter()
         .zip(&scans)
@@ -360,9 +451,13 @@ pub fn treepo(rollouts: &[TaskRollout]) -> Vec<AdvantageOutput> {
 /// baseline):
 /// `A(l) = R_l − (1 / (n − 1)) Σ_{j ≠ l} R_j` over the n leaves of the task; 0 when n = 1.
 ///
-/// Expects a rollout that passes [`TaskRollout::validate`].
+/// Truncated leaves are masked (the default [`EstimateOptions`]); expects a rollout that
+/// passes [`TaskRollout::validate`].
 pub fn rloo(rollout: &TaskRollout) -> AdvantageOutput {
-    let scan = Scan::new(rollout);
+    rloo_scan(rollout, &Scan::new(rollout, true))
+}
+
+fn rloo_scan(rollout: &TaskRollout, scan: &Scan) -> AdvantageOutput {
     let n = scan.rewards.len();
     let total: f64 = scan.rewards.iter().sum();
     let adv: Vec<f64> = if n < 2 {
@@ -377,13 +472,14 @@ pub fn rloo(rollout: &TaskRollout) -> AdvantageOutput {
     scan.trajectory_output(rollout, Estimator::Rloo, &adv)
 }
 
-/// Whether all leaf rewards of the group are equal (also true with 0 or 1 leaves): the groups
-/// whose group-relative advantages carry no signal (DESIGN §9 `metrics.zero_adv_groups_frac`).
+/// Whether all rewards of the group's finished (not truncated) leaves are equal (also true with
+/// 0 or 1 of them): the groups whose group-relative advantages carry no signal once truncated
+/// leaves are masked (DESIGN §9 `metrics.zero_adv_groups_frac`).
 pub fn zero_adv_group(rollout: &TaskRollout) -> bool {
     let mut rewards = rollout
         .nodes
         .iter()
-        .filter_map(|n| n.leaf.map(|l| l.reward));
+        .filter_map(|n| n.leaf.filter(|l| !l.truncated).map(|l| l.reward));
     match rewards.next() {
         None => true,
         Some(first) => rewards.all(|r| r == first),
@@ -460,56 +556,93 @@ fn treepo_raw(rollout: &TaskRollout, scan: &Scan) -> Vec<f64> {
 
 /// Leaves, rewards, leaf counts and values of a task group, computed once per estimator call.
 struct Scan {
-    /// Leaf ids in id order.
+    /// Ids of the leaves that take part, in id order.
     leaves: Vec<NodeId>,
+    /// Masked (budget-truncated) leaves, which take part in nothing.
+    masked: Vec<NodeId>,
     /// Reward of each leaf, in `leaves` order.
     rewards: Vec<f64>,
     /// Leaves below each node.
     counts: Vec<u32>,
     /// Mean leaf reward below each node (0 where there are none).
     value: Vec<f64>,
+    /// `counts` and `value` over every leaf, masked ones included (the exported columns).
+    all_counts: Vec<u32>,
+    all_value: Vec<f64>,
+}
+
+/// Leaves below each node and their mean reward (0 where there are none), over `leaves`.
+fn counts_and_values(
+    rollout: &TaskRollout,
+    leaves: &[NodeId],
+    rewards: &[f64],
+) -> (Vec<u32>, Vec<f64>) {
+    let n = rollout.nodes.len();
+    let mut counts = vec![0u32; n];
+    let mut sums = vec![0f64; n];
+    for (&leaf, &r) in leaves.iter().zip(rewards) {
+        for s in rollout.path(leaf) {
+            counts[s as usize] += 1;
+            sums[s as usize] += r;
+        }
+    }
+    let value = sums
+        .iter()
+        .zip(&counts)
+        .map(|(&sum, &c)| if c == 0 { 0.0 } else { sum / f64::from(c) })
+        .collect();
+    (counts, value)
 }
 
 impl Scan {
-    fn new(rollout: &TaskRollout) -> Self {
-        let n = rollout.nodes.len();
-        let leaves = rollout.leaves();
+    fn new(rollout: &TaskRollout, mask_truncated: bool) -> Self {
+        let (masked, leaves): (Vec<NodeId>, Vec<NodeId>) = rollout
+            .leaves()
+            .into_iter()
+            .partition(|&l| mask_truncated && rollout.node(l).leaf.is_some_and(|i| i.truncated));
         let rewards: Vec<f64> = leaves
             .iter()
             .map(|&l| f64::from(rollout.node(l).leaf.map_or(0.0, |i| i.reward)))
             .collect();
-        let mut counts = vec![0u32; n];
-        let mut sums = vec![0f64; n];
-        for (&leaf, &r) in leaves.iter().zip(&rewards) {
-            for s in rollout.path(leaf) {
-                counts[s as usize] += 1;
-                sums[s as usize] += r;
-            }
-        }
-        let value = sums
-            .iter()
-            .zip(&counts)
-            .map(|(&sum, &c)| if c == 0 { 0.0 } else { sum / f64::from(c) })
-            .collect();
+        let (counts, value) = counts_and_values(rollout, &leaves, &rewards);
+        // The exported statistics describe the whole tree: masked leaves count, with reward 0.
+        let (all_counts, all_value) = if masked.is_empty() {
+            (counts.clone(), value.clone())
+        } else {
+            let all = rollout.leaves();
+            let all_rewards: Vec<f64> = all
+                .iter()
+                .map(|&l| f64::from(rollout.node(l).leaf.map_or(0.0, |i| i.reward)))
+                .collect();
+            counts_and_values(rollout, &all, &all_rewards)
+        };
         Scan {
             leaves,
+            masked,
             rewards,
             counts,
             value,
+            all_counts,
+            all_value,
         }
     }
 
     fn empty_output(&self, rollout: &TaskRollout, estimator: Estimator) -> AdvantageOutput {
         let n = rollout.nodes.len();
+        let mut masked = vec![false; n];
+        for &l in &self.masked {
+            masked[l as usize] = true;
+        }
         AdvantageOutput {
             task_id: rollout.task_id,
             estimator,
+            masked,
             leaf_adv: vec![None; n],
             node_adv: vec![0.0; n],
             pos_sum: vec![0.0; n],
             neg_sum: vec![0.0; n],
-            leaves_below: self.counts.clone(),
-            value: self.value.iter().map(|&v| v as f32).collect(),
+            leaves_below: self.all_counts.clone(),
+            value: self.all_value.iter().map(|&v| v as f32).collect(),
         }
     }
 
@@ -643,16 +776,36 @@ mod tests {
         check_common(&out);
         // Tree 0 leaves [1, 0]: mean 0.5, std = sqrt((0.25 + 0.25)/1) = 0.707107,
         //   intra z = ±0.5/0.707108 = ±0.707106.
-        // Tree 1 has one leaf: mean 0, std 1, intra z = 1/(1 + 1e-6) = 0.999999.
+        // Tree 1 has one leaf: nothing to compare with, intra term 0 (DESIGN §6).
         // Inter (task) z as in grpo: 0.577349 / −1.154699.
         // a2 = 0.707106 + 0.577349 = 1.284455; a3 = −0.707106 − 1.154699 = −1.861804;
-        // a4 = 0.999999 + 0.577349 = 1.577348.
-        let (a2, a3, a4) = (1.284455, -1.861804, 1.577348);
+        // a4 = 0 + 0.577349 = 0.577349.
+        let (a2, a3, a4) = (1.284455, -1.861804, 0.577349);
         close_leaves(&out.leaf_adv, &[None, None, Some(a2), Some(a3), Some(a4)]);
         // a0 = 1.284455 − 1.861804 = −0.577349.
         close_all(&out.node_adv, &[-0.577349, 0.0, a2, a3, a4]);
         close_all(&out.pos_sum, &[a2, 0.0, a2, 0.0, a4]);
         close_all(&out.neg_sum, &[a3, 0.0, 0.0, a3, 0.0]);
+    }
+
+    /// Chains: every tree has one leaf, so tree-GRPO's intra term vanishes and it equals GRPO
+    /// bit for bit (the chain baseline is plain GRPO whatever estimator is configured).
+    #[test]
+    fn tree_grpo_on_one_leaf_trees_is_grpo_exactly() {
+        let mut g = TaskRollout::new(4, "p", vec![1]);
+        for (i, r) in [1.0, 0.0, 0.0, 1.0, 0.5, 0.0, 1.0].into_iter().enumerate() {
+            let t = g.new_tree();
+            let a0 = act(&mut g, None, t, 1 + i % 3);
+            let o1 = obs(&mut g, a0);
+            let a2 = act(&mut g, Some(o1), t, 2);
+            leaf(&mut g, a2, r);
+        }
+        let batch = [g];
+        let tg = estimate(Estimator::TreeGrpo, &batch).unwrap().remove(0);
+        let gr = estimate(Estimator::Grpo, &batch).unwrap().remove(0);
+        assert_eq!(tg.leaf_adv, gr.leaf_adv);
+        assert_eq!(tg.node_adv, gr.node_adv);
+        assert_eq!((tg.pos_sum, tg.neg_sum), (gr.pos_sum, gr.neg_sum));
     }
 
     #[test]
@@ -791,9 +944,10 @@ mod tests {
         let out = one(Estimator::Grpo);
         close_leaves(&out.leaf_adv, &[None, None, Some(0.999999)]);
         close_all(&out.node_adv, &[0.999999, 0.0, 0.999999]);
-        // tree-grpo: the tree and the task are both groups of size 1: 2 · 0.999999.
+        // tree-grpo: the task term is a group of size 1 (0.999999); a one-leaf tree has intra
+        // term 0.
         let out = one(Estimator::TreeGrpo);
-        close_leaves(&out.leaf_adv, &[None, None, Some(1.999998)]);
+        close_leaves(&out.leaf_adv, &[None, None, Some(0.999999)]);
         // rloo: no other trajectory, 0.
         let out = one(Estimator::Rloo);
         close_leaves(&out.leaf_adv, &[None, None, Some(0.0)]);
@@ -814,24 +968,13 @@ mod tests {
         g.nodes[3].leaf = Some(LeafInfo::finished(1.0, Outcome::Solved));
         assert!(zero_adv_group(&g));
         let batch = [g];
-        for e in [
-            Estimator::Grpo,
-            Estimator::Rloo,
-            Estimator::TreeRl,
-            Estimator::TreePo,
-        ] {
+        // tree-grpo too: tree 1's single leaf has intra term 0, not 1/(1 + ε).
+        for e in Estimator::ALL {
             let out = estimate(e, &batch).unwrap().remove(0);
             assert!(out.node_adv.iter().all(|&a| a == 0.0), "{e}: {out:?}");
             assert!(out.pos_sum.iter().all(|&a| a == 0.0), "{e}");
             assert!(out.neg_sum.iter().all(|&a| a == 0.0), "{e}");
         }
-        // tree-grpo is not zero here: tree 1 has a single leaf, whose intra-tree term is
-        // 1/(1 + 1e-6) = 0.999999 (size-1 rule); tree 0's leaves and the task terms are 0.
-        let out = estimate(Estimator::TreeGrpo, &batch).unwrap().remove(0);
-        close_leaves(
-            &out.leaf_adv,
-            &[None, None, Some(0.0), Some(0.0), Some(0.999999)],
-        );
     }
 
     #[test]
@@ -853,20 +996,43 @@ mod tests {
         // V(root) = V(a0) = 2/3; V(o1) = 1; V(o2) = 0.
         close_all(&out.value, &[0.666667, 1.0, 0.0, 1.0, 1.0, 0.0]);
         // a0: (0 + 0)/sqrt(3) = 0. o1, o2: observations, 0 (and no pos/neg mass).
-        // a3, a4: ((1 − 2/3) + (1 − V(o1) = 1))/1 = 0.333333 (with V(a0) it would be 0.666667).
-        // a5: ((0 − 2/3) + (0 − V(o2) = 0))/1 = −0.666667.
+        // a3, a4: o1 has 2 leaves, more than a3's 1: the fork point is o1.
+        //   ((1 − 2/3) + (1 − V(o1) = 1))/1 = 0.333333 (with V(a0) it would be 0.666667).
+        // a5: o2 has a5's single leaf, a0 has 3: the fork point is a0.
+        //   ((0 − 2/3) + (0 − V(a0) = 2/3))/1 = −1.333333 (with V(o2) it would be −0.666667).
         close_all(
             &out.node_adv,
-            &[0.0, 0.0, 0.0, 0.333333, 0.333333, -0.666667],
+            &[0.0, 0.0, 0.0, 0.333333, 0.333333, -1.333333],
         );
         close_all(&out.pos_sum, &[0.0, 0.0, 0.0, 0.333333, 0.333333, 0.0]);
-        close_all(&out.neg_sum, &[0.0, 0.0, 0.0, 0.0, 0.0, -0.666667]);
+        close_all(&out.neg_sum, &[0.0, 0.0, 0.0, 0.0, 0.0, -1.333333]);
         assert_eq!(out.leaves_below, vec![3, 2, 1, 1, 1, 1]);
     }
 
+    /// TreeRL's local term on a chain forked at the root: tree 0 = a0 -> o1 -> a2 (R = 1) and
+    /// a second top node a3 (R = 0). a2's parent o1 (and o1's parent a0) have a2's single leaf,
+    /// so its last fork point is the root.
     #[test]
-    fn truncated_leaves_count_with_reward_zero() {
-        // Reference tree with a4 truncated instead of R = 1: rewards [1, 0, 0 (truncated)].
+    fn treerl_local_term_uses_the_last_fork_point() {
+        let mut g = TaskRollout::new(6, "p", vec![1]);
+        let t = g.new_tree();
+        let a0 = act(&mut g, None, t, 2);
+        let o1 = obs(&mut g, a0);
+        let a2 = act(&mut g, Some(o1), t, 3);
+        let a3 = act(&mut g, None, t, 1);
+        leaf(&mut g, a2, 1.0);
+        leaf(&mut g, a3, 0.0);
+        let out = treerl(&g);
+        // V(root) = 0.5; V(a0) = V(o1) = V(a2) = 1; V(a3) = 0.
+        // a0: ((1 − 0.5) + (1 − 0.5))/1 = 1.
+        // a2: ((1 − 0.5) + (1 − V(root) = 0.5))/1 = 1 (parent-based LA would give 0.5).
+        // a3: ((0 − 0.5) + (0 − 0.5))/1 = −1.
+        close_all(&out.node_adv, &[1.0, 0.0, 1.0, -1.0]);
+        close_all(&out.value, &[1.0, 1.0, 1.0, 0.0]);
+    }
+
+    /// The reference tree with a4 cut by the budget instead of R = 1.
+    fn reference_truncated() -> TaskRollout {
         let mut g = TaskRollout::new(5, "p", vec![1]);
         let (t0, t1) = (g.new_tree(), g.new_tree());
         let a0 = act(&mut g, None, t0, 2);
@@ -877,19 +1043,64 @@ mod tests {
         leaf(&mut g, a2, 1.0);
         leaf(&mut g, a3, 0.0);
         g.set_leaf(a4, LeafInfo::truncated(None)).unwrap();
-        let batch = [g];
-        // grpo: mean 1/3, std = sqrt(((2/3)² + 2·(1/3)²)/2) = sqrt(1/3) = 0.577350:
-        // a2 = (2/3)/0.577351 = 1.154699, a3 = a4 = (−1/3)/0.577351 = −0.577349.
+        g
+    }
+
+    #[test]
+    fn truncated_leaves_are_masked_by_default() {
+        let batch = [reference_truncated()];
+        for e in Estimator::ALL {
+            let out = estimate(e, &batch).unwrap().remove(0);
+            assert_eq!(out.masked, vec![false, false, false, false, true], "{e}");
+            assert_eq!(out.leaf_adv[4], None, "{e}");
+            assert_eq!(
+                (out.node_adv[4], out.pos_sum[4], out.neg_sum[4]),
+                (0.0, 0.0, 0.0)
+            );
+            assert_eq!(out.token_advantage(4, 4), 0.0, "{e}");
+            assert_eq!(out.leaves_below, vec![2, 2, 1, 1, 1], "{e}");
+        }
+        // grpo over the two finished leaves [1, 0]: mean 0.5, std 0.707107 → ±0.707106.
+        let z = 0.5 / (0.5f64.sqrt() + 1e-6);
         let out = estimate(Estimator::Grpo, &batch).unwrap().remove(0);
+        close_leaves(&out.leaf_adv, &[None, None, Some(z), Some(-z), None]);
+        // rloo: 1 − 0 = 1, 0 − 1 = −1.
+        let out = estimate(Estimator::Rloo, &batch).unwrap().remove(0);
+        close_leaves(&out.leaf_adv, &[None, None, Some(1.0), Some(-1.0), None]);
+        // treerl: V(root) = 0.5 = V(a0): a0 gets 0; a2 = (0.5 + 0.5)/1 = 1.
+        let out = estimate(Estimator::TreeRl, &batch).unwrap().remove(0);
+        close_all(&out.node_adv, &[0.0, 0.0, 1.0, -1.0, 0.0]);
+        // The truncated leaf is not an outcome: [1, 0] is a mixed group.
+        let mut equal = reference_truncated();
+        equal.nodes[3].leaf = Some(LeafInfo::finished(1.0, Outcome::Solved));
+        assert!(zero_adv_group(&equal));
+    }
+
+    #[test]
+    fn unmasked_truncated_leaves_count_with_reward_zero() {
+        let batch = [reference_truncated()];
+        let off = EstimateOptions {
+            mask_truncated: false,
+        };
+        // grpo: rewards [1, 0, 0]: mean 1/3, std = sqrt(((2/3)² + 2·(1/3)²)/2) = 0.577350:
+        // a2 = (2/3)/0.577351 = 1.154699, a3 = a4 = (−1/3)/0.577351 = −0.577349.
+        let out = estimate_with(Estimator::Grpo, &batch, off)
+            .unwrap()
+            .remove(0);
         close_leaves(
             &out.leaf_adv,
             &[None, None, Some(1.154699), Some(-0.577349), Some(-0.577349)],
         );
+        assert!(out.masked.iter().all(|&m| !m));
         // rloo: a4 = 0 − (1 + 0)/2 = −0.5.
-        let out = estimate(Estimator::Rloo, &batch).unwrap().remove(0);
+        let out = estimate_with(Estimator::Rloo, &batch, off)
+            .unwrap()
+            .remove(0);
         close(out.leaf_adv[4].unwrap(), -0.5);
         // treerl: V(root) = 1/3, a4 (top): 2·(0 − 1/3)/1 = −0.666667.
-        let out = estimate(Estimator::TreeRl, &batch).unwrap().remove(0);
+        let out = estimate_with(Estimator::TreeRl, &batch, off)
+            .unwrap()
+            .remove(0);
         close(out.node_adv[4], -0.666667);
         close(out.value[4], 0.0);
     }

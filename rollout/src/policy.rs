@@ -10,8 +10,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeqHandle(pub u64);
 
-/// Sampling settings for one decode call.
+/// Sampling settings for one decode call. A TOML table may give any subset of the keys; the
+/// others keep their defaults.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// Softmax temperature; 0 means greedy (argmax).
     pub temperature: f32,
@@ -19,6 +21,20 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches p (1.0 = off).
     pub top_p: f32,
+}
+
+impl SamplingParams {
+    /// The temperature T of the distribution the logprobs refer to: `softmax(logits / T)`,
+    /// without top-k / top-p truncation (as verl and TRL score the behaviour policy). It is
+    /// `temperature` when that is a positive number, and 1 for greedy decoding. The trainer
+    /// divides its logits by the same T, so sampling at T ≠ 1 stays on-policy.
+    pub fn scoring_temperature(&self) -> f32 {
+        if self.temperature.is_finite() && self.temperature > 0.0 {
+            self.temperature
+        } else {
+            1.0
+        }
+    }
 }
 
 impl Default for SamplingParams {
@@ -48,10 +64,11 @@ pub struct DecodeRequest {
 pub struct Sampled {
     /// The token id.
     pub token: u32,
-    /// Log-probability of the token under the policy's unmodified distribution (temperature 1,
-    /// no truncation): the behaviour logprob for PPO.
+    /// Log-probability of the token under the policy's tempered distribution
+    /// `softmax(logits / T)` with T = [`SamplingParams::scoring_temperature`], without top-k /
+    /// top-p truncation: the behaviour logprob for PPO.
     pub logprob: f32,
-    /// Entropy (nats) of the policy's unmodified next-token distribution at this position.
+    /// Entropy (nats) of that tempered next-token distribution at this position.
     pub entropy: f32,
 }
 

@@ -1,8 +1,8 @@
 //! Losses on a [`DeviceBatch`]: PPO-clip policy loss with optional K3 KL and entropy terms, and
 //! SFT cross-entropy (DESIGN §8).
 //!
-//! Every target `k` has a new logprob `new_k` (log-softmax of the logits at its source position,
-//! gathered at its token), a behaviour logprob `old_k` and weights `P_k`, `N_k`, `W_k` (see
+//! Every target `k` has a new logprob `new_k` (log-softmax of the logits at its source position
+//! divided by the sampling temperature, gathered at its token), a behaviour logprob `old_k` and weights `P_k`, `N_k`, `W_k` (see
 //! [`crate::pack`]). With `r = exp(new − old)` and `clip(r) = clamp(r, 1 − ε, 1 + ε)`:
 //!
 //! ```text
@@ -35,6 +35,11 @@ pub struct PpoConfig {
     /// Whether to compute the entropy statistic even when `entropy_coef` is 0 (one more
     /// softmax-sized tensor per batch). By default, this is enabled.
     pub entropy_stats: bool,
+    /// Sampling temperature T of the rollouts: the policy (and the reference) are scored with
+    /// `log_softmax(logits / T)`, the distribution the engine's behaviour logprobs refer to
+    /// ([`rollout::policy::SamplingParams::scoring_temperature`]), as verl and TRL do. Set it to
+    /// the sampler's scoring temperature. By default, this is 1.
+    pub temperature: f32,
 }
 
 impl Default for PpoConfig {
@@ -44,14 +49,18 @@ impl Default for PpoConfig {
             kl_coef: 0.001,
             entropy_coef: 0.0,
             entropy_stats: true,
+            temperature: 1.0,
         }
     }
 }
 
 impl PpoConfig {
-    /// Checks the ranges: `0 < clip_eps < 1`, finite coefficients, `kl_coef ≥ 0`.
+    /// Checks the ranges: `0 < clip_eps < 1`, finite coefficients, `kl_coef ≥ 0`, a finite
+    /// positive temperature.
     pub fn validate(&self) -> Result<(), crate::TrainerError> {
-        let ok = self.clip_eps > 0.0
+        let ok = self.temperature.is_finite()
+            && self.temperature > 0.0
+            && self.clip_eps > 0.0
             && self.clip_eps < 1.0
             && self.kl_coef.is_finite()
             && self.kl_coef >= 0.0
@@ -109,18 +118,26 @@ impl LossStats {
     }
 }
 
-/// Log-probabilities of every target under `model`, and the full log-softmax rows they come from.
+/// Log-probabilities of every target under `model` at temperature `temperature`
+/// (`log_softmax(logits / T)`; 1 for SFT), and the full log-softmax rows they come from.
 ///
 /// # Shapes
 /// - returns `(logprobs: [K], log_softmax rows: [K, vocab])`
-pub fn target_logprobs(model: &PolicyModel, batch: &DeviceBatch) -> (Tensor<1>, Tensor<2>) {
+pub fn target_logprobs(
+    model: &PolicyModel,
+    batch: &DeviceBatch,
+    temperature: f32,
+) -> (Tensor<1>, Tensor<2>) {
     let logits = model.forward_with(
         batch.tokens.clone(),
         batch.positions.clone(),
         &batch.attention,
     );
     let [b, t, v] = logits.dims();
-    let rows = logits.reshape([b * t, v]).select(0, batch.source.clone());
+    let mut rows = logits.reshape([b * t, v]).select(0, batch.source.clone());
+    if temperature != 1.0 {
+        rows = rows.div_scalar(temperature as f64);
+    }
     let logp_rows = log_softmax(rows, 1);
     let k = batch.source.dims()[0];
     let logp = logp_rows
@@ -158,7 +175,7 @@ pub fn policy_loss(
     ref_logprob: Option<&Tensor<1>>,
     cfg: &PpoConfig,
 ) -> (Tensor<1>, LossStats) {
-    let (new, logp_rows) = target_logprobs(model, batch);
+    let (new, logp_rows) = target_logprobs(model, batch, cfg.temperature);
     let eps = cfg.clip_eps as f64;
     let ratio = (new.clone() - batch.old_logprob.clone()).exp();
     let clipped = ratio.clone().clamp(1.0 - eps, 1.0 + eps);
@@ -217,7 +234,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let db = batch.to_device_with(&device, layout).unwrap();
         let plain = batch.to_device_with(&Device::flex(), layout).unwrap();
-        let (ref_lp, _) = target_logprobs(reference, &plain);
+        let (ref_lp, _) = target_logprobs(reference, &plain, cfg.temperature);
         let (loss, stats) = policy_loss(model, &db, Some(&ref_lp.autodiff()), cfg);
         let value = scalar(loss.clone().detach());
         let grads = GradientsParams::from_grads(loss.backward(), model);

@@ -50,7 +50,9 @@
 //!
 //! # Loss aggregation ([`LossAgg`])
 //! With `n_l` the action tokens on trajectory `l`'s path and `L` the number of trajectories with
-//! at least one action token, over all groups passed to one builder call (one mini-batch):
+//! at least one action token, over all groups passed to one builder call (one mini-batch);
+//! masked trajectories ([`AdvantageOutput::masked`], budget-truncated) have `c_l = 0` and count
+//! in neither:
 //! - `token-mean`: `c_l = 1 / Σ_l n_l` (every action token of the batch weighs the same);
 //! - `seq-mean-token-mean`: `c_l = 1 / (L · n_l)` (mean over trajectories of their token mean).
 //!
@@ -223,11 +225,13 @@ impl PackedSequence {
 fn leaf_weights(groups: &[(&TaskRollout, &AdvantageOutput)], agg: LossAgg) -> Vec<Vec<f64>> {
     let counts: Vec<Vec<usize>> = groups
         .iter()
-        .map(|(r, _)| {
+        .map(|(r, adv)| {
             r.nodes
                 .iter()
                 .map(|n| {
-                    if n.is_leaf() {
+                    // A masked (budget-truncated) trajectory carries no loss and does not count
+                    // in the aggregation.
+                    if n.is_leaf() && !adv.masked[n.id as usize] {
                         r.path_action_tokens(n.id)
                     } else {
                         0
@@ -256,7 +260,7 @@ fn leaf_weights(groups: &[(&TaskRollout, &AdvantageOutput)], agg: LossAgg) -> Ve
 /// Checks the group's structure against what packing relies on.
 fn check_group(rollout: &TaskRollout, adv: &AdvantageOutput) -> Result<(), TrainerError> {
     let n = rollout.nodes.len();
-    if adv.leaf_adv.len() != n || adv.node_adv.len() != n {
+    if adv.leaf_adv.len() != n || adv.node_adv.len() != n || adv.masked.len() != n {
         return Err(TrainerError::batch(format!(
             "task {}: advantages cover {} nodes, the rollout has {n}",
             rollout.task_id,
@@ -876,6 +880,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A budget-truncated leaf (masked by default) carries no loss: no flattened row, zero
+    /// weights on its own tokens, and it does not count in the token mean.
+    #[test]
+    fn truncated_leaves_carry_no_loss() {
+        let mut r = sample();
+        r.nodes[3].leaf = Some(LeafInfo::truncated(None)); // c = [7, 8] cut by the budget
+        let adv = grpo(&r);
+        assert!(adv.masked[3]);
+        let flat = flatten_trees(&[(&r, &adv)], LossAgg::TokenMean).unwrap();
+        assert_eq!(flat.len(), 2, "rows for b and d only");
+        let packed = pack_trees(&[(&r, &adv)], LossAgg::TokenMean).unwrap();
+        let targets: Vec<&Target> = packed.iter().flat_map(|s| &s.targets).collect();
+        // a (2 tokens) is on b's path only now: token mean over a, b (3) and d (1) = 4 tokens.
+        let w = |token: u32| targets.iter().find(|t| t.token == token).unwrap().weight;
+        assert!((w(3) - 0.25).abs() < 1e-7 && (w(9) - 0.25).abs() < 1e-7);
+        for t in targets.iter().filter(|t| t.token == 7 || t.token == 8) {
+            assert_eq!((t.pos_weight, t.neg_weight, t.weight), (0.0, 0.0, 0.0));
+        }
+        let total: f32 = targets.iter().map(|t| t.weight).sum();
+        assert!((total - 1.0).abs() < 1e-6);
     }
 
     #[test]

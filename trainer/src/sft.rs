@@ -68,7 +68,7 @@ pub fn sft_batch(demos: &[Encoded]) -> Result<TrainBatch, TrainerError> {
 /// # Shapes
 /// - returns a loss of shape `[1]`
 pub fn sft_loss(model: &PolicyModel, batch: &DeviceBatch) -> (Tensor<1>, LossStats) {
-    let (logp, _) = target_logprobs(model, batch);
+    let (logp, _) = target_logprobs(model, batch, 1.0);
     let loss = (batch.weight.clone() * logp).sum().neg();
     let stats = LossStats {
         loss: scalar(loss.clone().detach()),

@@ -309,13 +309,14 @@ impl Trainer {
             return Ok(vec![None; shards.len()]);
         };
         let plain = self.device.clone().without_autodiff();
+        let temperature = self.config.ppo.temperature;
         std::thread::scope(|s| {
             let handles: Vec<_> = shards
                 .iter()
                 .map(|b| {
                     let plain = &plain;
                     s.spawn(move || -> Result<Tensor<1>, TrainerError> {
-                        Ok(target_logprobs(reference, &b.to_device(plain)?).0)
+                        Ok(target_logprobs(reference, &b.to_device(plain)?, temperature).0)
                     })
                 })
                 .collect();

@@ -24,9 +24,14 @@ pub const METRICS_CSV_FILE: &str = "metrics.csv";
 /// One row of `metrics.parquet` / `metrics.csv`: one step of one phase (DESIGN §9). Counters are
 /// `u64`, everything else `f64`. A value that does not apply to a phase is 0 (for example `kl`
 /// in SFT) and a ratio without a denominator is NaN (`tokens_per_success` with no success).
+///
+/// Phases: `sft` and `rl` rows are training steps; `eval` rows are held-out evaluations
+/// (`success_rate` is the held-out success, `success_stderr` its standard error, and
+/// `cumulative_generated_tokens` the RL tokens generated before it), so a learning curve
+/// against generated tokens is one query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsRow {
-    /// Step within the phase.
+    /// Step within the phase (for `eval`: the RL steps completed before the evaluation).
     pub step: u64,
     /// Phase (`"sft"`, `"rl"`, `"eval"`, …; the caller's word).
     pub phase: String,
@@ -34,18 +39,28 @@ pub struct MetricsRow {
     pub reward_mean: f64,
     /// Share of trajectories that succeeded.
     pub success_rate: f64,
+    /// Standard error of `success_rate` (eval rows; 0 elsewhere).
+    pub success_stderr: f64,
+    /// Share of task groups with at least one successful trajectory.
+    pub task_success: f64,
+    /// Standard deviation of the leaf rewards.
+    pub reward_std: f64,
     /// Training loss.
     pub loss: f64,
     /// KL to the reference policy.
     pub kl: f64,
     /// Mean policy entropy.
     pub entropy: f64,
+    /// Weighted share of trained tokens whose PPO ratio was clipped.
+    pub clip_frac: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     /// Learning rate.
     pub lr: f64,
     /// Policy-generated tokens (shared prefixes counted once).
     pub generated_tokens: u64,
+    /// RL-generated tokens of the run up to and including this row (eval rows: before it).
+    pub cumulative_generated_tokens: u64,
     /// Prompt and observation tokens pushed through the policy.
     pub prefill_tokens: u64,
     /// Context tokens served from the shared-prefix cache.
@@ -58,10 +73,14 @@ pub struct MetricsRow {
     pub distinct_trajectories: u64,
     /// Trajectories cut by the budget or the context window.
     pub truncated: u64,
-    /// Share of task groups whose rewards are all equal.
+    /// Share of task groups whose finished trajectories all have the same reward.
     pub zero_adv_groups_frac: f64,
     /// Generated tokens per solved task group (NaN when none was solved).
     pub tokens_per_success: f64,
+    /// Mean action tokens on a trajectory's path.
+    pub response_len_mean: f64,
+    /// Action tokens on the longest trajectory's path.
+    pub response_len_max: u64,
     /// Generated (or, for SFT, trained) tokens per second.
     pub tokens_per_s: f64,
     /// Wall time of the step in milliseconds.
@@ -76,12 +95,17 @@ impl MetricsRow {
             phase: phase.into(),
             reward_mean: 0.0,
             success_rate: 0.0,
+            success_stderr: 0.0,
+            task_success: 0.0,
+            reward_std: 0.0,
             loss: 0.0,
             kl: 0.0,
             entropy: 0.0,
+            clip_frac: 0.0,
             grad_norm: 0.0,
             lr: 0.0,
             generated_tokens: 0,
+            cumulative_generated_tokens: 0,
             prefill_tokens: 0,
             cached_tokens: 0,
             cache_read_share: 0.0,
@@ -90,6 +114,8 @@ impl MetricsRow {
             truncated: 0,
             zero_adv_groups_frac: 0.0,
             tokens_per_success: f64::NAN,
+            response_len_mean: 0.0,
+            response_len_max: 0,
             tokens_per_s: 0.0,
             wall_ms: 0,
         }
@@ -99,6 +125,7 @@ impl MetricsRow {
     /// `tokens_per_success` = generated tokens / solved groups (NaN when none),
     /// `zero_adv_groups_frac` = zero-advantage groups / groups, `tokens_per_s` and `wall_ms`
     /// from the sampler's wall time (overwrite both with the whole step's time if preferred).
+    /// `cumulative_generated_tokens` is left at 0 for the caller.
     pub fn from_sampler(step: u64, phase: impl Into<String>, stats: &SamplerStats) -> Self {
         let per = |num: f64, den: u64| {
             if den == 0 { f64::NAN } else { num / den as f64 }
@@ -106,6 +133,8 @@ impl MetricsRow {
         MetricsRow {
             reward_mean: stats.reward_mean(),
             success_rate: stats.success_rate(),
+            task_success: stats.task_success_rate(),
+            reward_std: stats.reward_std(),
             generated_tokens: stats.generated_tokens,
             prefill_tokens: stats.prefill_tokens,
             cached_tokens: stats.cached_tokens,
@@ -119,6 +148,8 @@ impl MetricsRow {
                 stats.zero_adv_groups as f64 / stats.groups as f64
             },
             tokens_per_success: per(stats.generated_tokens as f64, stats.solved_groups),
+            response_len_mean: stats.response_len_mean(),
+            response_len_max: stats.response_tokens_max,
             tokens_per_s: stats.generated_tokens as f64 * 1000.0 / (stats.wall_ms as f64).max(1.0),
             wall_ms: stats.wall_ms,
             ..MetricsRow::new(step, phase)
@@ -126,123 +157,157 @@ impl MetricsRow {
     }
 }
 
-/// The column names of the metrics table, in order.
-const COLUMNS: [&str; 20] = [
-    "step",
-    "phase",
-    "reward_mean",
-    "success_rate",
-    "loss",
-    "kl",
-    "entropy",
-    "grad_norm",
-    "lr",
-    "generated_tokens",
-    "prefill_tokens",
-    "cached_tokens",
-    "cache_read_share",
-    "trajectories",
-    "distinct_trajectories",
-    "truncated",
-    "zero_adv_groups_frac",
-    "tokens_per_success",
-    "tokens_per_s",
-    "wall_ms",
+/// How one numeric column is read from and written to a row.
+#[derive(Clone, Copy)]
+enum Access {
+    /// A `UInt64` column.
+    U64(fn(&MetricsRow) -> u64, fn(&mut MetricsRow, u64)),
+    /// A `Float64` column.
+    F64(fn(&MetricsRow) -> f64, fn(&mut MetricsRow, f64)),
+}
+
+/// The numeric columns after `step` and `phase`, in file order: the one place that lists them
+/// (schema, Parquet batch, CSV and reader all walk it).
+const NUMERIC: &[(&str, Access)] = &[
+    (
+        "reward_mean",
+        Access::F64(|r| r.reward_mean, |r, v| r.reward_mean = v),
+    ),
+    (
+        "success_rate",
+        Access::F64(|r| r.success_rate, |r, v| r.success_rate = v),
+    ),
+    (
+        "success_stderr",
+        Access::F64(|r| r.success_stderr, |r, v| r.success_stderr = v),
+    ),
+    (
+        "task_success",
+        Access::F64(|r| r.task_success, |r, v| r.task_success = v),
+    ),
+    (
+        "reward_std",
+        Access::F64(|r| r.reward_std, |r, v| r.reward_std = v),
+    ),
+    ("loss", Access::F64(|r| r.loss, |r, v| r.loss = v)),
+    ("kl", Access::F64(|r| r.kl, |r, v| r.kl = v)),
+    ("entropy", Access::F64(|r| r.entropy, |r, v| r.entropy = v)),
+    (
+        "clip_frac",
+        Access::F64(|r| r.clip_frac, |r, v| r.clip_frac = v),
+    ),
+    (
+        "grad_norm",
+        Access::F64(|r| r.grad_norm, |r, v| r.grad_norm = v),
+    ),
+    ("lr", Access::F64(|r| r.lr, |r, v| r.lr = v)),
+    (
+        "generated_tokens",
+        Access::U64(|r| r.generated_tokens, |r, v| r.generated_tokens = v),
+    ),
+    (
+        "cumulative_generated_tokens",
+        Access::U64(
+            |r| r.cumulative_generated_tokens,
+            |r, v| r.cumulative_generated_tokens = v,
+        ),
+    ),
+    (
+        "prefill_tokens",
+        Access::U64(|r| r.prefill_tokens, |r, v| r.prefill_tokens = v),
+    ),
+    (
+        "cached_tokens",
+        Access::U64(|r| r.cached_tokens, |r, v| r.cached_tokens = v),
+    ),
+    (
+        "cache_read_share",
+        Access::F64(|r| r.cache_read_share, |r, v| r.cache_read_share = v),
+    ),
+    (
+        "trajectories",
+        Access::U64(|r| r.trajectories, |r, v| r.trajectories = v),
+    ),
+    (
+        "distinct_trajectories",
+        Access::U64(
+            |r| r.distinct_trajectories,
+            |r, v| r.distinct_trajectories = v,
+        ),
+    ),
+    (
+        "truncated",
+        Access::U64(|r| r.truncated, |r, v| r.truncated = v),
+    ),
+    (
+        "zero_adv_groups_frac",
+        Access::F64(
+            |r| r.zero_adv_groups_frac,
+            |r, v| r.zero_adv_groups_frac = v,
+        ),
+    ),
+    (
+        "tokens_per_success",
+        Access::F64(|r| r.tokens_per_success, |r, v| r.tokens_per_success = v),
+    ),
+    (
+        "response_len_mean",
+        Access::F64(|r| r.response_len_mean, |r, v| r.response_len_mean = v),
+    ),
+    (
+        "response_len_max",
+        Access::U64(|r| r.response_len_max, |r, v| r.response_len_max = v),
+    ),
+    (
+        "tokens_per_s",
+        Access::F64(|r| r.tokens_per_s, |r, v| r.tokens_per_s = v),
+    ),
+    ("wall_ms", Access::U64(|r| r.wall_ms, |r, v| r.wall_ms = v)),
 ];
 
-/// Columns stored as `UInt64` (besides `step`); the rest after `phase` are `Float64`.
-const COUNTERS: [&str; 7] = [
-    "generated_tokens",
-    "prefill_tokens",
-    "cached_tokens",
-    "trajectories",
-    "distinct_trajectories",
-    "truncated",
-    "wall_ms",
-];
+/// The numeric columns, in file order.
+fn numeric() -> impl Iterator<Item = (&'static str, Access)> {
+    NUMERIC.iter().copied()
+}
+
+/// The column names of the metrics table, in order.
+pub fn metrics_columns() -> Vec<&'static str> {
+    ["step", "phase"]
+        .into_iter()
+        .chain(numeric().map(|(n, _)| n))
+        .collect()
+}
 
 /// The Arrow schema of `metrics.parquet` (DESIGN §9): `step` UInt64, `phase` Utf8, the counters
 /// UInt64, everything else Float64; no column is nullable.
 pub fn metrics_schema() -> SchemaRef {
-    let fields = COLUMNS
-        .iter()
-        .map(|&name| {
-            let ty = match name {
-                "phase" => DataType::Utf8,
-                "step" => DataType::UInt64,
-                n if COUNTERS.contains(&n) => DataType::UInt64,
-                _ => DataType::Float64,
-            };
-            Field::new(name, ty, false)
-        })
-        .collect::<Vec<_>>();
+    let mut fields = vec![
+        Field::new("step", DataType::UInt64, false),
+        Field::new("phase", DataType::Utf8, false),
+    ];
+    fields.extend(numeric().map(|(name, access)| {
+        let ty = match access {
+            Access::U64(..) => DataType::UInt64,
+            Access::F64(..) => DataType::Float64,
+        };
+        Field::new(name, ty, false)
+    }));
     Arc::new(Schema::new(fields))
 }
 
-/// One value of a row as the CSV writes it.
-enum Cell<'a> {
-    U64(u64),
-    F64(f64),
-    Str(&'a str),
-}
-
-fn cells(r: &MetricsRow) -> [Cell<'_>; 20] {
-    use Cell::*;
-    [
-        U64(r.step),
-        Str(&r.phase),
-        F64(r.reward_mean),
-        F64(r.success_rate),
-        F64(r.loss),
-        F64(r.kl),
-        F64(r.entropy),
-        F64(r.grad_norm),
-        F64(r.lr),
-        U64(r.generated_tokens),
-        U64(r.prefill_tokens),
-        U64(r.cached_tokens),
-        F64(r.cache_read_share),
-        U64(r.trajectories),
-        U64(r.distinct_trajectories),
-        U64(r.truncated),
-        F64(r.zero_adv_groups_frac),
-        F64(r.tokens_per_success),
-        F64(r.tokens_per_s),
-        U64(r.wall_ms),
-    ]
-}
-
 fn metrics_batch(rows: &[MetricsRow]) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let f = |get: fn(&MetricsRow) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(get)))
-    };
-    let u = |get: fn(&MetricsRow) -> u64| -> ArrayRef {
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(get)))
-    };
-    let columns = vec![
-        u(|r| r.step),
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.step))),
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.phase.as_str()),
         )),
-        f(|r| r.reward_mean),
-        f(|r| r.success_rate),
-        f(|r| r.loss),
-        f(|r| r.kl),
-        f(|r| r.entropy),
-        f(|r| r.grad_norm),
-        f(|r| r.lr),
-        u(|r| r.generated_tokens),
-        u(|r| r.prefill_tokens),
-        u(|r| r.cached_tokens),
-        f(|r| r.cache_read_share),
-        u(|r| r.trajectories),
-        u(|r| r.distinct_trajectories),
-        u(|r| r.truncated),
-        f(|r| r.zero_adv_groups_frac),
-        f(|r| r.tokens_per_success),
-        f(|r| r.tokens_per_s),
-        u(|r| r.wall_ms),
     ];
+    for (_, access) in numeric() {
+        columns.push(match access {
+            Access::U64(get, _) => Arc::new(UInt64Array::from_iter_values(rows.iter().map(get))),
+            Access::F64(get, _) => Arc::new(Float64Array::from_iter_values(rows.iter().map(get))),
+        });
+    }
     RecordBatch::try_new(metrics_schema(), columns)
 }
 
@@ -250,20 +315,19 @@ fn metrics_batch(rows: &[MetricsRow]) -> Result<RecordBatch, arrow::error::Arrow
 /// Numbers use Rust's shortest round-trip formatting (`0.1`, `3`, `NaN`, `inf`); phases are
 /// written as given (they never contain commas or quotes in arbor; a phase that does is quoted).
 pub fn metrics_csv(rows: &[MetricsRow]) -> String {
-    let mut out = COLUMNS.join(",");
+    let mut out = metrics_columns().join(",");
     out.push('\n');
     for r in rows {
-        for (i, cell) in cells(r).iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = match cell {
-                Cell::U64(v) => write!(out, "{v}"),
-                Cell::F64(v) => write!(out, "{v}"),
-                Cell::Str(s) if s.contains([',', '"', '\n', '\r']) => {
-                    write!(out, "\"{}\"", s.replace('"', "\"\""))
-                }
-                Cell::Str(s) => write!(out, "{s}"),
+        let _ = write!(out, "{},", r.step);
+        if r.phase.contains([',', '"', '\n', '\r']) {
+            let _ = write!(out, "\"{}\"", r.phase.replace('"', "\"\""));
+        } else {
+            out.push_str(&r.phase);
+        }
+        for (_, access) in numeric() {
+            let _ = match access {
+                Access::U64(get, _) => write!(out, ",{}", get(r)),
+                Access::F64(get, _) => write!(out, ",{}", get(r)),
             };
         }
         out.push('\n');
@@ -375,57 +439,25 @@ pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<MetricsRow>, DatasetEr
 fn metrics_from_batch(c: &Columns<'_>, out: &mut Vec<MetricsRow>) -> Result<(), DatasetError> {
     let step = c.u64("step")?;
     let phase = c.str("phase")?;
-    let f = |name| c.f64(name);
-    let u = |name| c.u64(name);
-    let (reward_mean, success_rate, loss, kl, entropy, grad_norm, lr) = (
-        f("reward_mean")?,
-        f("success_rate")?,
-        f("loss")?,
-        f("kl")?,
-        f("entropy")?,
-        f("grad_norm")?,
-        f("lr")?,
-    );
-    let (generated, prefill, cached, share) = (
-        u("generated_tokens")?,
-        u("prefill_tokens")?,
-        u("cached_tokens")?,
-        f("cache_read_share")?,
-    );
-    let (trajectories, distinct, truncated) = (
-        u("trajectories")?,
-        u("distinct_trajectories")?,
-        u("truncated")?,
-    );
-    let (zero_adv, per_success, per_s, wall) = (
-        f("zero_adv_groups_frac")?,
-        f("tokens_per_success")?,
-        f("tokens_per_s")?,
-        u("wall_ms")?,
-    );
+    let first = out.len();
     for i in 0..c.batch.num_rows() {
-        out.push(MetricsRow {
-            step: step.value(i),
-            phase: phase.value(i).to_string(),
-            reward_mean: reward_mean.value(i),
-            success_rate: success_rate.value(i),
-            loss: loss.value(i),
-            kl: kl.value(i),
-            entropy: entropy.value(i),
-            grad_norm: grad_norm.value(i),
-            lr: lr.value(i),
-            generated_tokens: generated.value(i),
-            prefill_tokens: prefill.value(i),
-            cached_tokens: cached.value(i),
-            cache_read_share: share.value(i),
-            trajectories: trajectories.value(i),
-            distinct_trajectories: distinct.value(i),
-            truncated: truncated.value(i),
-            zero_adv_groups_frac: zero_adv.value(i),
-            tokens_per_success: per_success.value(i),
-            tokens_per_s: per_s.value(i),
-            wall_ms: wall.value(i),
-        });
+        out.push(MetricsRow::new(step.value(i), phase.value(i)));
+    }
+    for (name, access) in numeric() {
+        match access {
+            Access::U64(_, set) => {
+                let col = c.u64(name)?;
+                for (i, row) in out[first..].iter_mut().enumerate() {
+                    set(row, col.value(i));
+                }
+            }
+            Access::F64(_, set) => {
+                let col = c.f64(name)?;
+                for (i, row) in out[first..].iter_mut().enumerate() {
+                    set(row, col.value(i));
+                }
+            }
+        }
     }
     Ok(())
 }

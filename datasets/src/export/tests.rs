@@ -218,12 +218,17 @@ fn schemas_are_exactly_design_section_9() {
     for (name, counter) in [
         ("reward_mean", false),
         ("success_rate", false),
+        ("success_stderr", false),
+        ("task_success", false),
+        ("reward_std", false),
         ("loss", false),
         ("kl", false),
         ("entropy", false),
+        ("clip_frac", false),
         ("grad_norm", false),
         ("lr", false),
         ("generated_tokens", true),
+        ("cumulative_generated_tokens", true),
         ("prefill_tokens", true),
         ("cached_tokens", true),
         ("cache_read_share", false),
@@ -232,6 +237,8 @@ fn schemas_are_exactly_design_section_9() {
         ("truncated", true),
         ("zero_adv_groups_frac", false),
         ("tokens_per_success", false),
+        ("response_len_mean", false),
+        ("response_len_max", true),
         ("tokens_per_s", false),
         ("wall_ms", true),
     ] {
@@ -281,9 +288,10 @@ fn hand_built_rows_are_exact() {
     let n = read_nodes(dir.0.join("nodes.parquet")).unwrap();
     assert_eq!(t.len(), 9);
     assert_eq!(n.len(), 15);
-    // Step 5, grpo: rewards [1, 0, 0]: mean 1/3, std sqrt(1/3).
-    let std = (1.0f64 / 3.0).sqrt();
-    let z = |r: f64| ((r - 1.0 / 3.0) / (std + 1e-6)) as f32;
+    // Step 5, grpo: rewards [1, 0]; the third trajectory is truncated, so it is masked
+    // (no advantage): mean 1/2, std sqrt(1/2).
+    let std = 0.5f64.sqrt();
+    let z = |r: f64| ((r - 0.5) / (std + 1e-6)) as f32;
     let a3 = &t[1];
     assert_eq!(
         a3,
@@ -312,6 +320,10 @@ fn hand_built_rows_are_exact() {
     assert!((a3.advantage.unwrap() - z(0.0)).abs() < 1e-6);
     assert_eq!(t[2].node_path, vec![4]);
     assert!(t[2].truncated && !t[2].success && t[2].text == "P:sea");
+    assert_eq!(
+        t[2].advantage, None,
+        "a masked trajectory has a null advantage"
+    );
     assert_eq!(
         n[1],
         NodeRow {
@@ -398,19 +410,22 @@ fn sampled_rollouts_round_trip_and_pass_the_invariants() {
     let s = check_run_files(&dir.0).unwrap();
     assert_eq!((s.steps, s.groups), (3, 9));
     assert_eq!(s.trajectories, want_t.len());
-    // Trajectory advantages are the tree-GRPO leaf advantages.
-    let adv_leaf = data[0].1[0]
-        .leaf_adv
-        .iter()
-        .flatten()
-        .copied()
-        .collect::<Vec<_>>();
-    let rows_0: Vec<f32> = want_t
+    // Trajectory advantages are the tree-GRPO leaf advantages (null for masked, truncated
+    // trajectories).
+    let adv_leaf: Vec<Option<f32>> = data[0].0[0]
+        .leaves()
+        .into_iter()
+        .map(|l| data[0].1[0].leaf_adv[l as usize])
+        .collect();
+    let rows_0: Vec<Option<f32>> = want_t
         .iter()
         .filter(|r| r.step == 0 && r.task_id == data[0].0[0].task_id)
-        .map(|r| r.advantage.unwrap())
+        .map(|r| r.advantage)
         .collect();
     assert_eq!(rows_0, adv_leaf);
+    for r in &want_t {
+        assert_eq!(r.advantage.is_none(), r.truncated, "{r:?}");
+    }
 }
 
 /// The bytes of a plain ArrowWriter streaming the same steps into one file (a row group per
@@ -715,6 +730,9 @@ fn metrics_round_trip_with_csv_copy_and_resume() {
         reward_sum: 5.0,
         zero_adv_groups: 1,
         solved_groups: 2,
+        reward_sq_sum: 5.0,
+        response_tokens: 600,
+        response_tokens_max: 70,
         wall_ms: 250,
     };
     let mut rows = vec![MetricsRow {
@@ -736,6 +754,13 @@ fn metrics_round_trip_with_csv_copy_and_resume() {
         (r.tokens_per_success, r.zero_adv_groups_frac, r.tokens_per_s),
         (500.0, 0.25, 4000.0)
     );
+    // Rewards 0/1 with mean 0.25: std sqrt(0.25 − 0.0625) = 0.433013; 2 of 4 groups solved;
+    // 600 response tokens over 20 trajectories.
+    assert!((r.reward_std - 0.1875f64.sqrt()).abs() < 1e-12);
+    assert_eq!(
+        (r.task_success, r.response_len_mean, r.response_len_max),
+        (0.5, 30.0, 70)
+    );
     m.push(rows[0].clone()).unwrap();
     m.extend(rows[1..].iter().cloned()).unwrap();
     let back = read_metrics(dir.0.join(METRICS_FILE)).unwrap();
@@ -744,15 +769,16 @@ fn metrics_round_trip_with_csv_copy_and_resume() {
     let csv = fs::read_to_string(dir.0.join(METRICS_CSV_FILE)).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines[0].starts_with("step,phase,reward_mean,success_rate,loss,kl,entropy,"));
-    assert!(lines[0].ends_with(",tokens_per_success,tokens_per_s,wall_ms"));
+    assert!(lines[0].starts_with("step,phase,reward_mean,success_rate,success_stderr,"));
+    assert!(lines[0].ends_with(",response_len_mean,response_len_max,tokens_per_s,wall_ms"));
     assert_eq!(
         lines[1],
-        "0,sft,0,0,2.5,0,0,0,0.0001,0,0,0,0,0,0,0,0,NaN,0,0"
+        "0,sft,0,0,0,0,0,2.5,0,0,0,0,0.0001,0,0,0,0,0,0,0,0,0,NaN,0,0,0,0"
     );
     assert_eq!(
         lines[2],
-        "0,rl,0.25,0.25,-0.125,0.001,0,0,0,1000,300,100,0.25,20,18,1,0.25,500,4000,250"
+        "0,rl,0.25,0.25,0,0.5,0.4330127018922193,-0.125,0.001,0,0,0,0,1000,0,300,100,0.25,20,18,1,\
+         0.25,500,30,70,4000,250"
     );
     assert!(!temp_path(&dir.0.join(METRICS_FILE)).exists());
     // Resume keeps what the filter keeps and rewrites both files.

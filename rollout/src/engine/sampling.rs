@@ -45,17 +45,26 @@ pub fn argmax(logits: &[f32]) -> usize {
 ///   probability reaches `top_p` (at least one token; `top_p` ≤ 0 keeps exactly one). Candidates
 ///   are ordered by logit, ties by lower token id, so the result is deterministic.
 ///
-/// The returned `logprob` and `entropy` are those of the unmodified distribution
-/// `softmax(logits)` (temperature 1, no truncation), as [`Sampled`] requires.
+/// The returned `logprob` and `entropy` are those of the tempered distribution
+/// `softmax(logits / T)` without top-k / top-p truncation (T = 1 when greedy), as [`Sampled`]
+/// requires: the trainer divides its logits by the same T, so sampling stays on-policy.
 ///
 /// # Shapes
 /// `logits`: `[vocab]`.
 pub fn sample_from_logits(logits: &[f32], params: &SamplingParams, rng_key: u64) -> Sampled {
-    let (lse, entropy) = log_partition_and_entropy(logits);
+    let t = params.scoring_temperature();
     let token = choose(logits, params, rng_key);
+    let (logprob, entropy) = if t == 1.0 {
+        let (lse, entropy) = log_partition_and_entropy(logits);
+        (logits[token] as f64 - lse, entropy)
+    } else {
+        let scaled: Vec<f32> = logits.iter().map(|&l| l / t).collect();
+        let (lse, entropy) = log_partition_and_entropy(&scaled);
+        (scaled[token] as f64 - lse, entropy)
+    };
     Sampled {
         token: token as u32,
-        logprob: (logits[token] as f64 - lse) as f32,
+        logprob: logprob as f32,
         entropy: entropy as f32,
     }
 }

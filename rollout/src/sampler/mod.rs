@@ -113,10 +113,17 @@ pub struct SamplerStats {
     pub successes: u64,
     /// Sum of leaf rewards.
     pub reward_sum: f64,
-    /// Groups whose leaf rewards are all equal (no learning signal for group baselines).
+    /// Groups whose finished (not truncated) leaves all have the same reward (no learning signal
+    /// for group baselines once truncated leaves are masked).
     pub zero_adv_groups: u64,
     /// Groups with at least one success.
     pub solved_groups: u64,
+    /// Sum of squared leaf rewards (with `reward_sum`, the reward spread).
+    pub reward_sq_sum: f64,
+    /// Action tokens on the paths of all leaf trajectories (the response lengths, summed).
+    pub response_tokens: u64,
+    /// Action tokens on the longest leaf trajectory's path.
+    pub response_tokens_max: u64,
     /// Wall time of the step in milliseconds.
     pub wall_ms: u64,
 }
@@ -150,6 +157,34 @@ impl SamplerStats {
         }
     }
 
+    /// Standard deviation of the leaf rewards (population, over all trajectories of the step).
+    pub fn reward_std(&self) -> f64 {
+        if self.trajectories == 0 {
+            return 0.0;
+        }
+        let n = self.trajectories as f64;
+        let mean = self.reward_sum / n;
+        (self.reward_sq_sum / n - mean * mean).max(0.0).sqrt()
+    }
+
+    /// Share of task groups with at least one successful trajectory (per-task success).
+    pub fn task_success_rate(&self) -> f64 {
+        if self.groups == 0 {
+            0.0
+        } else {
+            self.solved_groups as f64 / self.groups as f64
+        }
+    }
+
+    /// Mean action tokens on a trajectory's path (response length).
+    pub fn response_len_mean(&self) -> f64 {
+        if self.trajectories == 0 {
+            0.0
+        } else {
+            self.response_tokens as f64 / self.trajectories as f64
+        }
+    }
+
     /// Distinct trajectories per 1,000 generated tokens.
     pub fn distinct_per_1k(&self) -> f64 {
         if self.generated_tokens == 0 {
@@ -173,6 +208,9 @@ impl SamplerStats {
         self.reward_sum += other.reward_sum;
         self.zero_adv_groups += other.zero_adv_groups;
         self.solved_groups += other.solved_groups;
+        self.reward_sq_sum += other.reward_sq_sum;
+        self.response_tokens += other.response_tokens;
+        self.response_tokens_max = self.response_tokens_max.max(other.response_tokens_max);
         self.wall_ms += other.wall_ms;
     }
 }
@@ -331,24 +369,26 @@ where
     for st in &states {
         let rollout = to_rollout(st, cfg, tokenizer)?;
         let leaves = rollout.leaves();
-        let rewards: Vec<f32> = leaves
-            .iter()
-            .filter_map(|&l| rollout.node(l).leaf.as_ref().map(|i| i.reward))
-            .collect();
         stats.groups += 1;
         stats.generated_tokens += u64::from(st.generated);
         stats.trajectories += leaves.len() as u64;
         stats.distinct_trajectories += rollout.distinct_trajectories() as u64;
-        let infos = leaves.iter().filter_map(|&l| rollout.node(l).leaf.as_ref());
         let mut successes = 0;
-        for info in infos {
+        for &l in &leaves {
+            let Some(info) = rollout.node(l).leaf.as_ref() else {
+                continue;
+            };
             stats.truncated += u64::from(info.truncated);
             successes += u64::from(info.success);
             stats.reward_sum += f64::from(info.reward);
+            stats.reward_sq_sum += f64::from(info.reward) * f64::from(info.reward);
+            let len = rollout.path_action_tokens(l) as u64;
+            stats.response_tokens += len;
+            stats.response_tokens_max = stats.response_tokens_max.max(len);
         }
         stats.successes += successes;
         stats.solved_groups += u64::from(successes > 0);
-        stats.zero_adv_groups += u64::from(rewards.windows(2).all(|w| w[0] == w[1]));
+        stats.zero_adv_groups += u64::from(crate::advantage::zero_adv_group(&rollout));
         sink.accept(step, &rollout);
     }
     let after = policy.stats();
