@@ -134,15 +134,30 @@ pub enum LayoutChoice {
     },
 }
 
-/// Per-row attention structure: `allowed(i, j)` for real tokens.
+/// Per-row attention structure: `allowed(i, j)` for real tokens, in O(1) from the DFS entry
+/// and exit times of the span tree (span `m` is an ancestor of `k`, or `k` itself, iff
+/// `enter[m] <= enter[k] < exit[m]`), so memory and set-up grow with the number of spans, not
+/// its square (trees forked at token granularity have thousands of spans).
 struct RowMask<'a> {
     seq: &'a PackedSequence,
-    ancestry: Vec<Vec<bool>>,
+    enter: Vec<u32>,
+    exit: Vec<u32>,
 }
 
-impl RowMask<'_> {
+impl<'a> RowMask<'a> {
+    fn new(seq: &'a PackedSequence) -> Self {
+        let (enter, exit) = seq.span_intervals();
+        RowMask { seq, enter, exit }
+    }
+
+    /// Whether span `m` is span `k` or one of its ancestors.
+    fn contains(&self, m: u32, k: u32) -> bool {
+        let (m, k) = (m as usize, k as usize);
+        self.enter[m] <= self.enter[k] && self.enter[k] < self.exit[m]
+    }
+
     fn allowed(&self, i: usize, j: usize) -> bool {
-        j <= i && self.ancestry[self.seq.span[i] as usize][self.seq.span[j] as usize]
+        j <= i && self.contains(self.seq.span[j], self.seq.span[i])
     }
 }
 
@@ -150,13 +165,7 @@ impl AttentionLayout {
     /// The layout of `sequences` padded to a common length, and that length.
     pub fn plan(sequences: &[PackedSequence], choice: LayoutChoice) -> (AttentionLayout, usize) {
         let len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-        let rows: Vec<RowMask> = sequences
-            .iter()
-            .map(|seq| RowMask {
-                seq,
-                ancestry: seq.span_ancestry(),
-            })
-            .collect();
+        let rows: Vec<RowMask> = sequences.iter().map(RowMask::new).collect();
         let block = match choice {
             LayoutChoice::Sparse { block } => Some(block.max(1)),
             LayoutChoice::Auto if len >= SPARSE_MIN_LEN => Some(QUERY_BLOCK),
@@ -240,7 +249,8 @@ fn dense_layout(rows: &[RowMask], t: usize) -> AttentionLayout {
 }
 
 /// For every query block of every row (global block order), the sorted in-row positions of the
-/// keys its queries may attend.
+/// keys its queries may attend: the tokens of the spans on the queries' paths. Spans are
+/// contiguous runs of a row, so a block costs its queries' path lengths plus its keys.
 fn block_keys(rows: &[RowMask], t: usize, block: usize) -> Vec<Vec<u32>> {
     let nb = t / block;
     let mut out = Vec::with_capacity(rows.len() * nb);
@@ -248,26 +258,54 @@ fn block_keys(rows: &[RowMask], t: usize, block: usize) -> Vec<Vec<u32>> {
         let seq = row.seq;
         let n = seq.len();
         let spans = seq.span_parent.len();
+        // Token range of each span.
+        let mut range = vec![(usize::MAX, 0usize); spans];
+        let mut count = vec![0usize; spans];
+        for (i, &sp) in seq.span.iter().enumerate() {
+            let r = &mut range[sp as usize];
+            r.0 = r.0.min(i);
+            r.1 = r.1.max(i + 1);
+            count[sp as usize] += 1;
+        }
+        // Packing writes each span as one run; should a row ever interleave spans, fall back
+        // to scanning the row's tokens.
+        let contiguous = (0..spans).all(|m| count[m] == 0 || range[m].1 - range[m].0 == count[m]);
+        // The block that last reached each span (a walk up stops at a span already reached).
+        let mut stamp = vec![usize::MAX; spans];
         for blk in 0..nb {
             let (lo, hi) = (blk * block, (blk + 1) * block);
             let mut keys = Vec::new();
             let real_hi = hi.min(n);
             if lo < real_hi {
-                // Spans any real query of the block may attend.
-                let mut seen = vec![false; spans];
+                let mut reached: Vec<usize> = Vec::new();
                 for i in lo..real_hi {
                     if i > lo && seq.span[i] == seq.span[i - 1] {
                         continue;
                     }
-                    for (m, &a) in row.ancestry[seq.span[i] as usize].iter().enumerate() {
-                        seen[m] |= a;
+                    let mut cur = Some(seq.span[i]);
+                    while let Some(m) = cur {
+                        let m = m as usize;
+                        if stamp[m] == blk {
+                            break;
+                        }
+                        stamp[m] = blk;
+                        reached.push(m);
+                        cur = seq.span_parent[m];
                     }
                 }
-                keys.extend(
-                    (0..real_hi)
-                        .filter(|&j| seen[seq.span[j] as usize])
-                        .map(|j| j as u32),
-                );
+                if contiguous {
+                    reached.sort_unstable_by_key(|&m| range[m].0);
+                    for m in reached {
+                        let (a, b) = range[m];
+                        keys.extend((a..b.min(real_hi)).map(|j| j as u32));
+                    }
+                } else {
+                    keys.extend(
+                        (0..real_hi)
+                            .filter(|&j| stamp[seq.span[j] as usize] == blk)
+                            .map(|j| j as u32),
+                    );
+                }
             }
             // Padding queries attend themselves.
             keys.extend((lo.max(n)..hi).map(|i| i as u32));

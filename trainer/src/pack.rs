@@ -190,18 +190,40 @@ impl PackedSequence {
         self.tokens.is_empty()
     }
 
-    /// `ancestor[k][m]`: span `m` is span `k` or one of its ancestors.
-    pub(crate) fn span_ancestry(&self) -> Vec<Vec<bool>> {
+    /// DFS entry and exit times of the span tree: span `m` is span `k` or one of its ancestors
+    /// iff `enter[m] <= enter[k] < exit[m]`.
+    pub(crate) fn span_intervals(&self) -> (Vec<u32>, Vec<u32>) {
         let n = self.span_parent.len();
-        let mut table = vec![vec![false; n]; n];
-        for (k, row) in table.iter_mut().enumerate() {
-            let mut cur = Some(k as u32);
-            while let Some(m) = cur {
-                row[m as usize] = true;
-                cur = self.span_parent[m as usize];
+        let mut children: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut roots = Vec::new();
+        for (k, p) in self.span_parent.iter().enumerate() {
+            match p {
+                Some(p) => children[*p as usize].push(k as u32),
+                None => roots.push(k as u32),
             }
         }
-        table
+        let (mut enter, mut exit) = (vec![0u32; n], vec![0u32; n]);
+        let mut clock = 0u32;
+        // (span, next child index)
+        let mut stack: Vec<(u32, usize)> = Vec::new();
+        for &r in roots.iter().rev() {
+            stack.push((r, 0));
+            enter[r as usize] = clock;
+            clock += 1;
+            while let Some(top) = stack.last_mut() {
+                let (k, next) = *top;
+                if let Some(&c) = children[k as usize].get(next) {
+                    top.1 += 1;
+                    enter[c as usize] = clock;
+                    clock += 1;
+                    stack.push((c, 0));
+                } else {
+                    exit[k as usize] = clock;
+                    stack.pop();
+                }
+            }
+        }
+        (enter, exit)
     }
 
     /// Whether token `i` may attend token `j`.

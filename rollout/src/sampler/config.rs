@@ -100,6 +100,11 @@ pub struct SamplerConfig {
     /// Chains started first: the M trees of the tree sampler, and the chains the chain sampler
     /// starts before it has a cost estimate. Default: 2.
     pub initial_chains: usize,
+    /// Tree sampler: share of the budget spent on independent chains from the prompt (each a
+    /// tree of its own) before branching starts; they are scheduled like the chain sampler, so
+    /// the number of trees grows with the budget instead of staying at `initial_chains`. The
+    /// rest of the budget goes to forks. 0 keeps exactly `initial_chains` trees. Default: 0.
+    pub root_share: f32,
     /// Fork points chosen per tree and round (N). Default: 2.
     pub branches_per_round: usize,
     /// Most expansion rounds (L); `0` means "until the budget is spent". Default: 0.
@@ -123,6 +128,7 @@ impl Default for SamplerConfig {
             max_action_tokens: 48,
             sampling: SamplingParams::default(),
             initial_chains: 2,
+            root_share: 0.0,
             branches_per_round: 2,
             max_rounds: 0,
             granularity: Granularity::Step,
@@ -166,6 +172,9 @@ impl SamplerConfig {
                 "branches_per_round",
                 "must be at least 1 for the tree sampler",
             );
+        }
+        if !(0.0..=1.0).contains(&self.root_share) {
+            return fail("root_share", "must be in [0, 1]");
         }
         if self.segment_len == 0 {
             return fail("segment_len", "must be at least 1");

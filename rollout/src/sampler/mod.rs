@@ -17,7 +17,9 @@
 //! - `chain`: `initial_chains` trajectories start at once; whenever one ends, new ones start
 //!   while the remaining budget, minus what the live ones are still expected to use, covers the
 //!   mean cost of a finished trajectory.
-//! - `tree`: `initial_chains` (M) trees grow one chain each; then, round after round, the
+//! - `tree`: `initial_chains` (M) trees grow one chain each, and with `root_share` > 0 more
+//!   chains (each a new tree) start, scheduled like the chain sampler, until that share of the
+//!   budget is committed; then, round after round, the
 //!   branching policy proposes fork points per tree and up to `branches_per_round` (N) of them
 //!   start, each only if the remaining budget covers its expected cost: the mean number of action
 //!   tokens the finished trajectories through that point generated after it. A round starts when
@@ -297,6 +299,9 @@ struct TaskState<E> {
     round_start_generated: u32,
     /// Chains started so far (chain sampler) / whether initial chains are out (tree).
     started_initial: bool,
+    /// Tree sampler: the root phase (independent chains up to `root_share` of the budget) is
+    /// over.
+    roots_done: bool,
     finished: bool,
     /// Fork points already used (owner span, position), for policies that avoid repeats.
     used: BTreeSet<(usize, usize)>,
@@ -349,6 +354,7 @@ where
             rounds: 0,
             round_start_generated: 0,
             started_initial: false,
+            roots_done: false,
             finished: false,
             used: BTreeSet::new(),
         });
@@ -603,56 +609,22 @@ where
     let remaining = i64::from(cfg.budget) - i64::from(st.generated);
     match cfg.kind {
         SamplerKind::Chain => {
-            let costs = finished_costs(st);
-            if costs.is_empty() {
-                if st.live.is_empty() {
-                    st.finished = true;
-                }
-                return Ok(());
-            }
-            // Commit, for each new chain, the longest chain seen (finished, or live: a live
-            // chain will cost more than it has generated), and for a live chain that has
-            // generated `g` tokens the longest `c - g` over finished chains longer than `g` (or
-            // that longest chain again). Means would trust the chains that finish first, the
-            // short ones: the first completion then starts a wave of chains whose tail the
-            // budget cannot finish, and truncated chains are tokens spent on no complete
-            // trajectory.
-            let live_lengths: Vec<f64> = st
-                .live
-                .iter()
-                .map(|l| path_actions(&st.spans, l.span, usize::MAX) as f64)
-                .collect();
-            let cost = costs
-                .iter()
-                .chain(&live_lengths)
-                .copied()
-                .fold(0.0, f64::max);
-            let expected_rest = |g: f64| {
-                costs
-                    .iter()
-                    .filter(|&&c| c > g)
-                    .map(|c| c - g)
-                    .reduce(f64::max)
-                    .unwrap_or(cost)
-            };
-            let mut committed: f64 = live_lengths.iter().map(|&g| expected_rest(g)).sum();
-            let under_cap = |st: &TaskState<E>| {
-                cfg.max_trajectories == 0 || st.spans.len() < cfg.max_trajectories
-            };
-            // Slow start: the estimate rests on few finished chains at first, so the number
-            // of live chains may at most double per completion (bounded by what has finished).
-            let max_live = 2 * (costs.len() + cfg.initial_chains);
-            while remaining as f64 - committed >= cost && under_cap(st) && st.live.len() < max_live
-            {
-                let tree = next_tree(st);
-                start_branch(policy, st, tree, None, 0)?;
-                committed += cost;
-            }
+            start_chains(cfg, policy, st, remaining)?;
             if st.live.is_empty() {
                 st.finished = true;
             }
         }
         SamplerKind::Tree => {
+            if !st.roots_done {
+                // Root phase: independent chains (each a new tree) until `root_share` of the
+                // budget is committed, scheduled like the chain sampler.
+                let share = f64::from(cfg.root_share) * f64::from(cfg.budget);
+                let cap = share.floor() as i64 - i64::from(st.generated);
+                if start_chains(cfg, policy, st, cap)? || !st.live.is_empty() {
+                    return Ok(());
+                }
+                st.roots_done = true;
+            }
             if !st.live.is_empty() {
                 return Ok(());
             }
@@ -688,6 +660,63 @@ where
         }
     }
     Ok(())
+}
+
+/// Chain scheduling (see the module docs) with `remaining` tokens of budget left: starts new
+/// chains (each a new tree) while the remaining budget, minus what the live chains are still
+/// expected to use, covers the longest finished chain. Returns whether it started any.
+fn start_chains<E, P>(
+    cfg: &SamplerConfig,
+    policy: &mut P,
+    st: &mut TaskState<E>,
+    remaining: i64,
+) -> Result<bool, SamplerError>
+where
+    E: Env,
+    P: Policy + ?Sized,
+{
+    let costs = finished_costs(st);
+    if costs.is_empty() {
+        return Ok(false);
+    }
+    // Commit, for each new chain, the longest chain seen (finished, or live: a live chain will
+    // cost more than it has generated), and for a live chain that has generated `g` tokens the
+    // longest `c - g` over finished chains longer than `g` (or that longest chain again). Means
+    // would trust the chains that finish first, the short ones: the first completion then
+    // starts a wave of chains whose tail the budget cannot finish, and truncated chains are
+    // tokens spent on no complete trajectory.
+    let live_lengths: Vec<f64> = st
+        .live
+        .iter()
+        .map(|l| path_actions(&st.spans, l.span, usize::MAX) as f64)
+        .collect();
+    let cost = costs
+        .iter()
+        .chain(&live_lengths)
+        .copied()
+        .fold(0.0, f64::max);
+    let expected_rest = |g: f64| {
+        costs
+            .iter()
+            .filter(|&&c| c > g)
+            .map(|c| c - g)
+            .reduce(f64::max)
+            .unwrap_or(cost)
+    };
+    let mut committed: f64 = live_lengths.iter().map(|&g| expected_rest(g)).sum();
+    let under_cap =
+        |st: &TaskState<E>| cfg.max_trajectories == 0 || st.spans.len() < cfg.max_trajectories;
+    // Slow start: the estimate rests on few finished chains at first, so the number of live
+    // chains may at most double per completion (bounded by what has finished).
+    let max_live = 2 * (costs.len() + cfg.initial_chains);
+    let mut started = false;
+    while remaining as f64 - committed >= cost && under_cap(st) && st.live.len() < max_live {
+        let tree = next_tree(st);
+        start_branch(policy, st, tree, None, 0)?;
+        committed += cost;
+        started = true;
+    }
+    Ok(started)
 }
 
 fn next_tree<E>(st: &TaskState<E>) -> u32 {

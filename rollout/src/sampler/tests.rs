@@ -89,6 +89,7 @@ fn budget_is_a_hard_cap_and_accounting_matches_a_recount() {
             budget: rng.random_range(1..400),
             max_action_tokens: rng.random_range(1..24),
             initial_chains: rng.random_range(1..4),
+            root_share: [0.0, 0.5, 1.0][rng.random_range(0..3)],
             branches_per_round: rng.random_range(1..4),
             max_rounds: rng.random_range(0..4),
             granularity: grans[rng.random_range(0..3)],
@@ -230,6 +231,45 @@ fn tree_buys_more_trajectories_than_chain_at_equal_budget() {
         chain.trajectories
     );
     assert!(tree.cache_read_share() > chain.cache_read_share());
+}
+
+/// With `root_share`, the tree sampler starts trees like the chain sampler until that share of
+/// the budget is committed, then branches: more trees than `initial_chains`, more
+/// trajectories than the chain sampler, and the hard cap holds.
+#[test]
+fn root_share_grows_the_number_of_trees_with_the_budget() {
+    let tasks = maze_tasks(8, "4");
+    let trees = |root_share: f32, budget: u32| {
+        let cfg = SamplerConfig {
+            kind: SamplerKind::Tree,
+            budget,
+            root_share,
+            ..Default::default()
+        };
+        let mut policy = ScriptedPolicy::new(&MAZE_PHRASES, 0.05, 1024);
+        let (stats, sink) = run(&cfg, &mut policy, &tasks, 1);
+        assert!(stats.generated_tokens <= 8 * u64::from(budget));
+        let trees: u32 = sink.iter().map(|r| r.num_trees).sum();
+        (trees, stats.trajectories)
+    };
+    let (fixed, _) = trees(0.0, 1024);
+    assert_eq!(fixed, 8 * 2, "root_share 0: initial_chains trees per task");
+    let (half_small, _) = trees(0.5, 256);
+    let (half, half_leaves) = trees(0.5, 1024);
+    assert!(
+        half > fixed && half > half_small,
+        "{half} vs {fixed} / {half_small}"
+    );
+    let chain = {
+        let cfg = SamplerConfig {
+            kind: SamplerKind::Chain,
+            budget: 1024,
+            ..Default::default()
+        };
+        let mut policy = ScriptedPolicy::new(&MAZE_PHRASES, 0.05, 1024);
+        run(&cfg, &mut policy, &tasks, 1).0.trajectories
+    };
+    assert!(half_leaves > chain, "{half_leaves} vs chain {chain}");
 }
 
 #[test]
