@@ -104,6 +104,9 @@ struct SamplerRow {
     cache_read_share: f64,
     truncated: u64,
     success_rate: f64,
+    /// Share of task groups whose finished trajectories do not all have the same reward (the
+    /// groups that carry a group-relative learning signal).
+    mixed_groups: f64,
     wall_ms: u64,
 }
 
@@ -151,10 +154,13 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
     if let Some(n) = args.branches_per_round {
         base.branches_per_round = n;
     }
+    if let Some(r) = args.root_share {
+        base.root_share = r;
+    }
     base.validate()?;
     let tree_settings = format!(
-        "M={} N={} granularity {}",
-        base.initial_chains, base.branches_per_round, base.granularity
+        "M={} root_share={} N={} granularity {}",
+        base.initial_chains, base.root_share, base.branches_per_round, base.granularity
     );
     let mut engine = Engine::new(cfg, &weights).context("building the engine")?;
     let mut rows = Vec::new();
@@ -190,6 +196,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
                 cache_read_share: stats.cache_read_share(),
                 truncated: stats.truncated,
                 success_rate: stats.success_rate(),
+                mixed_groups: 1.0 - stats.zero_adv_groups as f64 / stats.groups.max(1) as f64,
                 wall_ms: stats.wall_ms,
             });
         }
@@ -211,7 +218,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         tree_settings
     );
     println!(
-        "{:>6} {:<15} {:>9} {:>6} {:>10} {:>7} {:>6} {:>8} {:>8}",
+        "{:>6} {:<15} {:>9} {:>6} {:>10} {:>7} {:>6} {:>8} {:>6} {:>8}",
         "budget",
         "sampler",
         "generated",
@@ -220,6 +227,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         "cache",
         "trunc",
         "success",
+        "mixed",
         "wall ms"
     );
     for r in &rows {
@@ -228,7 +236,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             None => r.sampler.to_string(),
         };
         println!(
-            "{:>6} {:<15} {:>9} {:>6} {:>11.2} {:>7.3} {:>6} {:>8.3} {:>8}",
+            "{:>6} {:<15} {:>9} {:>6} {:>11.2} {:>7.3} {:>6} {:>8.3} {:>6.2} {:>8}",
             r.budget,
             name,
             r.generated_tokens,
@@ -237,6 +245,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             r.cache_read_share,
             r.truncated,
             r.success_rate,
+            r.mixed_groups,
             r.wall_ms
         );
     }
@@ -266,6 +275,8 @@ struct TrainRow {
     unique_tokens: usize,
     rows: usize,
     padded_len: usize,
+    /// `ms_per_step` per 1000 generated tokens of the sampled batch.
+    ms_per_1k_generated: f64,
 }
 
 /// Loads a checkpoint's weights, or seeded random tiny weights.
@@ -304,10 +315,12 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     let mut engine = Engine::new(cfg.clone(), &weights)?;
     let sc = SamplerConfig {
         budget: args.budget,
+        branch: args.branch,
+        granularity: args.granularity,
         ..SamplerConfig::default()
     };
     let mut rollouts: Vec<TaskRollout> = Vec::new();
-    sample(
+    let stats = sample(
         &sc,
         &mut engine,
         &ByteTokenizer,
@@ -325,13 +338,20 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     // before sparse attention); `packed-whole` is one row per task group.
     // Rows: `Ok(packing)` as training builds them, `Err(cap)` tree-packed rows cut at `cap`.
     let longest = longest_trajectory(&groups);
-    let modes = [
+    let all_modes = [
         ("flattened", Ok(Packing::Flat), LayoutChoice::Auto),
         ("packed", Ok(Packing::Tree), LayoutChoice::Auto),
         ("flattened-dense", Ok(Packing::Flat), LayoutChoice::Dense),
         ("packed-dense", Err(longest), LayoutChoice::Dense),
         ("packed-whole", Err(usize::MAX), LayoutChoice::Auto),
     ];
+    let modes: Vec<_> = if args.packed_only {
+        all_modes.into_iter().filter(|m| m.0 == "packed").collect()
+    } else {
+        all_modes.into_iter().collect()
+    };
+    let nodes: usize = rollouts.iter().map(|r| r.nodes.len()).sum();
+    let generated = stats.generated_tokens;
     // Modes are timed in turn, one update each per round, and each reports its median round:
     // a slow spell of the machine then hits every mode alike instead of whichever ran during it.
     let mut setups = Vec::new();
@@ -369,7 +389,35 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
             unique_tokens: 0,
             rows: batches.iter().map(|b| b.rows()).sum(),
             padded_len: batches.iter().map(|b| b.padded_len()).max().unwrap_or(0),
+            ms_per_1k_generated: 0.0,
         });
+    }
+    for r in &mut rows {
+        r.ms_per_1k_generated = r.ms_per_step * 1000.0 / (generated.max(1) as f64);
+    }
+    let header = format!(
+        "policy: {policy}; {} multihop task groups, tree sampler ({} branching, {} \
+         granularity), budget {}: {generated} generated tokens, {nodes} tree nodes",
+        args.tasks, args.branch, args.granularity, args.budget
+    );
+    let print_rows = |rows: &[TrainRow]| {
+        println!("{header}");
+        for r in rows {
+            println!(
+                "{:<15} {:>9.1} ms/update  {:>7.1} ms per 1k generated  rows {:>3}  padded len {:>5}",
+                r.mode, r.ms_per_step, r.ms_per_1k_generated, r.rows, r.padded_len
+            );
+        }
+    };
+    if args.packed_only {
+        if args.json {
+            for r in &rows {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        } else {
+            print_rows(&rows);
+        }
+        return Ok(());
     }
     // The flattened batch forwards every trajectory's full context (total tokens); a whole
     // packed tree forwards each unique token once (the capped rows repeat some context).
@@ -384,16 +432,7 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!(
-        "policy: {policy}; {} multihop task groups, tree sampler, budget {}",
-        args.tasks, args.budget
-    );
-    for r in &rows {
-        println!(
-            "{:<15} {:>9.1} ms/update  rows {:>3}  padded len {:>5}",
-            r.mode, r.ms_per_step, r.rows, r.padded_len
-        );
-    }
+    print_rows(&rows);
     let ratio = total as f64 / unique.max(1) as f64;
     let speedup = rows[0].ms_per_step / rows[1].ms_per_step.max(1e-9);
     let dense = rows[2].ms_per_step / rows[3].ms_per_step.max(1e-9);

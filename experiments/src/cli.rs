@@ -111,6 +111,16 @@ pub struct TrainBenchArgs {
     /// weights of the tiny preset].
     #[arg(long)]
     pub checkpoint: Option<std::path::PathBuf>,
+    /// Branching policy of the sampled trees (`entropy` forks inside actions: many small
+    /// token-level nodes).
+    #[arg(long, default_value = "random")]
+    pub branch: rollout::sampler::BranchPolicy,
+    /// Node granularity of the sampled trees.
+    #[arg(long, default_value = "step")]
+    pub granularity: rollout::sampler::Granularity,
+    /// Time only the `packed` mode (what training uses).
+    #[arg(long)]
+    pub packed_only: bool,
 }
 
 /// `arbor bench engine`.
@@ -168,6 +178,10 @@ pub struct SamplerBenchArgs {
     /// `sampler.initial_chains` (M) [default: the sampler default].
     #[arg(long)]
     pub initial_chains: Option<usize>,
+    /// `sampler.root_share`: share of the budget spent on independent trees before branching
+    /// [default: the sampler default].
+    #[arg(long)]
+    pub root_share: Option<f32>,
     /// `sampler.branches_per_round` (N) [default: the sampler default].
     #[arg(long)]
     pub branches_per_round: Option<usize>,
