@@ -305,7 +305,9 @@ fn sweep_learning_curves() {
         "0.5",
     ]));
     assert!(stdout.contains("reach_ratio"), "{stdout}");
-    let run = sweep.join("runs").join("tiny_tree-random_tree-grpo_b64_s0");
+    let run = sweep
+        .join("runs")
+        .join("tiny_tree-entropy_tree-grpo_b64_s0");
     let metrics = datasets::export::read_metrics(run.join("metrics.parquet")).unwrap();
     let rl_tokens: Vec<u64> = metrics
         .iter()

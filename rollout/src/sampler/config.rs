@@ -103,7 +103,8 @@ pub struct SamplerConfig {
     /// Tree sampler: share of the budget spent on independent chains from the prompt (each a
     /// tree of its own) before branching starts; they are scheduled like the chain sampler, so
     /// the number of trees grows with the budget instead of staying at `initial_chains`. The
-    /// rest of the budget goes to forks. 0 keeps exactly `initial_chains` trees. Default: 0.
+    /// rest of the budget goes to forks. 0 keeps exactly `initial_chains` trees. Default: 0.5
+    /// (see "Choosing the defaults" in [`crate::sampler`]).
     pub root_share: f32,
     /// Fork points chosen per tree and round (N). Default: 2.
     pub branches_per_round: usize,
@@ -113,7 +114,8 @@ pub struct SamplerConfig {
     pub granularity: Granularity,
     /// Segment length in action tokens for `segment` granularity and policy. Default: 16.
     pub segment_len: usize,
-    /// How fork points are chosen. Default: random.
+    /// How fork points are chosen. Default: entropy (see "Choosing the defaults" in
+    /// [`crate::sampler`]).
     pub branch: BranchPolicy,
     /// Most trajectories per task group (`0`: no limit, the budget decides). Evaluation uses
     /// `1` with the chain sampler: one episode per task. Default: 0.
@@ -128,12 +130,12 @@ impl Default for SamplerConfig {
             max_action_tokens: 48,
             sampling: SamplingParams::default(),
             initial_chains: 2,
-            root_share: 0.0,
+            root_share: 0.5,
             branches_per_round: 2,
             max_rounds: 0,
             granularity: Granularity::Step,
             segment_len: 16,
-            branch: BranchPolicy::Random,
+            branch: BranchPolicy::Entropy,
             max_trajectories: 0,
         }
     }
