@@ -340,6 +340,10 @@ pub struct SweepArgs {
     /// `success_vs_tokens` and `curves.csv`).
     #[arg(long, value_name = "K")]
     pub eval_every: Option<usize>,
+    /// `rl.steps` for the runs of one budget, `BUDGET=STEPS`, comma separated (e.g. `128=50`:
+    /// runs at a quarter budget learn for more steps; curves are compared on generated tokens).
+    #[arg(long, value_delimiter = ',')]
+    pub budget_steps: Vec<String>,
     /// Success levels whose RL token cost `reach.csv` reports per run (besides the chain
     /// reference's final success).
     #[arg(long, value_delimiter = ',')]

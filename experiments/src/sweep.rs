@@ -149,11 +149,13 @@ fn curve(dir: &Path) -> anyhow::Result<Vec<CurvePoint>> {
     Ok(points)
 }
 
-/// RL tokens before the first evaluation of `curve` whose success is at least `level`.
+/// RL tokens before the first evaluation after at least one RL step whose success is at least
+/// `level` (the evaluation before RL does not count: a level the SFT policy already meets is
+/// not reached by RL at no cost).
 fn tokens_to_reach(curve: &[CurvePoint], level: f64) -> Option<u64> {
     curve
         .iter()
-        .find(|p| p.success >= level - 1e-12)
+        .find(|p| p.rl_step > 0 && p.success >= level - 1e-12)
         .map(|p| p.tokens)
 }
 
@@ -178,9 +180,18 @@ impl GridPoint {
         )
     }
 
-    /// The run's config: the base with this point's values.
-    fn config(&self, base: &TrainConfig, runs_dir: &Path) -> anyhow::Result<TrainConfig> {
+    /// The run's config: the base with this point's values (and its budget's RL steps from
+    /// `--budget-steps`, if given).
+    fn config(
+        &self,
+        base: &TrainConfig,
+        runs_dir: &Path,
+        budget_steps: &BTreeMap<u32, usize>,
+    ) -> anyhow::Result<TrainConfig> {
         let mut cfg = base.clone();
+        if let Some(&steps) = budget_steps.get(&self.budget) {
+            cfg.rl.steps = steps;
+        }
         cfg.model.preset = self.preset.clone();
         cfg.sampler.kind = self.sampler;
         if let Some(b) = self.branch {
@@ -195,6 +206,19 @@ impl GridPoint {
             .with_context(|| format!("run {}", cfg.name))?;
         Ok(cfg)
     }
+}
+
+/// Parses `--budget-steps` entries `BUDGET=STEPS`.
+fn parse_budget_steps(entries: &[String]) -> anyhow::Result<BTreeMap<u32, usize>> {
+    entries
+        .iter()
+        .map(|e| {
+            let parsed = e
+                .split_once('=')
+                .and_then(|(b, s)| Some((b.trim().parse().ok()?, s.trim().parse().ok()?)));
+            parsed.ok_or_else(|| anyhow!("--budget-steps: '{e}' is not BUDGET=STEPS"))
+        })
+        .collect()
 }
 
 /// Parses a comma-separated axis, dropping repeats (first occurrence kept).
@@ -498,11 +522,15 @@ fn summary_row(point: &GridPoint, env: &str, dir: &Path) -> anyhow::Result<Summa
     })
 }
 
-/// The chain reference of a sweep (module docs): its final success level (mean over seeds)
-/// and mean total RL tokens; `None` without a chain run.
-fn chain_reference(rows: &[SummaryRow], curves: &[Vec<CurvePoint>]) -> Option<(f64, f64)> {
+/// The chain reference of a sweep's runs of model `preset` (module docs): its final success
+/// level (mean over seeds) and mean total RL tokens; `None` without a chain run.
+fn chain_reference(
+    rows: &[SummaryRow],
+    curves: &[Vec<CurvePoint>],
+    preset: &str,
+) -> Option<(f64, f64)> {
     let chains: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].sampler == "chain")
+        .filter(|&i| rows[i].sampler == "chain" && rows[i].preset == preset)
         .collect();
     let budget = chains.iter().map(|&i| rows[i].budget).max()?;
     let at_budget: Vec<usize> = chains
@@ -532,12 +560,22 @@ fn chain_reference(rows: &[SummaryRow], curves: &[Vec<CurvePoint>]) -> Option<(f
     Some((level, total))
 }
 
-/// Fills `tokens_to_chain_final` and `reach_ratio` of every row.
+/// The presets of the rows, in order of first appearance.
+fn presets_of(rows: &[SummaryRow]) -> Vec<String> {
+    dedup(&rows.iter().map(|r| r.preset.clone()).collect::<Vec<_>>())
+}
+
+/// Fills `tokens_to_chain_final` and `reach_ratio` of every row (against its preset's chain
+/// reference).
 fn fill_reach(rows: &mut [SummaryRow], curves: &[Vec<CurvePoint>]) {
-    let Some((level, total)) = chain_reference(rows, curves) else {
-        return;
-    };
+    let refs: BTreeMap<String, (f64, f64)> = presets_of(rows)
+        .into_iter()
+        .filter_map(|p| chain_reference(rows, curves, &p).map(|r| (p, r)))
+        .collect();
     for (r, c) in rows.iter_mut().zip(curves) {
+        let Some(&(level, total)) = refs.get(&r.preset) else {
+            continue;
+        };
         if let Some(t) = tokens_to_reach(c, level) {
             r.tokens_to_chain_final = t as f64;
             r.reach_ratio = if total > 0.0 {
@@ -584,14 +622,21 @@ fn reach_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], levels: &[f64]) ->
     let mut out = String::from(
         "env,preset,sampler,branch,estimator,budget,seed,level_name,level,tokens,ratio_to_chain\n",
     );
-    let reference = chain_reference(rows, curves);
-    let mut named: Vec<(String, f64)> = Vec::new();
-    if let Some((level, _)) = reference {
-        named.push(("chain_final".into(), level));
-    }
-    named.extend(levels.iter().map(|&l| (format!("{l}"), l)));
-    let total = reference.map_or(f64::NAN, |(_, t)| t);
     for (r, c) in rows.iter().zip(curves) {
+        let reference = chain_reference(rows, curves, &r.preset);
+        let mut named: Vec<(String, f64)> = Vec::new();
+        if let Some((level, _)) = reference {
+            named.push(("chain_final".into(), level));
+        }
+        named.extend(levels.iter().map(|&l| (format!("{l}"), l)));
+        let total = reference.map_or(f64::NAN, |(_, t)| t);
+        let ratio = |t: u64| {
+            if total > 0.0 {
+                format!("{}", t as f64 / total)
+            } else {
+                String::new()
+            }
+        };
         for (name, level) in &named {
             let tokens = tokens_to_reach(c, *level);
             let _ = writeln!(
@@ -607,7 +652,7 @@ fn reach_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], levels: &[f64]) ->
                 name,
                 level,
                 tokens.map_or(String::new(), |t| t.to_string()),
-                tokens.map_or(String::new(), |t| format!("{}", t as f64 / total)),
+                tokens.map_or(String::new(), ratio),
             );
         }
     }
@@ -660,14 +705,23 @@ fn curve_chart(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], over: &str) -> L
             }
         })
         .collect();
-    if let Some((level, _)) = chain_reference(rows, curves) {
+    let presets = presets_of(rows);
+    for preset in &presets {
+        let Some((level, _)) = chain_reference(rows, curves, preset) else {
+            continue;
+        };
         let x_max = curves
             .iter()
             .flatten()
             .map(|p| p.tokens as f64)
             .fold(0.0, f64::max);
+        let of = if presets.len() > 1 {
+            format!(" [{preset}]")
+        } else {
+            String::new()
+        };
         series.push(Series {
-            label: format!("chain final {level:.3}"),
+            label: format!("chain final{of} {level:.3}"),
             points: [0.0, x_max]
                 .iter()
                 .map(|&x| Point {
@@ -716,10 +770,14 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("sweeps").join(&base.env.name));
     let runs_dir = sweep_dir.join("runs");
     let points = grid(&args, &base)?;
+    let budget_steps = parse_budget_steps(&args.budget_steps)?;
+    if let Some(b) = budget_steps.keys().find(|b| !args.budgets.contains(b)) {
+        bail!("--budget-steps names budget {b}, which is not in --budgets");
+    }
     // Validate every run's config before anything is written.
     let configs = points
         .iter()
-        .map(|p| p.config(&base, &runs_dir))
+        .map(|p| p.config(&base, &runs_dir, &budget_steps))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let presets = dedup(&points.iter().map(|p| p.preset.clone()).collect::<Vec<_>>());
     let sft_configs = presets
@@ -749,9 +807,13 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     };
     let done = states.iter().filter(|s| **s == DirState::Done).count();
     say(format!(
-        "arbor sweep: {} runs of {} RL steps ({done} already finished) into {}",
+        "arbor sweep: {} runs of {} RL steps{} ({done} already finished) into {}",
         points.len(),
         base.rl.steps,
+        budget_steps
+            .iter()
+            .map(|(b, s)| format!(", {s} at budget {b}"))
+            .collect::<String>(),
         sweep_dir.display()
     ));
     let mut inits: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();
@@ -1423,7 +1485,10 @@ mod tests {
             vec![pt(0, 0, 0.3), pt(5, 500, 0.4), pt(10, 1000, 0.5)],
             vec![pt(0, 0, 0.3), pt(5, 500, 0.9)],
         ];
-        assert_eq!(chain_reference(&rows, &curves), Some((0.7, 4000.0)));
+        assert_eq!(chain_reference(&rows, &curves, "tiny"), Some((0.7, 4000.0)));
+        assert_eq!(chain_reference(&rows, &curves, "small"), None);
+        // The evaluation before RL never counts as reaching a level.
+        assert_eq!(tokens_to_reach(&curves[3], 0.3), Some(500));
         fill_reach(&mut rows, &curves);
         assert_eq!(rows[2].tokens_to_chain_final, 1000.0);
         assert_eq!(rows[2].reach_ratio, 0.25);
@@ -1457,6 +1522,27 @@ mod tests {
             "{}",
             table(&rows)
         );
+    }
+
+    #[test]
+    fn budget_steps_parse_and_reject_garbage() {
+        let m = parse_budget_steps(&["128=50".into(), " 512 = 25".into()]).unwrap();
+        assert_eq!(m, BTreeMap::from([(128, 50), (512, 25)]));
+        let err = parse_budget_steps(&["128:50".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BUDGET=STEPS"), "{err}");
+        let base = TrainConfig::default();
+        let p = GridPoint {
+            preset: "tiny".into(),
+            sampler: SamplerKind::Tree,
+            branch: None,
+            estimator: Estimator::Grpo,
+            budget: 128,
+            seed: 0,
+        };
+        let cfg = p.config(&base, Path::new("runs"), &m).unwrap();
+        assert_eq!(cfg.rl.steps, 50);
     }
 
     #[test]

@@ -604,7 +604,9 @@ pub fn minibatches(
             }
             Packing::Flat => flatten_trees(chunk, agg)?,
         };
-        if seqs.iter().any(|s| !s.targets.is_empty()) {
+        // A mini-batch whose trajectories are all masked (budget-truncated) has targets of
+        // weight 0 only when tree-packed: skip it, as the flattened batch (no rows) is skipped.
+        if seqs.iter().flat_map(|s| &s.targets).any(|t| t.weight > 0.0) {
             out.push(TrainBatch::new(seqs));
         }
     }
@@ -901,6 +903,22 @@ mod tests {
                     assert!((sum(&packed, f) - sum(&flat, f)).abs() < 1e-6);
                 }
             }
+        }
+    }
+
+    /// A mini-batch of masked trajectories only trains nothing, packed or flattened.
+    #[test]
+    fn all_masked_minibatches_are_skipped() {
+        let mut r = sample();
+        for id in [2, 3, 4] {
+            r.nodes[id].leaf = Some(LeafInfo::truncated(None));
+        }
+        let (masked, fine) = (grpo(&r), grpo(&sample()));
+        let good = sample();
+        let groups = [(&r, &masked), (&good, &fine)];
+        for packing in [Packing::Tree, Packing::Flat] {
+            let mbs = minibatches(&groups, 1, LossAgg::TokenMean, packing).unwrap();
+            assert_eq!(mbs.len(), 1, "{packing:?}");
         }
     }
 

@@ -270,6 +270,18 @@ fn numeric() -> impl Iterator<Item = (&'static str, Access)> {
     NUMERIC.iter().copied()
 }
 
+/// Columns added after the first release of the table: a file without them (an older run)
+/// still reads, with these values at their [`MetricsRow::new`] defaults.
+const ADDED_LATER: [&str; 7] = [
+    "success_stderr",
+    "task_success",
+    "reward_std",
+    "clip_frac",
+    "cumulative_generated_tokens",
+    "response_len_mean",
+    "response_len_max",
+];
+
 /// The column names of the metrics table, in order.
 pub fn metrics_columns() -> Vec<&'static str> {
     ["step", "phase"]
@@ -295,7 +307,7 @@ pub fn metrics_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-fn metrics_batch(rows: &[MetricsRow]) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub(super) fn metrics_batch(rows: &[MetricsRow]) -> Result<RecordBatch, arrow::error::ArrowError> {
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.step))),
         Arc::new(StringArray::from_iter_values(
@@ -431,7 +443,14 @@ impl MetricsWriter {
 /// Reads `metrics.parquet` (or any file with the [`metrics_schema`] columns) into rows, in file
 /// order.
 pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<MetricsRow>, DatasetError> {
-    read_table(path.as_ref(), &metrics_schema(), |c, out| {
+    let full = metrics_schema();
+    let required: Vec<_> = full
+        .fields()
+        .iter()
+        .filter(|f| !ADDED_LATER.contains(&f.name().as_str()))
+        .cloned()
+        .collect();
+    read_table(path.as_ref(), &Schema::new(required), |c, out| {
         metrics_from_batch(c, out)
     })
 }
@@ -444,6 +463,9 @@ fn metrics_from_batch(c: &Columns<'_>, out: &mut Vec<MetricsRow>) -> Result<(), 
         out.push(MetricsRow::new(step.value(i), phase.value(i)));
     }
     for (name, access) in numeric() {
+        if ADDED_LATER.contains(&name) && c.batch.column_by_name(name).is_none() {
+            continue;
+        }
         match access {
             Access::U64(_, set) => {
                 let col = c.u64(name)?;

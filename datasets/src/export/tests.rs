@@ -939,3 +939,30 @@ fn sigkill_at_any_moment_leaves_complete_files() {
         assert_eq!(check_run_files(&dir.0).unwrap().trajectories, 0);
     }
 }
+
+/// A `metrics.parquet` written before the learning-curve columns existed still reads (so older
+/// runs resume and sweeps reuse them), with those columns at their defaults.
+#[test]
+fn metrics_without_the_later_columns_still_read() {
+    let dir = TempDir::new("export-old-metrics");
+    let row = MetricsRow {
+        loss: 1.5,
+        success_stderr: 0.25,
+        ..MetricsRow::new(3, "rl")
+    };
+    let batch = super::metrics::metrics_batch(std::slice::from_ref(&row)).unwrap();
+    let keep: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| batch.schema().field(i).name() != "success_stderr")
+        .collect();
+    let old = batch.project(&keep).unwrap();
+    let path = dir.0.join(METRICS_FILE);
+    let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), old.schema(), None).unwrap();
+    w.write(&old).unwrap();
+    w.close().unwrap();
+    let back = read_metrics(&path).unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].step, back[0].loss, back[0].success_stderr),
+        (3, 1.5, 0.0)
+    );
+}
