@@ -538,6 +538,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         };
         let minibatches = minibatches(&groups, per_batch, agg, packing)?;
         let train = if minibatches.is_empty() {
+            trainer.skip_rl_step();
             None
         } else {
             Some(trainer.rl_step(&minibatches, cfg.rl.epochs)?)

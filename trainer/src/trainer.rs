@@ -369,6 +369,13 @@ impl Trainer {
         })
     }
 
+    /// Counts an RL step whose sampled batch has nothing to train (every trajectory masked or
+    /// without action tokens): no update, but the step counter advances, so checkpoints,
+    /// `--resume` and the run's RL step count agree with the steps sampled.
+    pub fn skip_rl_step(&mut self) {
+        self.state.rl_steps += 1;
+    }
+
     /// PPO updates: `epochs` passes over `minibatches` (each from [`crate::pack::pack_trees`] or
     /// [`crate::pack::flatten_trees`]), one optimizer update per mini-batch. With a reference
     /// set, its logprobs are computed once per mini-batch before the first update. Statistics
