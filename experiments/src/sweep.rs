@@ -22,13 +22,16 @@
 //!
 //! The **chain reference** is the chain sampler at the largest budget of the sweep (with the
 //! `grpo` estimator when the sweep has it): its *final* held-out success, averaged over seeds,
-//! is the level every run is measured against. For each run, `tokens_to_chain_final` is the
-//! cumulative RL token count at its first evaluation at or above that level (NaN if it never
-//! gets there), and `reach_ratio` is that count over the chain reference's mean total RL tokens:
-//! a tree that reaches the chain's final success with a quarter of its tokens has a ratio of
-//! 0.25. Levels given with `--reach 0.5,0.6` are measured the same way and listed in
-//! `reach.csv`. Evaluations are one episode per held-out task at the eval temperature, so a
-//! level is reached when the success rate of that fixed set is at or above it: no smoothing.
+//! is the level every run is measured against, per model preset. For each run,
+//! `tokens_to_chain_final` is the cumulative RL token count at which its curve first reaches
+//! that level (the first evaluation after RL began at or above it, linearly interpolated in
+//! tokens from the evaluation before; NaN if it never gets there), and `reach_ratio` is that
+//! count over the chain reference's mean total RL tokens: a tree that reaches the chain's final
+//! success with a quarter of its tokens has a ratio of 0.25. Levels given with
+//! `--reach 0.5,0.6` are measured the same way and listed in `reach.csv`. Evaluations are one
+//! episode per held-out task at the eval temperature, so a level is reached when the success
+//! rate of that fixed set is at or above it: no smoothing. `--budget-steps 128=50` gives the
+//! runs of one budget another number of RL steps (a quarter budget may learn for longer).
 //!
 //! # Decisions
 //! - **One SFT checkpoint per preset**, trained once with the base config (its seed) and reused
@@ -149,14 +152,27 @@ fn curve(dir: &Path) -> anyhow::Result<Vec<CurvePoint>> {
     Ok(points)
 }
 
-/// RL tokens before the first evaluation after at least one RL step whose success is at least
-/// `level` (the evaluation before RL does not count: a level the SFT policy already meets is
-/// not reached by RL at no cost).
-fn tokens_to_reach(curve: &[CurvePoint], level: f64) -> Option<u64> {
-    curve
-        .iter()
-        .find(|p| p.rl_step > 0 && p.success >= level - 1e-12)
-        .map(|p| p.tokens)
+/// RL tokens at which `curve` first reaches `level`: the first evaluation after at least one
+/// RL step whose success is at least `level`, linearly interpolated in tokens from the
+/// evaluation before it (so runs evaluated at different token intervals, such as budgets B and
+/// B/4 with the same `eval.every`, are measured alike). The evaluation before RL does not count
+/// as reaching a level: a level the SFT policy already meets is not reached by RL at no cost.
+fn tokens_to_reach(curve: &[CurvePoint], level: f64) -> Option<f64> {
+    let mut prev: Option<&CurvePoint> = None;
+    for p in curve {
+        if p.rl_step > 0 && p.success >= level - 1e-12 {
+            let at = match prev {
+                Some(q) if q.success < level && p.success > q.success => {
+                    let share = (level - q.success) / (p.success - q.success);
+                    q.tokens as f64 + share * (p.tokens as f64 - q.tokens as f64)
+                }
+                _ => p.tokens as f64,
+            };
+            return Some(at);
+        }
+        prev = Some(p);
+    }
+    None
 }
 
 /// One point of the grid.
@@ -630,9 +646,9 @@ fn reach_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], levels: &[f64]) ->
         }
         named.extend(levels.iter().map(|&l| (format!("{l}"), l)));
         let total = reference.map_or(f64::NAN, |(_, t)| t);
-        let ratio = |t: u64| {
+        let ratio = |t: f64| {
             if total > 0.0 {
-                format!("{}", t as f64 / total)
+                format!("{}", t / total)
             } else {
                 String::new()
             }
@@ -651,7 +667,7 @@ fn reach_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], levels: &[f64]) ->
                 r.seed,
                 name,
                 level,
-                tokens.map_or(String::new(), |t| t.to_string()),
+                tokens.map_or(String::new(), |t| format!("{t:.0}")),
                 tokens.map_or(String::new(), ratio),
             );
         }
@@ -1487,12 +1503,15 @@ mod tests {
         ];
         assert_eq!(chain_reference(&rows, &curves, "tiny"), Some((0.7, 4000.0)));
         assert_eq!(chain_reference(&rows, &curves, "small"), None);
-        // The evaluation before RL never counts as reaching a level.
-        assert_eq!(tokens_to_reach(&curves[3], 0.3), Some(500));
+        // The evaluation before RL never counts as reaching a level; crossings interpolate.
+        assert_eq!(tokens_to_reach(&curves[3], 0.3), Some(500.0));
+        assert_eq!(tokens_to_reach(&curves[3], 0.45), Some(750.0));
         fill_reach(&mut rows, &curves);
+        // 0.69 at 500 tokens, 0.7 at 1000: the crossing is at 1000.
         assert_eq!(rows[2].tokens_to_chain_final, 1000.0);
         assert_eq!(rows[2].reach_ratio, 0.25);
         assert!(rows[3].reach_ratio.is_nan());
+        // 0.3 at 0 tokens, 0.7 at 2000: exactly at the second evaluation.
         assert_eq!(rows[1].tokens_to_chain_final, 2000.0);
         let csv = reach_csv(&rows, &curves, &[0.5]);
         assert!(
