@@ -593,12 +593,8 @@ fn fill_reach(rows: &mut [SummaryRow], curves: &[Vec<CurvePoint>]) {
             continue;
         };
         if let Some(t) = tokens_to_reach(c, level) {
-            r.tokens_to_chain_final = t as f64;
-            r.reach_ratio = if total > 0.0 {
-                t as f64 / total
-            } else {
-                f64::NAN
-            };
+            r.tokens_to_chain_final = t;
+            r.reach_ratio = if total > 0.0 { t / total } else { f64::NAN };
         }
     }
 }
