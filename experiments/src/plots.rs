@@ -17,6 +17,20 @@ use plotters::prelude::*;
 /// The embedded font (DejaVu Sans 2.37; license in `experiments/assets/`).
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
+/// Line colours (Tableau 10: distinguishable, and none too light to read on white).
+const PALETTE: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (23, 190, 207),
+    (188, 189, 34),
+    (127, 127, 127),
+];
+
 /// Picture size in pixels (SVG user units).
 const SIZE: (u32, u32) = (900, 560);
 
@@ -243,7 +257,8 @@ where
             RGBAColor(110, 110, 110, 1.0)
         } else {
             colors += 1;
-            Palette99::pick(colors - 1).to_rgba()
+            let (r, g, b) = PALETTE[(colors - 1) % PALETTE.len()];
+            RGBAColor(r, g, b, 1.0)
         };
         let offset = (i as f64 - (k as f64 - 1.0) / 2.0) * dodge_step;
         let mut pts: Vec<Point> = series
@@ -296,7 +311,12 @@ where
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::UpperLeft)
+        // Learning curves rise from the lower left: keep the legend out of their way.
+        .position(if chart.band {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperLeft
+        })
         .draw()
         .map_err(err)?;
     Ok(())
