@@ -72,7 +72,7 @@ use rollout::sampler::{BranchPolicy, SamplerConfig, SamplerKind};
 use trainer::checkpoint;
 
 use crate::cli::{SweepArgs, TrainArgs};
-use crate::config::{RlSection, TrainConfig};
+use crate::config::{RlSection, TrainConfig, first_difference};
 use crate::plots::{LineChart, Point, Series, write_chart};
 use crate::train::{self, RunOptions};
 
@@ -366,38 +366,6 @@ enum DirState {
     Resume,
     /// A finished run with these settings: reuse it.
     Done,
-}
-
-/// The first key whose value differs between two configs, as `key: found X, expected Y`.
-fn first_difference(found: &TrainConfig, want: &TrainConfig) -> Option<String> {
-    fn walk(prefix: &str, a: &toml::Value, b: &toml::Value) -> Option<String> {
-        match (a, b) {
-            (toml::Value::Table(ta), toml::Value::Table(tb)) => {
-                let keys: std::collections::BTreeSet<&String> =
-                    ta.keys().chain(tb.keys()).collect();
-                keys.into_iter().find_map(|k| {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    match (ta.get(k), tb.get(k)) {
-                        (Some(x), Some(y)) => walk(&key, x, y),
-                        (x, y) => Some(format!(
-                            "{key}: found {}, expected {}",
-                            x.map_or("nothing".into(), ToString::to_string),
-                            y.map_or("nothing".into(), ToString::to_string)
-                        )),
-                    }
-                })
-            }
-            _ if a == b => None,
-            _ => Some(format!("{prefix}: found {a}, expected {b}")),
-        }
-    }
-    let a = toml::Value::try_from(found).ok()?;
-    let b = toml::Value::try_from(want).ok()?;
-    walk("", &a, &b)
 }
 
 /// What to do with the run directory of `want` (see [`DirState`]); changes nothing. A

@@ -26,7 +26,7 @@ use trainer::sft::sft_batch;
 use trainer::trainer::{Trainer, TrainerConfig, TrainerState, default_device};
 
 use crate::cli::TrainArgs;
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, first_difference};
 use crate::envs_cmd::parse_knobs;
 
 /// Held-out success of a policy.
@@ -94,12 +94,58 @@ struct Summary<'a> {
     config: &'a TrainConfig,
 }
 
-/// Applies the command-line overrides to a config.
+/// The configuration of `arbor train`: the TOML file (or the defaults) with the command-line
+/// overrides; with `--resume`, the run's own `config.toml` (see [`resolve_resume`]).
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    if args.resume {
+        return resolve_resume(args);
+    }
     let mut cfg = match &args.config {
         Some(path) => TrainConfig::load(path)?,
         None => TrainConfig::default(),
     };
+    apply_overrides(&mut cfg, args)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// `--resume`: the configuration is the run's own `config.toml` (`--out`/`--name` locate the
+/// run). Other flags, and a `--config` file, may repeat its values but not change them: a
+/// resumed run continues exactly what was started, so a conflicting setting is a one-line error
+/// naming the first differing key, and the run's files are left untouched.
+pub fn resolve_resume(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let Some(name) = &args.name else {
+        bail!("--resume needs --name (the run directory to continue)");
+    };
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs"));
+    let dir = out.join(name);
+    let path = dir.join("config.toml");
+    if !path.is_file() {
+        bail!("cannot resume: {} has no config.toml", dir.display());
+    }
+    let stored = TrainConfig::load(&path)?;
+    let mut want = match &args.config {
+        Some(file) => TrainConfig::load(file)?,
+        None => stored.clone(),
+    };
+    apply_overrides(&mut want, args)?;
+    want.name = stored.name.clone();
+    want.out = stored.out.clone();
+    if let Some(diff) = first_difference(&stored, &want) {
+        bail!(
+            "--resume continues {} with its own config.toml; the command line would change {diff}",
+            dir.display()
+        );
+    }
+    // The run directory is where the command line says, whatever `out` it was created with.
+    let mut cfg = stored;
+    cfg.out = out;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Applies the command-line overrides to a config.
+fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
     if let Some(env) = &args.env
         && *env != cfg.env.name
     {
@@ -156,8 +202,7 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(e) = args.episodes {
         cfg.eval.episodes = e;
     }
-    cfg.validate()?;
-    Ok(cfg)
+    Ok(())
 }
 
 /// A progress bar on stderr, hidden under `--quiet` or when stderr is not a terminal.
@@ -324,7 +369,10 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         _ => None,
     };
     let dir = run_dir(&mut cfg, opts.resume)?;
-    write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    // A resumed run keeps the config.toml it was started with (never rewritten).
+    if !opts.resume {
+        write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    }
     let quiet = opts.quiet;
     let say = |line: String| {
         if !quiet {

@@ -77,26 +77,57 @@ fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
         "{}",
         String::from_utf8_lossy(&full.stderr)
     );
-    // Stop after RL step 1, then resume to step 3.
-    let part = arbor(&[
-        "train", "--config", cfg, "--out", out_dir, "--name", "part", "--steps", "1",
-    ]);
+    // Kill the same run after its first RL checkpoint, then resume it from its own
+    // config.toml alone (no --config: the run's file is the configuration).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .args([
+            "train", "--config", cfg, "--out", out_dir, "--name", "part", "--quiet",
+        ])
+        .spawn()
+        .unwrap();
+    let latest = dir.join("part").join("checkpoints").join("latest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        // tiny_config: 3 SFT steps, so step-4 is the first RL checkpoint.
+        let tag = std::fs::read_to_string(&latest).unwrap_or_default();
+        if tag
+            .trim()
+            .strip_prefix("step-")
+            .and_then(|n| n.parse::<u32>().ok())
+            >= Some(4)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
     assert!(
-        part.status.success(),
-        "{}",
-        String::from_utf8_lossy(&part.stderr)
+        !dir.join("part").join("summary.json").exists(),
+        "killed before the end"
     );
+    let config_before = std::fs::read(dir.join("part").join("config.toml")).unwrap();
     let again = arbor(&[
         "train", "--config", cfg, "--out", out_dir, "--name", "part", "--quiet",
     ]);
     assert_one_line_error(&again, "exists");
+    // A resume that would change a setting is refused and changes nothing.
+    let conflict = arbor(&[
+        "train", "--out", out_dir, "--name", "part", "--resume", "--preset", "small", "--quiet",
+    ]);
+    assert_one_line_error(&conflict, "model.preset");
     let resumed = arbor(&[
-        "train", "--config", cfg, "--out", out_dir, "--name", "part", "--resume", "--quiet",
+        "train", "--out", out_dir, "--name", "part", "--resume", "--quiet",
     ]);
     assert!(
         resumed.status.success(),
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(
+        config_before,
+        std::fs::read(dir.join("part").join("config.toml")).unwrap(),
+        "a resumed run never rewrites its config.toml"
     );
     let weights = |run: &str| {
         let root = dir.join(run).join("checkpoints");
@@ -129,8 +160,7 @@ fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
     let metrics_before = std::fs::read(dir.join("part").join("metrics.csv")).unwrap();
     let out = arbor(&[
-        "train", "--config", cfg, "--out", out_dir, "--name", "part", "--resume", "--steps", "5",
-        "--quiet",
+        "train", "--config", cfg, "--out", out_dir, "--name", "part", "--resume", "--quiet",
     ]);
     assert_one_line_error(&out, "cannot resume");
     assert_eq!(
