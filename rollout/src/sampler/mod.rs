@@ -28,24 +28,25 @@
 //!
 //! # Choosing the defaults
 //! The tree defaults (`branch = entropy`, `root_share = 0.5`, M = 2, N = 2, step granularity
-//! for the turn-start candidates) were chosen by held-out learning curves against generated
-//! RL tokens (`arbor sweep --eval-every`, README "Tree vs chain"). On 2-hop multihop, from one
-//! SFT policy (0.559 held-out success), 20 RL steps of 8 tasks, seed 0, the tree at a quarter
-//! of the budget (B = 128) reached 0.887 (entropy, root share 0.5), 0.859 (entropy, M = 2 only),
-//! 0.867 (random, M = 2 only) and 0.859 (random, root share 0.5) after about 20k generated
-//! tokens, where the chain needed about 58k at B = 512 to reach its final 0.898 and the chain
-//! at B = 128 stalled at 0.64 (half its chains cut by the budget, 91% of its groups without a
-//! mixed outcome). At B = 512 all variants ended within 0.02 of each other (entropy with root
-//! share 0.5 highest, 0.906). Why these two levers:
+//! for the turn-start candidates, `tree-grpo`) were chosen by held-out learning curves against
+//! generated RL tokens (`arbor sweep --eval-every`; README, "Tree vs chain"). On 2-hop
+//! multihop, 3 seeds from one SFT policy (held-out success 0.50-0.59), the tree at a quarter of
+//! the chain's budget (B/4 = 128 against B = 512) reached the chain's final success (0.892)
+//! with 0.32 ± 0.03 of the chain's generated tokens with entropy forks (2 of 3 seeds within 50
+//! steps) and 0.42 ± 0.06 with random forks (3 of 3); the chain at B/4 stalled at 0.64. At
+//! B = 512 entropy forks ended highest (0.909 ± 0.010, random 0.889 ± 0.024, chain
+//! 0.892 ± 0.022). A single-seed ablation before it (20 steps) put root share 0.5 ahead of
+//! M = 2 trees only (0.887 against 0.859 at B/4 with entropy forks). The evidence between the two
+//! branching policies is within noise at B/4; entropy is the default because it ended highest
+//! at B and spends forks where the policy is undecided. Why these levers:
 //! - `root_share`: with M = 2 trees the decisive first action (search or give up) is sampled
 //!   only twice plus the root forks; spending half the budget on independent trees samples it
 //!   about as often as the chain does, and the other half still buys cheap shared-prefix forks.
 //! - `entropy`: a confident policy resampling a whole turn from a random turn start mostly
-//!   repeats itself; forking at the highest-entropy tokens spends the forks where the policy is
-//!   undecided (TreeRL's EPTree), which gave the most distinct trajectories per token in `arbor
-//!   bench sampler`. Its token-level nodes cost little in training (tree-packed attention is
-//!   linear in the number of spans): 1.61 s per RL step against 1.48 s for random forks at
-//!   B = 512 in that run.
+//!   repeats itself; forking at the highest-entropy tokens (TreeRL's EPTree) puts the forks
+//!   where the policy is undecided. Its token-level nodes cost little in training (tree-packed
+//!   attention is linear in the number of spans): 1.6 s per RL step against 1.5 s for random
+//!   forks at B = 512 in those runs.
 //!
 //! # The budget (DESIGN §4)
 //! Before each decode, a task with `r` tokens of budget left decodes at most `r` of its live
