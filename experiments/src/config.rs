@@ -343,6 +343,18 @@ impl TrainConfig {
 
     /// Checks every value a run depends on; the first problem is the error.
     pub fn validate(&self) -> anyhow::Result<()> {
+        let mut parts = Path::new(&self.name).components();
+        let plain = matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        );
+        if !self.name.is_empty() && !plain {
+            bail!(
+                "config name '{}' must be a plain directory name inside `out` (no '/', '..' or \
+                 absolute path)",
+                self.name
+            );
+        }
         self.sampler.validate()?;
         if self.model.dir.is_none() {
             ModelConfig::preset(&self.model.preset)?;

@@ -222,34 +222,45 @@ pub fn progress(len: u64, label: &str, quiet: bool) -> ProgressBar {
 
 /// Picks the run directory: the configured name, or `<env>-<sampler>` made unique.
 fn run_dir(cfg: &mut TrainConfig, resume: bool) -> anyhow::Result<PathBuf> {
-    if cfg.name.is_empty() {
-        if resume {
+    if resume {
+        if cfg.name.is_empty() {
             bail!("--resume needs --name (the run directory to continue)");
         }
-        let base = format!("{}-{}", cfg.env.name, cfg.sampler.kind);
-        let mut name = base.clone();
-        let mut k = 2;
-        while cfg.out.join(&name).exists() {
-            name = format!("{base}-{k}");
-            k += 1;
+        let dir = cfg.out.join(&cfg.name);
+        if !dir.is_dir() {
+            bail!(
+                "cannot resume: run directory {} does not exist",
+                dir.display()
+            );
         }
-        cfg.name = name;
+        return Ok(dir);
     }
-    let dir = cfg.out.join(&cfg.name);
-    if dir.exists() && !resume {
-        bail!(
-            "run directory {} exists; pass --resume to continue it or --name for a new run",
-            dir.display()
-        );
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    // The run directory is created exclusively (one atomic mkdir): of two runs started together
+    // with the same name, exactly one gets it and the other stops with one line.
+    let auto = cfg.name.is_empty();
+    let base = format!("{}-{}", cfg.env.name, cfg.sampler.kind);
+    let mut k = 1;
+    loop {
+        let name = match (auto, k) {
+            (false, _) => cfg.name.clone(),
+            (true, 1) => base.clone(),
+            (true, _) => format!("{base}-{k}"),
+        };
+        let dir = cfg.out.join(&name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                cfg.name = name;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && auto => k += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+                "run directory {} exists; pass --resume to continue it or --name for a new run",
+                dir.display()
+            ),
+            Err(e) => bail!("creating {}: {e}", dir.display()),
+        }
     }
-    if !dir.exists() && resume {
-        bail!(
-            "cannot resume: run directory {} does not exist",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// How [`run_config`] starts a run.

@@ -4,6 +4,7 @@
 mod common;
 use common::{arbor, assert_one_line_error, scratch, tiny_config};
 
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -18,6 +19,15 @@ fn bad_input_is_one_clear_line() {
         &arbor(&["train", "--budget", "0", "--out", out_dir]),
         "budget",
     );
+    // A run name is one directory inside --out: no way out of it.
+    for name in ["../escaped", "/tmp/arbor-abs-escape", "a/b"] {
+        assert_one_line_error(
+            &arbor(&["train", "--name", name, "--out", out_dir]),
+            "plain directory name",
+        );
+    }
+    assert!(!dir.parent().unwrap().join("escaped").exists());
+    assert!(!Path::new("/tmp/arbor-abs-escape").exists());
     let missing = dir.join("missing.toml");
     assert_one_line_error(
         &arbor(&[
@@ -335,6 +345,31 @@ fn bench_sampler_samples_with_the_given_checkpoint() {
     assert!(trained.contains("checkpoints"), "{trained}");
     assert!(random.contains("seeded random weights"), "{random}");
     assert_eq!(trained.lines().count(), 2, "chain and tree rows");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Two runs started together with the same name: exactly one gets the run directory, the other
+/// stops with one line, and the directory holds one run's files.
+#[test]
+fn concurrent_starts_with_one_name_leave_one_run() {
+    let dir = scratch("race");
+    let cfg = tiny_config(&dir, 1);
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_arbor"))
+            .args(["train", "--config", cfg.to_str().unwrap()])
+            .args(["--out", dir.to_str().unwrap(), "--name", "same", "--quiet"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "exactly one run succeeds");
+    let failed = outs.iter().find(|o| !o.status.success()).unwrap();
+    assert_one_line_error(failed, "exists");
+    datasets::export::check_run_files(dir.join("same")).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
