@@ -379,8 +379,40 @@ impl TrainConfig {
                 self.rl.export_rollouts
             );
         }
-        if !(self.sft.lr > 0.0 && self.rl.lr > 0.0) {
-            bail!("config learning rates must be positive");
+        let finite_positive = [("sft.lr", self.sft.lr), ("rl.lr", self.rl.lr)];
+        for (key, v) in finite_positive {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("config {key} must be a finite number > 0 (got {v})");
+            }
+        }
+        if !(self.sft.min_lr_ratio.is_finite() && (0.0..=1.0).contains(&self.sft.min_lr_ratio)) {
+            bail!("config sft.min_lr_ratio must be in [0, 1]");
+        }
+        if !(self.rl.clip_eps > 0.0 && self.rl.clip_eps < 1.0) {
+            bail!("config rl.clip_eps must be in (0, 1)");
+        }
+        if !(self.rl.kl_coef.is_finite() && self.rl.kl_coef >= 0.0) {
+            bail!("config rl.kl_coef must be a finite number >= 0");
+        }
+        if !self.rl.entropy_coef.is_finite() {
+            bail!("config rl.entropy_coef must be a finite number");
+        }
+        // Sizes far beyond anything a run can hold are refused here, with one line, instead of
+        // ending in an allocation failure.
+        let limits = [
+            ("sft.batch", self.sft.batch, 1 << 16),
+            ("sft.demos", self.sft.demos, 1 << 24),
+            ("sft.steps", self.sft.steps, 1 << 32),
+            ("rl.steps", self.rl.steps, 1 << 32),
+            ("rl.tasks_per_step", self.rl.tasks_per_step, 1 << 16),
+            ("rl.minibatches", self.rl.minibatches, 1 << 16),
+            ("rl.epochs", self.rl.epochs, 1 << 16),
+            ("eval.episodes", self.eval.episodes, 1 << 24),
+        ];
+        for (key, v, max) in limits {
+            if v > max {
+                bail!("config {key} = {v} is larger than the supported {max}");
+            }
         }
         if !(0.0..=1.0).contains(&self.sft.mistake_rate) {
             bail!("config sft.mistake_rate must be in [0, 1]");
@@ -486,6 +518,26 @@ mod tests {
         let err = parse("[sampler]\nbudgett = 5\n").unwrap_err().to_string();
         assert!(err.contains("budgett"), "{err}");
         assert!(parse("[sampler]\nbudget = \"many\"\n").is_err());
+    }
+
+    /// Non-finite, negative or absurd values are refused by `validate`, naming the key, before
+    /// a run directory exists.
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        let cases = [
+            ("[rl]\nlr = inf\n", "rl.lr"),
+            ("[rl]\nclip_eps = nan\n", "rl.clip_eps"),
+            ("[rl]\nkl_coef = -5.0\n", "rl.kl_coef"),
+            ("[sft]\nmin_lr_ratio = nan\n", "sft.min_lr_ratio"),
+            ("[sft]\nlr = 0.0\n", "sft.lr"),
+            ("[eval]\nepisodes = 1000000000000\n", "eval.episodes"),
+            ("name = \"../up\"\n", "plain directory name"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert!(TrainConfig::default().validate().is_ok());
     }
 
     #[test]
