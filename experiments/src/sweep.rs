@@ -567,6 +567,21 @@ fn fill_reach(rows: &mut [SummaryRow], curves: &[Vec<CurvePoint>]) {
     }
 }
 
+/// The columns that name a run in `curves.csv` and `reach.csv`: env, preset, sampler, branch,
+/// estimator, budget, seed.
+fn run_columns(r: &SummaryRow) -> String {
+    format!(
+        "{},{},{},{},{},{},{}",
+        r.env,
+        r.preset,
+        r.sampler,
+        r.branch.as_deref().unwrap_or(""),
+        r.estimator,
+        r.budget,
+        r.seed
+    )
+}
+
 /// `curves.csv`: one line per held-out evaluation of every run.
 fn curves_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>]) -> String {
     let mut out = String::from(
@@ -577,14 +592,8 @@ fn curves_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>]) -> String {
         for p in c {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{}",
-                r.env,
-                r.preset,
-                r.sampler,
-                r.branch.as_deref().unwrap_or(""),
-                r.estimator,
-                r.budget,
-                r.seed,
+                "{},{},{},{},{}",
+                run_columns(r),
                 p.rl_step,
                 p.tokens,
                 p.success,
@@ -621,14 +630,8 @@ fn reach_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], levels: &[f64]) ->
             let tokens = tokens_to_reach(c, *level);
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{}",
-                r.env,
-                r.preset,
-                r.sampler,
-                r.branch.as_deref().unwrap_or(""),
-                r.estimator,
-                r.budget,
-                r.seed,
+                "{},{},{},{},{}",
+                run_columns(r),
                 name,
                 level,
                 tokens.map_or(String::new(), |t| format!("{t:.0}")),

@@ -166,103 +166,44 @@ enum Access {
     F64(fn(&MetricsRow) -> f64, fn(&mut MetricsRow, f64)),
 }
 
+/// One [`NUMERIC`] entry: the field's name and its getter and setter.
+macro_rules! column {
+    ($field:ident, $kind:ident) => {
+        (
+            stringify!($field),
+            Access::$kind(|r| r.$field, |r, v| r.$field = v),
+        )
+    };
+}
+
 /// The numeric columns after `step` and `phase`, in file order: the one place that lists them
 /// (schema, Parquet batch, CSV and reader all walk it).
 const NUMERIC: &[(&str, Access)] = &[
-    (
-        "reward_mean",
-        Access::F64(|r| r.reward_mean, |r, v| r.reward_mean = v),
-    ),
-    (
-        "success_rate",
-        Access::F64(|r| r.success_rate, |r, v| r.success_rate = v),
-    ),
-    (
-        "success_stderr",
-        Access::F64(|r| r.success_stderr, |r, v| r.success_stderr = v),
-    ),
-    (
-        "task_success",
-        Access::F64(|r| r.task_success, |r, v| r.task_success = v),
-    ),
-    (
-        "reward_std",
-        Access::F64(|r| r.reward_std, |r, v| r.reward_std = v),
-    ),
-    ("loss", Access::F64(|r| r.loss, |r, v| r.loss = v)),
-    ("kl", Access::F64(|r| r.kl, |r, v| r.kl = v)),
-    ("entropy", Access::F64(|r| r.entropy, |r, v| r.entropy = v)),
-    (
-        "clip_frac",
-        Access::F64(|r| r.clip_frac, |r, v| r.clip_frac = v),
-    ),
-    (
-        "grad_norm",
-        Access::F64(|r| r.grad_norm, |r, v| r.grad_norm = v),
-    ),
-    ("lr", Access::F64(|r| r.lr, |r, v| r.lr = v)),
-    (
-        "generated_tokens",
-        Access::U64(|r| r.generated_tokens, |r, v| r.generated_tokens = v),
-    ),
-    (
-        "cumulative_generated_tokens",
-        Access::U64(
-            |r| r.cumulative_generated_tokens,
-            |r, v| r.cumulative_generated_tokens = v,
-        ),
-    ),
-    (
-        "prefill_tokens",
-        Access::U64(|r| r.prefill_tokens, |r, v| r.prefill_tokens = v),
-    ),
-    (
-        "cached_tokens",
-        Access::U64(|r| r.cached_tokens, |r, v| r.cached_tokens = v),
-    ),
-    (
-        "cache_read_share",
-        Access::F64(|r| r.cache_read_share, |r, v| r.cache_read_share = v),
-    ),
-    (
-        "trajectories",
-        Access::U64(|r| r.trajectories, |r, v| r.trajectories = v),
-    ),
-    (
-        "distinct_trajectories",
-        Access::U64(
-            |r| r.distinct_trajectories,
-            |r, v| r.distinct_trajectories = v,
-        ),
-    ),
-    (
-        "truncated",
-        Access::U64(|r| r.truncated, |r, v| r.truncated = v),
-    ),
-    (
-        "zero_adv_groups_frac",
-        Access::F64(
-            |r| r.zero_adv_groups_frac,
-            |r, v| r.zero_adv_groups_frac = v,
-        ),
-    ),
-    (
-        "tokens_per_success",
-        Access::F64(|r| r.tokens_per_success, |r, v| r.tokens_per_success = v),
-    ),
-    (
-        "response_len_mean",
-        Access::F64(|r| r.response_len_mean, |r, v| r.response_len_mean = v),
-    ),
-    (
-        "response_len_max",
-        Access::U64(|r| r.response_len_max, |r, v| r.response_len_max = v),
-    ),
-    (
-        "tokens_per_s",
-        Access::F64(|r| r.tokens_per_s, |r, v| r.tokens_per_s = v),
-    ),
-    ("wall_ms", Access::U64(|r| r.wall_ms, |r, v| r.wall_ms = v)),
+    column!(reward_mean, F64),
+    column!(success_rate, F64),
+    column!(success_stderr, F64),
+    column!(task_success, F64),
+    column!(reward_std, F64),
+    column!(loss, F64),
+    column!(kl, F64),
+    column!(entropy, F64),
+    column!(clip_frac, F64),
+    column!(grad_norm, F64),
+    column!(lr, F64),
+    column!(generated_tokens, U64),
+    column!(cumulative_generated_tokens, U64),
+    column!(prefill_tokens, U64),
+    column!(cached_tokens, U64),
+    column!(cache_read_share, F64),
+    column!(trajectories, U64),
+    column!(distinct_trajectories, U64),
+    column!(truncated, U64),
+    column!(zero_adv_groups_frac, F64),
+    column!(tokens_per_success, F64),
+    column!(response_len_mean, F64),
+    column!(response_len_max, U64),
+    column!(tokens_per_s, F64),
+    column!(wall_ms, U64),
 ];
 
 /// The numeric columns, in file order.
