@@ -549,13 +549,21 @@ fn presets_of(rows: &[SummaryRow]) -> Vec<String> {
     dedup(&rows.iter().map(|r| r.preset.clone()).collect::<Vec<_>>())
 }
 
+/// The chain reference of every preset that has one, by preset.
+fn chain_references(
+    rows: &[SummaryRow],
+    curves: &[Vec<CurvePoint>],
+) -> BTreeMap<String, (f64, f64)> {
+    presets_of(rows)
+        .into_iter()
+        .filter_map(|p| chain_reference(rows, curves, &p).map(|r| (p, r)))
+        .collect()
+}
+
 /// Fills `tokens_to_chain_final` and `reach_ratio` of every row (against its preset's chain
 /// reference).
 fn fill_reach(rows: &mut [SummaryRow], curves: &[Vec<CurvePoint>]) {
-    let refs: BTreeMap<String, (f64, f64)> = presets_of(rows)
-        .into_iter()
-        .filter_map(|p| chain_reference(rows, curves, &p).map(|r| (p, r)))
-        .collect();
+    let refs = chain_references(rows, curves);
     for (r, c) in rows.iter_mut().zip(curves) {
         let Some(&(level, total)) = refs.get(&r.preset) else {
             continue;
@@ -611,8 +619,9 @@ fn reach_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], levels: &[f64]) ->
     let mut out = String::from(
         "env,preset,sampler,branch,estimator,budget,seed,level_name,level,tokens,ratio_to_chain\n",
     );
+    let refs = chain_references(rows, curves);
     for (r, c) in rows.iter().zip(curves) {
-        let reference = chain_reference(rows, curves, &r.preset);
+        let reference = refs.get(&r.preset).copied();
         let mut named: Vec<(String, f64)> = Vec::new();
         if let Some((level, _)) = reference {
             named.push(("chain_final".into(), level));
@@ -688,17 +697,14 @@ fn curve_chart(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], over: &str) -> L
             }
         })
         .collect();
-    let presets = presets_of(rows);
-    for preset in &presets {
-        let Some((level, _)) = chain_reference(rows, curves, preset) else {
-            continue;
-        };
+    let refs = chain_references(rows, curves);
+    for (preset, &(level, _)) in &refs {
         let x_max = curves
             .iter()
             .flatten()
             .map(|p| p.tokens as f64)
             .fold(0.0, f64::max);
-        let of = if presets.len() > 1 {
+        let of = if presets_of(rows).len() > 1 {
             format!(" [{preset}]")
         } else {
             String::new()

@@ -8,13 +8,24 @@ use crate::policy::{Sampled, SamplingParams};
 /// # Shapes
 /// `logits`: `[vocab]`.
 pub fn log_partition_and_entropy(logits: &[f32]) -> (f64, f64) {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    tempered_partition_and_entropy(logits, 1.0)
+}
+
+/// [`log_partition_and_entropy`] of the tempered logits `logits / temperature`, without
+/// materialising them (the decode hot path samples one token per sequence and step).
+///
+/// # Shapes
+/// `logits`: `[vocab]`.
+fn tempered_partition_and_entropy(logits: &[f32], temperature: f32) -> (f64, f64) {
+    let inv = 1.0 / temperature as f64;
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64 * inv;
     let mut z = 0.0f64;
     let mut zl = 0.0f64;
     for &l in logits {
-        let e = (l as f64 - m).exp();
+        let x = l as f64 * inv - m;
+        let e = x.exp();
         z += e;
-        zl += e * (l as f64 - m);
+        zl += e * x;
     }
     let lse = m + z.ln();
     // H = -Σ p (l - lse) = lse - Σ p l = ln z - Σ e (l - m) / z.
@@ -54,14 +65,8 @@ pub fn argmax(logits: &[f32]) -> usize {
 pub fn sample_from_logits(logits: &[f32], params: &SamplingParams, rng_key: u64) -> Sampled {
     let t = params.scoring_temperature();
     let token = choose(logits, params, rng_key);
-    let (logprob, entropy) = if t == 1.0 {
-        let (lse, entropy) = log_partition_and_entropy(logits);
-        (logits[token] as f64 - lse, entropy)
-    } else {
-        let scaled: Vec<f32> = logits.iter().map(|&l| l / t).collect();
-        let (lse, entropy) = log_partition_and_entropy(&scaled);
-        (scaled[token] as f64 - lse, entropy)
-    };
+    let (lse, entropy) = tempered_partition_and_entropy(logits, t);
+    let logprob = logits[token] as f64 / t as f64 - lse;
     Sampled {
         token: token as u32,
         logprob: logprob as f32,
