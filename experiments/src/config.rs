@@ -89,6 +89,12 @@ pub struct ModelSection {
     /// Caps the context window of a `dir` model (its RoPE tables and KV cache are sized by it).
     /// Default: 2048.
     pub max_seq_len: usize,
+    /// Start from this checkpoint (a `checkpoints/step-N` directory, or a run directory for its
+    /// latest) instead of `preset`'s random or `dir`'s weights: its weights, optimizer moments
+    /// and SFT step count carry over, so SFT runs only the steps it lacks; RL counters start at
+    /// 0 and this config supplies every setting. Kept in the run's `config.toml`, so a resumed
+    /// run that had no checkpoint of its own yet starts from it again. Default: none.
+    pub init: Option<PathBuf>,
 }
 
 /// The policy a run starts from.
@@ -154,6 +160,9 @@ pub struct SftSection {
     /// perfect demonstrations (0) the tiny default policy's failures are copy errors that RL did
     /// not reduce within minutes (README, "Measured").
     pub guess_rate: f32,
+    /// Save a checkpoint (with the SFT metrics so far) every this many SFT steps, so a crash
+    /// loses at most this many steps (0: only at the end of SFT). Default: 250.
+    pub checkpoint_every: usize,
 }
 
 /// `[rl]`.
@@ -271,6 +280,7 @@ impl Default for ModelSection {
             preset: "tiny".into(),
             dir: None,
             max_seq_len: 2048,
+            init: None,
         }
     }
 }
@@ -286,6 +296,7 @@ impl Default for SftSection {
             min_lr_ratio: 1.0,
             mistake_rate: 0.0,
             guess_rate: 0.3,
+            checkpoint_every: 250,
         }
     }
 }

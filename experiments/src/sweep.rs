@@ -36,7 +36,7 @@
 //! # Decisions
 //! - **One SFT checkpoint per preset**, trained once with the base config (its seed) and reused
 //!   by every run and every later invocation with the same base settings. Each run continues
-//!   it ([`train::RunOptions::init`]): same weights and optimizer moments, its own seed for
+//!   it (`model.init`, [`crate::config::ModelSection::init`]): same weights and optimizer moments, its own seed for
 //!   RL task draws, sampling, mini-batch order and the held-out evaluation stream. The spread
 //!   over seeds therefore measures RL, not SFT. A run whose seed is the base seed equals
 //!   `arbor train` with the same settings. With `sft.steps = 0` runs start from random weights.
@@ -72,7 +72,7 @@ use rollout::sampler::{BranchPolicy, SamplerConfig, SamplerKind};
 use trainer::checkpoint;
 
 use crate::cli::{SweepArgs, TrainArgs};
-use crate::config::{RlSection, TrainConfig, first_difference};
+use crate::config::{ModelSection, RlSection, TrainConfig, first_difference};
 use crate::plots::{LineChart, Point, Series, write_chart};
 use crate::train::{self, RunOptions};
 
@@ -385,6 +385,14 @@ fn dir_state(
             dir.display()
         )
     })?;
+    // The shared SFT checkpoint a run starts from is the sweep's choice, not a setting.
+    let found = TrainConfig {
+        model: ModelSection {
+            init: None,
+            ..found.model
+        },
+        ..found
+    };
     let (found, want) = (view(&found), view(want));
     if found != want {
         let diff = first_difference(&found, &want).unwrap_or_else(|| "settings differ".into());
@@ -396,9 +404,7 @@ fn dir_state(
     if dir.join("summary.json").is_file() {
         return Ok(DirState::Done);
     }
-    let resumable = dir.join("run_state.json").is_file()
-        && checkpoint::latest(&dir.join("checkpoints")).is_ok();
-    Ok(if resumable {
+    Ok(if crate::train::is_resumable(&dir) {
         DirState::Resume
     } else {
         DirState::Restart
@@ -407,6 +413,8 @@ fn dir_state(
 
 /// Trains, resumes or reuses the run of `cfg` as `state` says; returns its directory.
 fn ensure_run(cfg: &TrainConfig, state: &DirState, init: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let mut cfg = cfg.clone();
+    cfg.model.init = init.map(Path::to_path_buf);
     let dir = cfg.out.join(&cfg.name);
     if *state == DirState::Restart {
         std::fs::remove_dir_all(&dir)
@@ -416,7 +424,6 @@ fn ensure_run(cfg: &TrainConfig, state: &DirState, init: Option<&Path>) -> anyho
         let opts = RunOptions {
             resume: *state == DirState::Resume,
             quiet: true,
-            init,
         };
         train::run_config(cfg.clone(), &opts).with_context(|| format!("run {}", cfg.name))?;
     }

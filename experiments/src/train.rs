@@ -58,24 +58,42 @@ struct RunState {
 impl RunState {
     const FILE: &'static str = "run_state.json";
 
-    fn load(dir: &Path) -> anyhow::Result<RunState> {
-        let path = dir.join(Self::FILE);
+    /// The state saved with the checkpoint `ckpt`. Runs written before the state moved into
+    /// the checkpoint directory kept it in the run directory `run`.
+    fn load(ckpt: &Path, run: &Path) -> anyhow::Result<RunState> {
+        let inside = ckpt.join(Self::FILE);
+        let path = if inside.exists() {
+            inside
+        } else {
+            run.join(Self::FILE)
+        };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot resume: {} is missing", path.display()))?;
         serde_json::from_str(&text)
             .with_context(|| format!("cannot resume: {} is corrupt", path.display()))
     }
 
-    /// Saves a checkpoint of `trainer` and then this state (so the state never runs ahead of
-    /// the checkpoint it describes).
-    fn save_with(&self, dir: &Path, trainer: &Trainer) -> anyhow::Result<()> {
+    /// Saves a checkpoint of `trainer` with this state inside it, visible as a whole in one
+    /// step (`checkpoint::save_with`): a crash never separates the two. Returns the step tag.
+    fn save_with(&self, dir: &Path, trainer: &Trainer) -> anyhow::Result<u64> {
         let st = trainer.state();
         let tag = st.sft_steps + st.rl_steps;
-        checkpoint::save(&dir.join("checkpoints"), tag, trainer)?;
         let json = serde_json::to_string(self)?;
-        write_atomic(&dir.join(Self::FILE), json.as_bytes())?;
-        Ok(())
+        checkpoint::save_with(
+            &dir.join("checkpoints"),
+            tag,
+            trainer,
+            &[(Self::FILE, json.as_bytes())],
+        )?;
+        Ok(tag)
     }
+}
+
+/// Whether the run directory `dir` holds a complete checkpoint with its run state, so that
+/// `--resume` can continue it.
+pub fn is_resumable(dir: &Path) -> bool {
+    checkpoint::latest(&dir.join("checkpoints"))
+        .is_ok_and(|ckpt| ckpt.join(RunState::FILE).is_file() || dir.join(RunState::FILE).is_file())
 }
 
 #[derive(Debug, Serialize)]
@@ -202,6 +220,9 @@ fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()
     if let Some(e) = args.episodes {
         cfg.eval.episodes = e;
     }
+    if let Some(i) = &args.init {
+        cfg.model.init = Some(i.clone());
+    }
     Ok(())
 }
 
@@ -221,7 +242,7 @@ pub fn progress(len: u64, label: &str, quiet: bool) -> ProgressBar {
 }
 
 /// Picks the run directory: the configured name, or `<env>-<sampler>` made unique.
-fn run_dir(cfg: &mut TrainConfig, resume: bool) -> anyhow::Result<PathBuf> {
+fn run_dir(cfg: &mut TrainConfig, resume: bool) -> anyhow::Result<(PathBuf, RunLock)> {
     if resume {
         if cfg.name.is_empty() {
             bail!("--resume needs --name (the run directory to continue)");
@@ -233,7 +254,8 @@ fn run_dir(cfg: &mut TrainConfig, resume: bool) -> anyhow::Result<PathBuf> {
                 dir.display()
             );
         }
-        return Ok(dir);
+        let lock = RunLock::try_acquire(&dir)?;
+        return Ok((dir, lock));
     }
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
     // The run directory is created exclusively (one atomic mkdir): of two runs started together
@@ -251,7 +273,8 @@ fn run_dir(cfg: &mut TrainConfig, resume: bool) -> anyhow::Result<PathBuf> {
         match std::fs::create_dir(&dir) {
             Ok(()) => {
                 cfg.name = name;
-                return Ok(dir);
+                let lock = RunLock::acquire(&dir)?;
+                return Ok((dir, lock));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && auto => k += 1,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
@@ -263,19 +286,60 @@ fn run_dir(cfg: &mut TrainConfig, resume: bool) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// `run.lock` in a run directory, locked (an OS advisory lock, released when the process ends
+/// however it ends) for as long as a process writes the run: a second `--resume` of a run in
+/// progress stops with one line instead of interleaving its writes.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    const FILE: &'static str = "run.lock";
+
+    fn open(dir: &Path) -> anyhow::Result<std::fs::File> {
+        let path = dir.join(Self::FILE);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))
+    }
+
+    /// Locks the run directory that this process has just created (waiting out a `--resume`
+    /// that looked at it in between).
+    fn acquire(dir: &Path) -> anyhow::Result<RunLock> {
+        let file = Self::open(dir)?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", dir.display()))?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// Locks an existing run directory, or says that another process holds it.
+    fn try_acquire(dir: &Path) -> anyhow::Result<RunLock> {
+        let file = Self::open(dir)?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "run directory {} is in use by another arbor process",
+                dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("cannot lock {}", dir.display()))
+            }
+        }
+    }
+}
+
 /// How [`run_config`] starts a run.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions<'a> {
-    /// Continue the run directory `out/name` from its latest checkpoint (`--resume`).
+pub struct RunOptions {
+    /// Continue the run directory `out/name` from its latest checkpoint (`--resume`); a run
+    /// stopped before its first checkpoint starts over from its own config.
     pub resume: bool,
     /// No progress bars or per-step lines.
     pub quiet: bool,
-    /// Start a new run from this checkpoint (a `step-N` directory) instead of seeded random
-    /// weights: its weights, optimizer moments and SFT step count carry over, so SFT runs only
-    /// the steps the checkpoint lacks (none when it has `sft.steps`); RL counters start at 0 and
-    /// the run's config supplies every setting, the seed included. Ignored with `resume`.
-    /// `arbor sweep` starts every run from one shared SFT checkpoint this way.
-    pub init: Option<&'a Path>,
 }
 
 /// What [`run_config`] reports about a finished run (also in its `summary.json`).
@@ -297,7 +361,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         resume: args.resume,
         quiet: args.quiet,
-        init: args.init.as_deref(),
     };
     let out = run_config(cfg, &opts)?;
     println!(
@@ -314,7 +377,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 /// A trainer continuing the checkpoint in `dir` under a new run's settings (see
-/// [`RunOptions::init`]): no reference weights are taken over (RL freezes its own).
+/// [`crate::config::ModelSection::init`]): no reference weights are taken over (RL freezes its own).
 fn trainer_from(
     dir: &Path,
     model_cfg: &ModelConfig,
@@ -370,16 +433,18 @@ fn trainer_config(cfg: &TrainConfig) -> TrainerConfig {
 
 /// Runs one training run of a resolved config (what `arbor train` does after parsing flags):
 /// picks and fills the run directory, trains, evaluates and writes `summary.json`.
-pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result<RunOutcome> {
+pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions) -> anyhow::Result<RunOutcome> {
     let spec = cfg.env_spec()?;
     // Load the model before creating anything, so a bad model directory leaves no trace.
     let model = cfg.model.load()?;
     // Likewise a bad `init` checkpoint.
-    let init_trainer = match (opts.init, opts.resume) {
-        (Some(init), false) => Some(trainer_from(init, &model.config, trainer_config(&cfg))?),
+    let init_trainer = match &cfg.model.init {
+        Some(init) if !opts.resume => {
+            Some(trainer_from(init, &model.config, trainer_config(&cfg))?)
+        }
         _ => None,
     };
-    let dir = run_dir(&mut cfg, opts.resume)?;
+    let (dir, _lock) = run_dir(&mut cfg, opts.resume)?;
     // A resumed run keeps the config.toml it was started with (never rewritten).
     if !opts.resume {
         write_atomic(&dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
@@ -411,12 +476,28 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     let model_cfg = model.config.clone();
     let tokenizer = model.tokenizer.as_ref();
     let tcfg = trainer_config(&cfg);
-    let (mut trainer, mut run_state) = if opts.resume {
-        let latest = checkpoint::latest(&dir.join("checkpoints"))
-            .context("cannot resume: no complete checkpoint")?;
+    let resume_from = match opts.resume {
+        false => None,
+        // Stopped before its first checkpoint: nothing to keep, so the run starts over (from
+        // its own config.toml, `model.init` included).
+        true => match checkpoint::latest(&dir.join("checkpoints")) {
+            Err(trainer::TrainerError::MissingFile { .. }) => {
+                say("no checkpoint yet: starting the run over".into());
+                None
+            }
+            other => Some(other.context("cannot resume: no complete checkpoint")?),
+        },
+    };
+    let init_trainer = match (&cfg.model.init, &resume_from, init_trainer) {
+        (_, _, Some(t)) => Some(t),
+        (Some(init), None, None) => Some(trainer_from(init, &model_cfg, tcfg)?),
+        _ => None,
+    };
+    let resume = resume_from.is_some();
+    let (mut trainer, mut run_state) = if let Some(latest) = resume_from {
         let trainer = checkpoint::resume(&latest, &model_cfg, &default_device())
             .with_context(|| format!("cannot resume from {}", latest.display()))?;
-        let state = RunState::load(&dir)?;
+        let state = RunState::load(&latest, &dir)?;
         let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
         say(format!(
             "resuming {} after {sft_done} SFT and {rl_done} RL steps",
@@ -433,7 +514,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     };
     let prior_wall = run_state.wall_s;
     let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
-    let mut metrics = if opts.resume {
+    let mut metrics = if resume {
         MetricsWriter::resume(&dir, |m| {
             (m.phase == "sft" && m.step < sft_done)
                 || (m.phase == "rl" && m.step < rl_done)
@@ -443,7 +524,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         MetricsWriter::create(&dir)?
     };
     let export = cfg.rl.export_rollouts.as_str();
-    let mut rollout_writer = match (export, opts.resume) {
+    let mut rollout_writer = match (export, resume) {
         ("none", _) => None,
         (_, false) => Some(RolloutWriter::create(&dir, &cfg.name)?),
         (_, true) => Some(RolloutWriter::resume(&dir, &cfg.name, rl_done)?),
@@ -455,6 +536,8 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
     let sft_started = Instant::now();
     let sft_done = sft_done as usize;
     let mut sft_rows = Vec::new();
+    // The step tag of the newest checkpoint this run has (so the end saves only what is new).
+    let mut saved = resume.then_some(sft_done as u64 + rl_done);
     if sft_done < cfg.sft.steps {
         let ids = train_set.sample(u64::MAX, cfg.sft.demos, cfg.seed);
         let opts = DemoOptions {
@@ -471,18 +554,14 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         }
         let encoded: Vec<_> = demos.iter().map(|d| d.encode(tokenizer)).collect();
         let bar = progress(cfg.sft.steps as u64, "sft", quiet);
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
         bar.set_position(sft_done as u64);
+        let mut order = SftOrder::new(encoded.len(), cfg.seed);
+        let every = cfg.sft.checkpoint_every;
+        let mut since_save = Instant::now();
         for step in sft_done..cfg.sft.steps {
-            let start = (step * cfg.sft.batch) % encoded.len();
-            if start < cfg.sft.batch {
-                // A new pass over the demonstrations: reshuffle (seeded by pass).
-                use rand::seq::SliceRandom;
-                let pass = (step * cfg.sft.batch / encoded.len()) as u64;
-                order.shuffle(&mut envs::rng::rng_for(&[cfg.seed, 0x5F7, pass]));
-            }
-            let chunk: Vec<_> = (0..cfg.sft.batch)
-                .map(|i| encoded[order[(start + i) % encoded.len()]].clone())
+            let chunk: Vec<_> = order
+                .batch(step, cfg.sft.batch)
+                .map(|i| encoded[i].clone())
                 .collect();
             trainer.set_lr(sft_lr(&cfg, step));
             let t0 = Instant::now();
@@ -498,14 +577,28 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
                 wall_ms: wall.as_millis() as u64,
                 ..MetricsRow::new(step as u64, "sft")
             });
+            let done = step + 1;
+            // The checkpoint at the end of SFT waits for the evaluation before RL, so that it
+            // holds that result too (one checkpoint per step tag).
+            if done < cfg.sft.steps && every > 0 && done % every == 0 {
+                // The metrics first: a crash before the checkpoint is visible resumes from the
+                // previous one and drops these rows again (`MetricsWriter::resume`).
+                metrics.extend(std::mem::take(&mut sft_rows))?;
+                run_state.sft_wall_s += since_save.elapsed().as_secs_f64();
+                since_save = Instant::now();
+                run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
+                saved = Some(run_state.save_with(&dir, &trainer)?);
+            }
         }
         bar.finish_and_clear();
-        engine.load_weights(&trainer.weights())?;
-        run_state.sft_wall_s += sft_started.elapsed().as_secs_f64();
-        run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
-        let final_loss = sft_rows.last().map_or(0.0, |m| m.loss);
         metrics.extend(std::mem::take(&mut sft_rows))?;
-        run_state.save_with(&dir, &trainer)?;
+        run_state.sft_wall_s += since_save.elapsed().as_secs_f64();
+        engine.load_weights(&trainer.weights())?;
+        let final_loss = metrics
+            .rows()
+            .iter()
+            .rfind(|m| m.phase == "sft")
+            .map_or(0.0, |m| m.loss);
         say(format!(
             "sft: {} steps in {:.1}s, final loss {:.3}",
             cfg.sft.steps,
@@ -523,11 +616,14 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
                 evaluate_with_stats(&mut engine, tokenizer, &spec, &eval_ids, &cfg, cfg.seed)?;
             push_eval(&mut metrics, eval_row(0, &b, &eval_stats, 0))?;
             run_state.before = Some(b);
-            run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
-            run_state.save_with(&dir, &trainer)?;
             b
         }
     };
+    let st = trainer.state();
+    if saved != Some(st.sft_steps + st.rl_steps) {
+        run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
+        saved = Some(run_state.save_with(&dir, &trainer)?);
+    }
     say(format!(
         "eval before RL: success {:.3} ± {:.3} over {} held-out tasks",
         before.success, before.stderr, before.episodes
@@ -627,7 +723,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
             run_state.rl_wall_s += rl_started.elapsed().as_secs_f64();
             rl_started = Instant::now();
             run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
-            run_state.save_with(&dir, &trainer)?;
+            saved = Some(run_state.save_with(&dir, &trainer)?);
         }
     }
     bar.finish_and_clear();
@@ -635,9 +731,7 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         w.finish()?;
     }
     let st = trainer.state();
-    let latest = checkpoint::latest(&dir.join("checkpoints")).ok();
-    let tag = format!("step-{}", st.sft_steps + st.rl_steps);
-    if latest.is_none_or(|p| !p.ends_with(&tag)) {
+    if saved != Some(st.sft_steps + st.rl_steps) {
         run_state.wall_s = prior_wall + started.elapsed().as_secs_f64();
         run_state.save_with(&dir, &trainer)?;
     }
@@ -679,6 +773,43 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions<'_>) -> anyhow::Result
         before,
         after,
     })
+}
+
+/// The order in which SFT visits the demonstrations: a seeded shuffle (by pass number) of the
+/// previous order at every step whose batch starts a new pass. A resumed run replays the
+/// shuffles of the steps before it, so its batches are the uninterrupted run's.
+struct SftOrder {
+    order: Vec<usize>,
+    seed: u64,
+    /// Steps whose shuffles `order` includes.
+    replayed: usize,
+}
+
+impl SftOrder {
+    fn new(len: usize, seed: u64) -> Self {
+        SftOrder {
+            order: (0..len).collect(),
+            seed,
+            replayed: 0,
+        }
+    }
+
+    /// Demonstration indices of SFT step `step` (a batch wraps around the end of a pass).
+    fn batch(&mut self, step: usize, batch: usize) -> impl Iterator<Item = usize> + '_ {
+        use rand::seq::SliceRandom;
+        let len = self.order.len();
+        while self.replayed <= step {
+            let s = self.replayed;
+            if (s * batch) % len < batch {
+                let pass = (s * batch / len) as u64;
+                self.order
+                    .shuffle(&mut envs::rng::rng_for(&[self.seed, 0x5F7, pass]));
+            }
+            self.replayed += 1;
+        }
+        let start = (step * batch) % len;
+        (0..batch).map(move |i| self.order[(start + i) % len])
+    }
 }
 
 /// SFT learning rate at `step`: linear warm-up over `sft.warmup` steps, then cosine decay to

@@ -2,7 +2,7 @@
 //! and a resumed run ends exactly where the uninterrupted run ends.
 
 mod common;
-use common::{arbor, assert_one_line_error, scratch, tiny_config};
+use common::{arbor, assert_one_line_error, ok, scratch, tiny_config};
 
 use std::path::Path;
 use std::process::Command;
@@ -207,6 +207,12 @@ fn sigkill_mid_run_leaves_complete_parquet_files() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // While it runs, the run is locked: a second process cannot resume it.
+    let out_dir = dir.to_str().unwrap();
+    let second = arbor(&[
+        "train", "--out", out_dir, "--name", "killed", "--resume", "--quiet",
+    ]);
+    assert_one_line_error(&second, "in use by another arbor process");
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
     let summary = datasets::export::check_run_files(dir.join("killed")).unwrap();
@@ -423,5 +429,106 @@ fn init_starts_a_new_run_from_a_checkpoint_without_redoing_sft() {
         .map(|l| l.split(',').nth(1).unwrap())
         .collect();
     assert_eq!(phases, ["eval", "rl", "eval"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The files of a finished run that must not depend on how often it was interrupted: the final
+/// weights, the rollout exports (bytes), and the metrics without their timings.
+fn run_fingerprint(run: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>, String) {
+    let root = run.join("checkpoints");
+    let latest = std::fs::read_to_string(root.join("latest")).unwrap();
+    let weights = std::fs::read(root.join(latest.trim()).join("model.safetensors")).unwrap();
+    let trajectories = std::fs::read(run.join("trajectories.parquet")).unwrap();
+    let nodes = std::fs::read(run.join("nodes.parquet")).unwrap();
+    let mut rows = datasets::export::read_metrics(run.join("metrics.parquet")).unwrap();
+    for r in &mut rows {
+        (r.wall_ms, r.tokens_per_s) = (0, 0.0);
+    }
+    // summary.json agrees with the metrics file it sits beside.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let last = rows.iter().map(|r| r.cumulative_generated_tokens).max();
+    assert_eq!(
+        summary["generated_tokens"].as_u64(),
+        last,
+        "{}",
+        run.display()
+    );
+    (weights, trajectories, nodes, format!("{rows:?}"))
+}
+
+/// A crash at any point of writing a checkpoint (`ARBOR_CRASH_AT`: the process exits there like
+/// `kill -9`) leaves a run that `--resume` finishes with the uninterrupted run's files: every
+/// point of one SFT checkpoint and of one RL checkpoint (with the KL reference), and the first
+/// and last points of the very first checkpoint (a run with no checkpoint yet starts over).
+#[test]
+fn a_crash_anywhere_in_checkpoint_writing_resumes_to_the_same_files() {
+    use trainer::checkpoint::{CRASH_POINTS_PER_FILE as F, CRASH_POINTS_PER_SAVE as S};
+    let dir = scratch("crash");
+    let cfg = tiny_config(&dir, 2);
+    // An SFT checkpoint after every step as well (3 SFT steps: saves after steps 1, 2 and,
+    // with the evaluation before RL, 3; then one per RL step).
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("demos = 16", "demos = 16\ncheckpoint_every = 1"),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    // Every run is `<out>/run`: the run name is in the exported rows.
+    let train = |out: &str, crash_at: Option<u64>, resume: bool| {
+        let out = dir.join(out);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_arbor"));
+        cmd.args(["train", "--name", "run", "--quiet", "--out"]);
+        cmd.arg(&out);
+        if resume {
+            cmd.arg("--resume");
+        } else {
+            cmd.args(["--config", cfg]);
+        }
+        if let Some(k) = crash_at {
+            cmd.env("ARBOR_CRASH_AT", k.to_string());
+        }
+        cmd.output().unwrap()
+    };
+    ok(&train("full", None, false));
+    let want = run_fingerprint(&dir.join("full").join("run"));
+    // Files per save: model, optimizer, config, state, run_state, then `latest` (+ reference).
+    let sft_save = 6 * F + S;
+    let rl_save = 7 * F + S;
+    let total = 3 * sft_save + 2 * rl_save;
+    // The count is right: the last point is a crash, one more is none.
+    let last = train("count-last", Some(total), false);
+    assert_eq!(last.status.code(), Some(137));
+    ok(&train("count-past", Some(total + 1), false));
+    let mut points = vec![1, sft_save];
+    points.extend(sft_save + 1..=2 * sft_save);
+    points.extend(3 * sft_save + 1..=3 * sft_save + rl_save);
+    let points = std::sync::Mutex::new(points);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let next = || points.lock().unwrap().pop();
+                while let Some(k) = next() {
+                    let out = format!("crash-{k}");
+                    let run = dir.join(&out).join("run");
+                    let crashed = train(&out, Some(k), false);
+                    assert_eq!(crashed.status.code(), Some(137), "point {k}");
+                    assert!(!run.join("summary.json").exists());
+                    let resumed = train(&out, None, true);
+                    assert!(
+                        resumed.status.success(),
+                        "point {k}: {}",
+                        String::from_utf8_lossy(&resumed.stderr)
+                    );
+                    assert!(
+                        run_fingerprint(&run) == want,
+                        "crash at point {k} resumed to other files"
+                    );
+                    std::fs::remove_dir_all(dir.join(&out)).unwrap();
+                }
+            });
+        }
+    });
     std::fs::remove_dir_all(&dir).unwrap();
 }

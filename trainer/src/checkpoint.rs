@@ -9,8 +9,13 @@
 //!                                        metadata `step` = updates applied
 //! <root>/step-<N>/config.json            the engine `ModelConfig` (architecture)
 //! <root>/step-<N>/state.json             counters, seed, phase, trainer settings
-//! <root>/latest                          text file: the name of the newest complete `step-<N>`
+//! <root>/step-<N>/<extra>                 the caller's files saved with it ([`save_with`]), e.g.
+//!                                        a run's counters (`run_state.json`)
+//! <root>/latest                          text file: the name of the newest complete checkpoint
 //! ```
+//! A checkpoint saved again at a step that `latest` already names (the same weights with new
+//! caller state) goes to `step-<N>.1` (or back to `step-<N>`), so the one `latest` names is
+//! never touched while the new one is written.
 //!
 //! # Weights (`model.safetensors`, `reference.safetensors`)
 //! f32 tensors under the Hugging Face Llama names in PyTorch `[out, in]` layout, with header
@@ -42,10 +47,19 @@
 //! `exp_avg_sq`), prefixed by `exp_avg.` and `exp_avg_sq.`.
 //!
 //! # Atomicity
-//! Every file is written to a temporary file in its final directory, fsynced, renamed over its
-//! final name, and the directory is fsynced. `latest` is updated the same way only after the whole
-//! step directory is complete, so a crash at any point leaves `latest` naming a complete
-//! checkpoint (or no `latest` at all).
+//! A checkpoint becomes visible as a whole, in one step. [`save_with`] writes every file
+//! (temporary file, fsync, rename) into a hidden directory `.step-<N>.tmp`, fsyncs it, renames
+//! it to its final name, fsyncs the root, and only then points `latest` at it (again temporary
+//! file, fsync, rename, fsync). A crash at any instant therefore leaves `latest` naming either
+//! the previous complete checkpoint, with the caller's files of that checkpoint, or the new one
+//! (or no `latest` at all before the first save); leftovers of an interrupted save are hidden
+//! or unnamed and are removed by the next save.
+//!
+//! For tests of exactly that, the environment variable `ARBOR_CRASH_AT=k` makes the process
+//! exit (status 137, no destructors, like `kill -9`) at the `k`-th crash point of checkpoint
+//! writing: after each temporary file is created, after it is filled and fsynced, after each
+//! rename, and after each directory change of [`save_with`]. [`CRASH_POINTS_PER_FILE`] and
+//! [`CRASH_POINTS_PER_SAVE`] say how many there are.
 //!
 //! # Loading
 //! [`load`] checks that every file is present and parses, that every tensor is f32 with the shape
@@ -138,16 +152,42 @@ impl Checkpoint {
     }
 }
 
+/// Crash points of one [`write_atomic`] call (see the module docs).
+pub const CRASH_POINTS_PER_FILE: u64 = 3;
+/// Crash points of one [`save_with`] call besides those of its files (see the module docs).
+pub const CRASH_POINTS_PER_SAVE: u64 = 4;
+
+/// The test hook of the module docs: exits the process at the `ARBOR_CRASH_AT`-th call.
+fn crash_point() {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        std::env::var("ARBOR_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(at) = *at
+        && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == at
+    {
+        std::process::exit(137);
+    }
+}
+
 /// Writes `bytes` to `dir/name` atomically (temporary file, fsync, rename, fsync of `dir`).
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), TrainerError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = File::create(&tmp)?;
+        crash_point();
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
+        crash_point();
         fs::rename(&tmp, &path)?;
+        crash_point();
         File::open(dir)?.sync_all()
     })();
     result.map_err(|source| {
@@ -223,13 +263,76 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Saves `trainer` as `root/step-<step>` and then points `root/latest` at it. Returns the
-/// checkpoint directory.
+/// checkpoint directory. Same as [`save_with`] without extra files.
 pub fn save(root: &Path, step: u64, trainer: &Trainer) -> Result<PathBuf, TrainerError> {
-    let name = format!("step-{step}");
+    save_with(root, step, trainer, &[])
+}
+
+/// Saves `trainer` and the caller's `extra` files (name, contents) as one checkpoint of `root`
+/// that becomes visible atomically as a whole (see the module docs), and returns its directory
+/// (`step-<step>`, or `step-<step>.1` when `latest` already names `step-<step>`).
+pub fn save_with(
+    root: &Path,
+    step: u64,
+    trainer: &Trainer,
+    extra: &[(&str, &[u8])],
+) -> Result<PathBuf, TrainerError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| TrainerError::io(path, e)
+    };
+    fs::create_dir_all(root).map_err(io(root))?;
+    let base = format!("step-{step}");
+    let current = latest(root).ok();
+    let name = if current.as_deref() == Some(root.join(&base).as_path()) {
+        format!("{base}.1")
+    } else {
+        base.clone()
+    };
+    // Build the whole checkpoint out of sight.
+    let tmp = root.join(format!(".{name}.tmp"));
+    remove_dir_if_exists(&tmp)?;
+    save_dir(&tmp, trainer)?;
+    for (file, bytes) in extra {
+        write_atomic(&tmp, file, bytes)?;
+    }
+    File::open(&tmp)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&tmp))?;
+    crash_point();
+    // Whatever holds the final name is an unfinished or superseded save (never what `latest`
+    // names): replace it.
     let dir = root.join(&name);
-    save_dir(&dir, trainer)?;
+    remove_dir_if_exists(&dir)?;
+    crash_point();
+    fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    File::open(root)
+        .and_then(|d| d.sync_all())
+        .map_err(io(root))?;
+    crash_point();
+    // The one step that makes it visible.
     write_atomic(root, LATEST_FILE, format!("{name}\n").as_bytes())?;
+    // The checkpoint just superseded at the same step is no longer named by anything.
+    if let Some(old) = current.filter(|c| c != &dir && c.starts_with(root)) {
+        let same_step = old
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == base || n == format!("{base}.1"));
+        if same_step {
+            remove_dir_if_exists(&old)?;
+        }
+    }
+    crash_point();
     Ok(dir)
+}
+
+/// Removes the directory `dir` and everything in it; nothing to do when it does not exist.
+fn remove_dir_if_exists(dir: &Path) -> Result<(), TrainerError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(TrainerError::io(dir, e)),
+    }
 }
 
 /// The checkpoint directory `root/latest` points at.
@@ -440,6 +543,37 @@ mod tests {
         // A newer checkpoint moves `latest`.
         let newer = save(&root, 5, &a).unwrap();
         assert_eq!(latest(&root).unwrap(), newer);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Extra files travel inside the checkpoint; saving again at the step `latest` names writes
+    /// a second directory and then retires the first, so `latest` never names a directory
+    /// being written; leftovers of an interrupted save are replaced.
+    #[test]
+    fn save_with_keeps_extra_files_and_never_rewrites_the_latest() {
+        let cfg = small_config();
+        let root = tempdir("extra");
+        let trainer = Trainer::new(&cfg, config(5)).unwrap();
+        let first = save_with(&root, 7, &trainer, &[("run.json", b"one")]).unwrap();
+        assert_eq!(first, root.join("step-7"));
+        assert_eq!(fs::read(first.join("run.json")).unwrap(), b"one");
+        let second = save_with(&root, 7, &trainer, &[("run.json", b"two")]).unwrap();
+        assert_eq!(second, root.join("step-7.1"));
+        assert_eq!(latest(&root).unwrap(), second);
+        assert!(!first.exists(), "the superseded checkpoint is removed");
+        assert_eq!(fs::read(second.join("run.json")).unwrap(), b"two");
+        // A half-written leftover under the next name is replaced, not trusted.
+        fs::create_dir_all(root.join("step-7")).unwrap();
+        fs::write(root.join("step-7").join(MODEL_FILE), b"torn").unwrap();
+        fs::create_dir_all(root.join(".step-9.tmp")).unwrap();
+        let third = save_with(&root, 7, &trainer, &[("run.json", b"three")]).unwrap();
+        assert_eq!(third, root.join("step-7"));
+        assert_eq!(load(&third).unwrap(), Checkpoint::from_trainer(&trainer));
+        assert!(!second.exists());
+        let later = save_with(&root, 9, &trainer, &[]).unwrap();
+        assert_eq!(latest(&root).unwrap(), later);
+        assert!(!root.join(".step-9.tmp").exists());
+        assert!(third.exists(), "checkpoints of other steps are kept");
         fs::remove_dir_all(&root).unwrap();
     }
 
