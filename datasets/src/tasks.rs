@@ -187,8 +187,9 @@ impl TaskSet {
     ///   prefix of a larger one.
     /// - `qa-file`: the batches walk through shuffles of the split's rows, one shuffle per epoch
     ///   (seeded by `(seed, epoch)`); step `s` takes stream positions `s * count .. (s + 1) *
-    ///   count`. With a fixed `count` every row is seen once per epoch; a batch that straddles two
-    ///   epochs (or a `count` above the number of rows) may repeat a row.
+    ///   count` (its rows are distinct: where a batch straddles two epochs, a row the new epoch
+    ///   repeats is skipped for the next one in that epoch's order). With a fixed `count` every
+    ///   row is seen once per epoch; a `count` above the number of rows gives every row once.
     ///
     /// An empty split gives an empty batch.
     pub fn sample(&self, step: u64, count: usize, seed: u64) -> Vec<u64> {
@@ -216,20 +217,26 @@ impl TaskSet {
                     return Vec::new();
                 }
                 let n = rows.len() as u128;
-                let start = u128::from(step) * count as u128;
+                let count = count.min(rows.len());
+                let mut pos = u128::from(step) * count as u128;
                 let mut epoch = None;
                 let mut order = Vec::new();
-                (start..start + count as u128)
-                    .map(|pos| {
-                        let e = (pos / n) as u64;
-                        if epoch != Some(e) {
-                            order = rows.to_vec();
-                            order.shuffle(&mut rng_for(&[seed, SAMPLE_SALT, self.split.tag(), e]));
-                            epoch = Some(e);
-                        }
-                        order[(pos % n) as usize]
-                    })
-                    .collect()
+                let mut seen = HashSet::with_capacity(count);
+                let mut ids = Vec::with_capacity(count);
+                while ids.len() < count {
+                    let e = (pos / n) as u64;
+                    if epoch != Some(e) {
+                        order = rows.to_vec();
+                        order.shuffle(&mut rng_for(&[seed, SAMPLE_SALT, self.split.tag(), e]));
+                        epoch = Some(e);
+                    }
+                    let id = order[(pos % n) as usize];
+                    pos += 1;
+                    if seen.insert(id) {
+                        ids.push(id);
+                    }
+                }
+                ids
             }
         }
     }
@@ -388,6 +395,28 @@ mod tests {
         assert_ne!(stream[..n], stream[n..2 * n], "each epoch is reshuffled");
         assert_eq!(train.sample(2, count, 5), stream[2 * count..3 * count]);
         assert_ne!(train.sample(2, count, 6), train.sample(2, count, 5));
+    }
+
+    /// A batch never repeats a row, also where it straddles two epochs or asks for more rows
+    /// than the split has (then it has every row once).
+    #[test]
+    fn qa_batches_are_distinct() {
+        let mut straddled = 0;
+        for rows in [3usize, 10, 23] {
+            let train = TaskSet::new(qa_spec(rows), Split::Train);
+            let n = train.len() as usize;
+            for count in [2, 3, 7, n, n + 5] {
+                for step in 0..12 {
+                    let ids = train.sample(step, count, 1);
+                    assert_eq!(ids.len(), count.min(n));
+                    let distinct: HashSet<_> = ids.iter().collect();
+                    assert_eq!(distinct.len(), ids.len(), "rows {rows} count {count}");
+                    let start = step as usize * count;
+                    straddled += usize::from(start / n != (start + count - 1) / n);
+                }
+            }
+        }
+        assert!(straddled > 10, "the cases cover epoch boundaries");
     }
 
     #[test]

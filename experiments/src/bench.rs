@@ -110,7 +110,21 @@ struct SamplerRow {
     wall_ms: u64,
 }
 
+/// Largest `--tasks` of a benchmark (the limit of `rl.tasks_per_step`).
+const MAX_BENCH_TASKS: usize = 1 << 16;
+/// Largest `--repeats` of `bench train`.
+const MAX_REPEATS: usize = 1000;
+
+/// A count flag within `1..=max`, or one line naming it.
+fn check_count(flag: &str, value: usize, max: usize) -> anyhow::Result<()> {
+    if value == 0 || value > max {
+        anyhow::bail!("{flag} must be in 1..={max} (got {value})");
+    }
+    Ok(())
+}
+
 fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
+    check_count("--tasks", args.tasks, MAX_BENCH_TASKS)?;
     let hops = args.hops.to_string();
     let mut knobs = vec![("hops", hops.as_str())];
     knobs.extend(crate::envs_cmd::parse_knobs(&args.knobs)?);
@@ -309,6 +323,8 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     };
     use trainer::trainer::{Trainer, TrainerConfig, default_device};
 
+    check_count("--tasks", args.tasks, MAX_BENCH_TASKS)?;
+    check_count("--repeats", args.repeats, MAX_REPEATS)?;
     let (cfg, weights, policy) = policy_weights(args.checkpoint.as_deref())?;
     let spec = EnvSpec::from_name("multihop", &[("hops", "2")])?;
     let tasks: Vec<(u64, AnyEnv)> = (0..args.tasks as u64).map(|i| (i, spec.make(i))).collect();

@@ -339,10 +339,7 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let cfg: TrainConfig = toml::from_str(&text).map_err(|e| {
-            // toml's message spans several lines; keep the first (it names the key).
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or_default().to_string();
-            anyhow::anyhow!("bad config {}: {} {}", path.display(), first, e.message())
+            anyhow::anyhow!("bad config {}: {}", path.display(), toml_error(&text, &e))
         })?;
         Ok(cfg)
     }
@@ -503,6 +500,50 @@ pub fn first_difference(found: &TrainConfig, want: &TrainConfig) -> Option<Strin
     let a = toml::Value::try_from(found).ok()?;
     let b = toml::Value::try_from(want).ok()?;
     walk("", &a, &b)
+}
+
+/// One line for a TOML error: where (line and column), what, and for an unknown key the closest
+/// known one.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    let hint = closest_known_key(&msg)
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default();
+    format!("{}{msg}{hint}", at.unwrap_or_default())
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (or "expected `a` or `b`"): the
+/// expected name closest to `x` in edit distance, when it is close enough to be a typo.
+fn closest_known_key(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let names = expected.split('`').skip(1).step_by(2);
+    let (best, d) = names
+        .map(|n| (n, edit_distance(unknown, n)))
+        .min_by_key(|&(_, d)| d)?;
+    (d <= unknown.len().max(best.len()) / 2).then(|| best.to_string())
+}
+
+/// Levenshtein distance over chars.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]

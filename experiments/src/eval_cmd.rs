@@ -101,11 +101,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         bail!("--temperature must be a finite number >= 0");
     }
+    // The limits of a run's config hold here too (`--episodes` within `eval.episodes`'s).
+    cfg.validate()?;
     let ckpt = checkpoint::load(&resolved.checkpoint)
         .with_context(|| format!("cannot load checkpoint {}", resolved.checkpoint.display()))?;
+    let tokenizer = cfg.model.load()?.tokenizer;
+    let needs = crate::preflight::TaskNeeds {
+        train_per_step: 0,
+        eval_episodes: args.episodes,
+        seed: args.seed,
+    };
+    let max_len = ckpt.model_config.max_seq_len;
+    crate::preflight::check_tasks(&spec, tokenizer.as_ref(), max_len, needs)?;
     let mut engine = Engine::new(ckpt.model_config.clone(), &ckpt.weights)?;
     let ids = TaskSet::new(spec.clone(), Split::Eval).eval_ids(args.episodes);
-    let tokenizer = cfg.model.load()?.tokenizer;
     let (r, episodes, _) = evaluate_episodes(
         &mut engine,
         tokenizer.as_ref(),

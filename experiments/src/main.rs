@@ -11,6 +11,7 @@
 //!   `summary.parquet` and plots ([`plots`] draws them).
 //! - [`rollout_cmd`] — `arbor rollout`: sample with a checkpoint and export, no training.
 //! - [`inspect`] — `arbor inspect`: summarise a run directory and draw one rollout tree.
+//! - [`preflight`] — checks of a task set against a command's needs, before any work.
 //!
 //! Errors: every command returns `anyhow::Result`; `main` prints the error chain on one line and
 //! exits with status 1 (2 for usage errors, from clap). Nothing panics on bad input.
@@ -23,6 +24,7 @@ mod envs_cmd;
 mod eval_cmd;
 mod inspect;
 mod plots;
+mod preflight;
 mod rollout_cmd;
 mod sweep;
 mod train;

@@ -94,6 +94,17 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let ckpt = checkpoint::load(&resolved.checkpoint)
         .with_context(|| format!("cannot load checkpoint {}", resolved.checkpoint.display()))?;
+    let (train, eval) = match split {
+        Split::Train => (cfg.rl.tasks_per_step, 0),
+        Split::Eval => (0, cfg.rl.tasks_per_step),
+    };
+    let needs = crate::preflight::TaskNeeds {
+        train_per_step: train,
+        eval_episodes: eval,
+        seed: cfg.seed,
+    };
+    let max_len = ckpt.model_config.max_seq_len;
+    crate::preflight::check_tasks(&spec, tokenizer.as_ref(), max_len, needs)?;
     let mut engine = Engine::new(ckpt.model_config.clone(), &ckpt.weights)?;
     if out.exists() {
         let non_empty = std::fs::read_dir(out)

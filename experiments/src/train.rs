@@ -437,6 +437,18 @@ pub fn run_config(mut cfg: TrainConfig, opts: &RunOptions) -> anyhow::Result<Run
     let spec = cfg.env_spec()?;
     // Load the model before creating anything, so a bad model directory leaves no trace.
     let model = cfg.model.load()?;
+    // And check that the task set can feed this run.
+    let needs = crate::preflight::TaskNeeds {
+        train_per_step: if cfg.rl.steps > 0 {
+            cfg.rl.tasks_per_step
+        } else {
+            0
+        },
+        eval_episodes: cfg.eval.episodes,
+        seed: cfg.seed,
+    };
+    let max_len = model.config.max_seq_len;
+    crate::preflight::check_tasks(&spec, model.tokenizer.as_ref(), max_len, needs)?;
     // Likewise a bad `init` checkpoint.
     let init_trainer = match &cfg.model.init {
         Some(init) if !opts.resume => {
@@ -935,4 +947,28 @@ pub fn evaluate_episodes(
         tokens_per_episode: stats.generated_tokens as f64 / n,
     };
     Ok((result, sink, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SftOrder;
+
+    /// A run resumed at any SFT step sees the batches of the uninterrupted run, whether or not
+    /// the batch size divides the number of demonstrations, and when it exceeds it.
+    #[test]
+    fn sft_order_resumes_with_the_same_batches() {
+        for (len, batch) in [(16, 4), (10, 4), (3, 4), (7, 7)] {
+            let mut full = SftOrder::new(len, 9);
+            let want: Vec<Vec<usize>> = (0..12).map(|s| full.batch(s, batch).collect()).collect();
+            // Each pass is a permutation (so the shuffles really happened and differ).
+            assert_ne!(want[0], (0..batch).map(|i| i % len).collect::<Vec<_>>());
+            for start in 1..12 {
+                let mut resumed = SftOrder::new(len, 9);
+                for (s, w) in want.iter().enumerate().skip(start) {
+                    let got: Vec<usize> = resumed.batch(s, batch).collect();
+                    assert_eq!(&got, w, "len {len} batch {batch} resumed at {start}");
+                }
+            }
+        }
+    }
 }

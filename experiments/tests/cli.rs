@@ -532,3 +532,122 @@ fn a_crash_anywhere_in_checkpoint_writing_resumes_to_the_same_files() {
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every check that the config, the task set and the model allow is made before any work and
+/// leaves nothing behind: too few task-file rows for a step, a prompt longer than the context,
+/// an empty held-out split, sizes no run can hold (in every command), a misspelled key.
+#[test]
+fn hostile_inputs_fail_before_any_work() {
+    let dir = scratch("hostile");
+    let out_dir = dir.join("out");
+    let out = out_dir.to_str().unwrap();
+    let write = |name: &str, lines: Vec<String>| {
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let qa = |n: usize| {
+        (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"prompt": "What is {i} plus {i}?", "answer": {}}}"#,
+                    2 * i
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let few = write("few.jsonl", qa(5));
+    let mut long_rows = qa(30);
+    long_rows.push(format!(
+        r#"{{"prompt": "{}", "answer": 1}}"#,
+        "x".repeat(5000)
+    ));
+    let long = write("long.jsonl", long_rows);
+    let one = write("one.jsonl", qa(1));
+    let typo = write("typo.toml", vec!["[rl]".into(), "klcoef = 0.1".into()]);
+    let qa_train = |tasks: &str| {
+        arbor(&[
+            "train", "--env", "qa-file", "--tasks", tasks, "--out", out, "--quiet",
+        ])
+    };
+    assert_one_line_error(&qa_train(&few), "rl.tasks_per_step is 8");
+    assert_one_line_error(&qa_train(&long), "does not fit the model's context window");
+    assert_one_line_error(&qa_train(&one), "held-out split of qa-file has no tasks");
+    let bad_key = arbor(&["train", "--config", &typo, "--out", out]);
+    assert_one_line_error(&bad_key, "did you mean `kl_coef`?");
+    let huge = "1000000000000";
+    assert_one_line_error(
+        &arbor(&["train", "--episodes", huge, "--out", out]),
+        "eval.episodes",
+    );
+    assert_one_line_error(
+        &arbor(&["train", "--budget", "4000000000", "--out", out]),
+        "budget is 4000000000, above the supported",
+    );
+    assert_one_line_error(
+        &arbor(&["bench", "sampler", "--tasks", huge, "--budgets", "64"]),
+        "--tasks must be in",
+    );
+    assert_one_line_error(
+        &arbor(&["bench", "train", "--tasks", huge]),
+        "--tasks must be in",
+    );
+    assert!(!out_dir.exists(), "a rejected run creates nothing");
+
+    // A checkpoint for the commands that read one.
+    let cfg = tiny_config(&dir, 1);
+    let runs = dir.join("runs");
+    ok(&arbor(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+        "--name",
+        "r",
+        "--quiet",
+    ]));
+    let ckpt = runs.join("r");
+    let ckpt = ckpt.to_str().unwrap();
+    assert_one_line_error(
+        &arbor(&["eval", "--checkpoint", ckpt, "--episodes", huge]),
+        "eval.episodes",
+    );
+    let eval_one = [
+        "eval",
+        "--checkpoint",
+        ckpt,
+        "--env",
+        "qa-file",
+        "--tasks",
+        &one,
+    ];
+    assert_one_line_error(&arbor(&eval_one), "held-out split of qa-file has no tasks");
+    let rollout_out = dir.join("rollouts");
+    let rollout_out = rollout_out.to_str().unwrap();
+    for (extra, needle) in [
+        (["--budget", "4000000000"], "budget is 4000000000"),
+        (["--tasks-per-step", huge], "rl.tasks_per_step"),
+    ] {
+        let mut args = vec!["rollout", "--checkpoint", ckpt, "--out", rollout_out];
+        args.extend(extra);
+        assert_one_line_error(&arbor(&args), needle);
+    }
+    let long_rollout = [
+        "rollout",
+        "--checkpoint",
+        ckpt,
+        "--env",
+        "qa-file",
+        "--tasks",
+        &long,
+        "--out",
+        rollout_out,
+    ];
+    assert_one_line_error(&arbor(&long_rollout), "context window");
+    assert!(
+        !Path::new(rollout_out).exists(),
+        "a rejected rollout creates nothing"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

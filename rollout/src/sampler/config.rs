@@ -141,6 +141,11 @@ impl Default for SamplerConfig {
     }
 }
 
+/// Largest per-task token budget (and token length setting) a config may ask for: 2^24.
+pub const MAX_BUDGET: usize = 1 << 24;
+/// Largest count of chains, fork points or trajectories per task a config may ask for: 2^16.
+pub const MAX_COUNT: usize = 1 << 16;
+
 /// A sampler configuration that cannot work.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 #[error("invalid sampler config: {field} {reason}")]
@@ -162,6 +167,24 @@ impl SamplerConfig {
         };
         if self.budget == 0 {
             return fail("budget", "must be at least 1 token");
+        }
+        // Limits far above any use, below what would exhaust memory or run for days: every
+        // count below sizes allocations (trajectories, chains, fork points) of its own.
+        let limits = [
+            ("budget", self.budget as usize, MAX_BUDGET),
+            ("max_action_tokens", self.max_action_tokens, MAX_BUDGET),
+            ("initial_chains", self.initial_chains, MAX_COUNT),
+            ("branches_per_round", self.branches_per_round, MAX_COUNT),
+            ("max_trajectories", self.max_trajectories, MAX_COUNT),
+            ("segment_len", self.segment_len, MAX_BUDGET),
+        ];
+        for (field, value, max) in limits {
+            if value > max {
+                return Err(ConfigError {
+                    field,
+                    reason: format!("is {value}, above the supported {max}"),
+                });
+            }
         }
         if self.max_action_tokens == 0 {
             return fail("max_action_tokens", "must be at least 1");

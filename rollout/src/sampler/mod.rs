@@ -79,7 +79,9 @@ use envs::Env;
 use envs::rng::derive;
 use rayon::prelude::*;
 
-pub use config::{BranchPolicy, ConfigError, Granularity, SamplerConfig, SamplerKind};
+pub use config::{
+    BranchPolicy, ConfigError, Granularity, MAX_BUDGET, MAX_COUNT, SamplerConfig, SamplerKind,
+};
 
 use crate::policy::{DecodeRequest, Policy, PolicyError, SeqHandle};
 use crate::tokenizer::Tokenizer;
