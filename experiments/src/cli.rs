@@ -17,7 +17,8 @@ pub enum Command {
     /// List environments and their knobs, or show one expert episode.
     Envs(EnvsArgs),
     /// Train a policy: SFT warm start, then tree (or chain) RL, with held-out evaluation before
-    /// and after RL. With no flags: multihop (2 hops), tiny model, tree-GRPO.
+    /// and after RL.
+    #[command(after_help = format!("With no flags: {}.", crate::config::default_run_line()))]
     Train(TrainArgs),
     /// Train one run per point of a grid (budgets x samplers x branching policies x
     /// estimators x presets x seeds) from a shared SFT checkpoint per preset; write
@@ -194,10 +195,15 @@ pub struct TrainArgs {
     /// TOML config file (every key optional).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// Any config key, `section.key=value` (e.g. `rl.lr=3e-5`, `sampler.sampling.top_p=0.9`,
+    /// `env.knobs.hops=2`), repeatable; applied after --config and before the flags below.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
     /// `env.name`: multihop, countdown, maze or qa-file [default: multihop].
     #[arg(long)]
     pub env: Option<String>,
-    /// `env.knobs`: difficulty knob `name=value`, repeatable [default for multihop: hops=1 distractors=0].
+    /// `env.knobs`: difficulty knob `name=value`, repeatable; laid over the default run's knobs
+    /// for its environment, over the environment's own (`arbor envs`) for any other.
     #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
     pub knobs: Vec<String>,
     /// `env.tasks`: task file for qa-file (JSONL or Parquet with prompt/answer columns).
@@ -318,6 +324,9 @@ pub struct SweepArgs {
     /// Base TOML config of every run (every key optional; see `arbor train --help`).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// Any key of the base config, `section.key=value`, repeatable (as `arbor train --set`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
     /// `env.name` of the base config.
     #[arg(long)]
     pub env: Option<String>,

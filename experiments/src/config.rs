@@ -65,8 +65,13 @@ pub struct TrainConfig {
 }
 
 /// `[env]`.
+///
+/// Knobs resolve the same way from a file, from `--knob` and from `--set env.knobs.K=V`: given
+/// knobs are laid over the default run's knobs while the environment is the default run's
+/// (`multihop`), and over the environment's own defaults (`arbor envs`) for any other
+/// environment. Knob values may be written as strings or as TOML numbers and booleans.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "EnvSectionFile")]
 pub struct EnvSection {
     /// Environment name. Default: `multihop`.
     pub name: String,
@@ -75,6 +80,55 @@ pub struct EnvSection {
     pub knobs: BTreeMap<String, String>,
     /// Task file for `qa-file` (JSONL or Parquet with `prompt`/`answer`).
     pub tasks: Option<PathBuf>,
+}
+
+/// `[env]` as written in a file, before the knob rule of [`EnvSection`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvSectionFile {
+    name: Option<String>,
+    #[serde(default)]
+    knobs: BTreeMap<String, KnobValue>,
+    tasks: Option<PathBuf>,
+}
+
+/// A knob value: text, or a TOML number or boolean taken as its text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KnobValue {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl KnobValue {
+    fn into_text(self) -> String {
+        match self {
+            KnobValue::Text(s) => s,
+            KnobValue::Int(i) => i.to_string(),
+            KnobValue::Float(f) => f.to_string(),
+            KnobValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+impl From<EnvSectionFile> for EnvSection {
+    fn from(file: EnvSectionFile) -> Self {
+        let default = EnvSection::default();
+        let name = file.name.unwrap_or_else(|| default.name.clone());
+        let mut knobs = if name == default.name {
+            default.knobs
+        } else {
+            BTreeMap::new()
+        };
+        knobs.extend(file.knobs.into_iter().map(|(k, v)| (k, v.into_text())));
+        EnvSection {
+            name,
+            knobs,
+            tasks: file.tasks,
+        }
+    }
 }
 
 /// `[model]`.
@@ -502,6 +556,83 @@ pub fn first_difference(found: &TrainConfig, want: &TrainConfig) -> Option<Strin
     walk("", &a, &b)
 }
 
+/// The default run of `arbor train`, in one line, from [`TrainConfig::default`]: what
+/// `arbor train --help`, `--knob`'s help and `arbor envs` say, so they cannot disagree.
+pub fn default_run_line() -> String {
+    let cfg = TrainConfig::default();
+    let knobs: Vec<String> = cfg
+        .env
+        .knobs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "{} ({}), {} model, {} sampler at budget {}, estimator {}, {} SFT + {} RL steps",
+        cfg.env.name,
+        knobs.join(" "),
+        cfg.model.preset,
+        cfg.sampler.kind,
+        cfg.sampler.budget,
+        cfg.rl.estimator,
+        cfg.sft.steps,
+        cfg.rl.steps
+    )
+}
+
+/// Applies `--set section.key=value` assignments (in order) to `cfg`: any key of the TOML
+/// config, nested tables by dots (`sampler.sampling.temperature=0.7`, `env.knobs.hops=2`). The
+/// value is read as a TOML value (`0.5`, `true`, `"text"`, `[1, 2]`) and, when it is none, as
+/// text (`rl.estimator=grpo`). The result goes through the same reading as a file: an unknown
+/// key is an error naming the closest known one, and knobs follow the rule of [`EnvSection`].
+pub fn apply_sets(cfg: &mut TrainConfig, sets: &[String]) -> anyhow::Result<()> {
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let mut root = match toml::Value::try_from(&*cfg)? {
+        toml::Value::Table(t) => t,
+        _ => bail!("the config is not a table"),
+    };
+    for set in sets {
+        let Some((key, text)) = set.split_once('=') else {
+            bail!("--set {set}: expected section.key=value");
+        };
+        let path: Vec<&str> = key.trim().split('.').collect();
+        if path.iter().any(|p| p.is_empty()) {
+            bail!("--set {set}: the key `{}` has an empty part", key.trim());
+        }
+        let value = toml::from_str::<toml::Table>(&format!("v = {text}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(text.to_string()));
+        // A new environment starts from its own knobs (as `--env` does).
+        if path == ["env", "name"]
+            && value.as_str() != root.get("env").and_then(|e| e.get("name")?.as_str())
+            && let Some(toml::Value::Table(env)) = root.get_mut("env")
+        {
+            env.remove("knobs");
+        }
+        let (last, parents) = path.split_last().expect("split gives one part at least");
+        let mut table = &mut root;
+        for (depth, part) in parents.iter().enumerate() {
+            let entry = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => bail!(
+                    "--set {set}: `{}` is a value, not a table",
+                    path[..=depth].join(".")
+                ),
+            };
+        }
+        table.insert(last.to_string(), value);
+    }
+    let joined = sets.join(" ");
+    *cfg = TrainConfig::deserialize(toml::Value::Table(root))
+        .map_err(|e| anyhow::anyhow!("--set {joined}: {}", toml_error("", &e)))?;
+    Ok(())
+}
+
 /// One line for a TOML error: where (line and column), what, and for an unknown key the closest
 /// known one.
 pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
@@ -552,6 +683,112 @@ mod tests {
 
     fn parse(text: &str) -> Result<TrainConfig, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// A misspelled key, in a file or in `--set`, is an error naming it and the closest known
+    /// key (with its line in a file).
+    #[test]
+    fn unknown_keys_name_the_closest_known_key() {
+        let text = "[rl]\nlr = 1e-4\nklcoef = 2\n";
+        let err = toml_error(text, &parse(text).unwrap_err());
+        assert!(
+            err.starts_with("line 3, column 1: unknown field `klcoef`"),
+            "{err}"
+        );
+        assert!(err.ends_with("(did you mean `kl_coef`?)"), "{err}");
+        assert!(!err.contains('\n'));
+        let err = toml_error("[rll]\n", &parse("[rll]\n").unwrap_err());
+        assert!(err.contains("did you mean `rl`?"), "{err}");
+        // Nothing close: no suggestion.
+        let err = toml_error("zzzzzzzz = 1\n", &parse("zzzzzzzz = 1\n").unwrap_err());
+        assert!(!err.contains("did you mean"), "{err}");
+        let mut cfg = TrainConfig::default();
+        let err = apply_sets(&mut cfg, &["sampler.sampling.temprature=0.5".into()]).unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean `temperature`?"),
+            "{err}"
+        );
+        assert_eq!(
+            cfg,
+            TrainConfig::default(),
+            "a refused --set changes nothing"
+        );
+    }
+
+    /// `--set` reaches every key, nested tables included, with TOML values or plain text.
+    #[test]
+    fn set_reaches_any_key() {
+        let mut cfg = TrainConfig::default();
+        let sets = [
+            "rl.lr=3e-5",
+            "rl.kl_coef=0",
+            "rl.estimator=grpo",
+            "sampler.sampling.top_p=0.9",
+            "sampler.kind=\"chain\"",
+            "sft.checkpoint_every=7",
+            "model.init=runs/x/checkpoints/step-3",
+            "eval.every=5",
+        ];
+        apply_sets(&mut cfg, &sets.map(String::from)).unwrap();
+        assert_eq!(cfg.rl.lr, 3e-5);
+        assert_eq!(cfg.rl.kl_coef, 0.0);
+        assert_eq!(cfg.rl.estimator.name(), "grpo");
+        assert_eq!(cfg.sampler.sampling.top_p, 0.9);
+        assert_eq!(
+            cfg.sampler.sampling.temperature, 1.0,
+            "the rest of the table stays"
+        );
+        assert_eq!(cfg.sampler.kind.as_str(), "chain");
+        assert_eq!(cfg.sampler.budget, 512);
+        assert_eq!(cfg.sft.checkpoint_every, 7);
+        assert_eq!(
+            cfg.model.init,
+            Some(PathBuf::from("runs/x/checkpoints/step-3"))
+        );
+        assert_eq!(cfg.eval.every, 5);
+        for bad in ["rl.lr", "rl.lr.x=1", "rl..lr=1", "rl.lr=\"fast\""] {
+            assert!(apply_sets(&mut cfg, &[bad.into()]).is_err(), "{bad}");
+        }
+    }
+
+    /// Knobs resolve the same from a file, from `--set` and from `--knob`: over the default
+    /// run's knobs for its environment, over the environment's own for another one; numbers
+    /// are accepted as knob values.
+    #[test]
+    fn knobs_resolve_identically_from_file_and_command_line() {
+        let mut by_flag = TrainConfig::default();
+        by_flag.env.knobs.insert("hops".into(), "2".into());
+        let by_file = parse("[env]\nknobs = { hops = \"2\" }\n").unwrap();
+        let by_number = parse("[env]\nknobs = { hops = 2 }\n").unwrap();
+        let mut by_set = TrainConfig::default();
+        apply_sets(&mut by_set, &["env.knobs.hops=2".into()]).unwrap();
+        assert_eq!(by_file, by_flag);
+        assert_eq!(by_number, by_flag);
+        assert_eq!(by_set, by_flag);
+        assert_eq!(by_flag.env.knobs["distractors"], "0");
+        // Another environment starts from its own defaults.
+        let maze = parse("[env]\nname = \"maze\"\n").unwrap();
+        assert!(maze.env.knobs.is_empty());
+        maze.env_spec().unwrap();
+        let mut maze_set = TrainConfig::default();
+        apply_sets(&mut maze_set, &["env.name=maze".into()]).unwrap();
+        assert_eq!(maze_set.env, maze.env);
+        // A stored config reads back to itself.
+        let stored = parse(&by_flag.to_toml().unwrap()).unwrap();
+        assert_eq!(stored, by_flag);
+    }
+
+    /// Help and `arbor envs` print this line: it is the default config.
+    #[test]
+    fn the_default_run_line_is_the_default_config() {
+        let line = default_run_line();
+        let cfg = TrainConfig::default();
+        assert!(
+            line.starts_with("multihop (distractors=0 hops=1), tiny model"),
+            "{line}"
+        );
+        assert!(line.contains(&format!("budget {}", cfg.sampler.budget)));
+        assert!(line.contains(&format!("{} SFT + {} RL", cfg.sft.steps, cfg.rl.steps)));
     }
 
     #[test]

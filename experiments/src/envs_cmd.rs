@@ -26,7 +26,11 @@ fn list() {
             );
         }
     }
-    println!("\nShow an expert episode: arbor envs show multihop --seed 7 --knob hops=3");
+    println!(
+        "\nThe default run of `arbor train`: {}.\nShow an expert episode: arbor envs show \
+         multihop --seed 7 --knob hops=3",
+        crate::config::default_run_line()
+    );
 }
 
 /// Splits `name=value` knob arguments.

@@ -744,6 +744,7 @@ fn curve_chart(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], over: &str) -> L
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let targs = TrainArgs {
         config: args.config.clone(),
+        sets: args.sets.clone(),
         env: args.env.clone(),
         knobs: args.knobs.clone(),
         tasks: args.tasks.clone(),

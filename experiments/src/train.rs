@@ -164,6 +164,7 @@ pub fn resolve_resume(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
 
 /// Applies the command-line overrides to a config.
 fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
+    crate::config::apply_sets(cfg, &args.sets)?;
     if let Some(env) = &args.env
         && *env != cfg.env.name
     {

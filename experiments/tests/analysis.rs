@@ -206,7 +206,7 @@ fn sweep_rollout_inspect() {
     for target in [&ro, &swept] {
         let (stdout, _) = ok(&arbor(&["inspect", target.to_str().unwrap()]));
         for needle in [
-            "config     multihop (hops=1)",
+            "config     multihop (distractors=0 hops=1)",
             "metrics",
             "files      check ok",
             "tree       step",
