@@ -299,7 +299,7 @@ fn policy_weights(
 ) -> anyhow::Result<(ModelConfig, Weights, String)> {
     match checkpoint {
         Some(dir) => {
-            let resolved = crate::eval_cmd::resolve_checkpoint(dir)?;
+            let resolved = crate::run::resolve_checkpoint(dir)?;
             let ckpt = trainer::checkpoint::load(&resolved.checkpoint)?;
             Ok((
                 ckpt.model_config,

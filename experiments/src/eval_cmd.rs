@@ -1,6 +1,6 @@
 //! `arbor eval`: success of a checkpoint on held-out tasks, with a 95% interval.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use datasets::{Split, TaskSet};
@@ -11,51 +11,8 @@ use trainer::checkpoint;
 use crate::cli::EvalArgs;
 use crate::config::TrainConfig;
 use crate::envs_cmd::parse_knobs;
-use crate::train::evaluate_episodes;
-
-/// A checkpoint directory and the run configuration it belongs to (if found).
-pub struct Resolved {
-    /// The `step-N` directory holding `model.safetensors`.
-    pub checkpoint: PathBuf,
-    /// The run's resolved config, when `DIR` is (inside) a run directory.
-    pub run_config: Option<TrainConfig>,
-}
-
-/// Accepts a run directory (`runs/<name>`), a checkpoints root (`.../checkpoints`) or one
-/// checkpoint (`.../checkpoints/step-N`).
-pub fn resolve_checkpoint(dir: &Path) -> anyhow::Result<Resolved> {
-    if !dir.exists() {
-        bail!("checkpoint {} does not exist", dir.display());
-    }
-    let (checkpoint, run_dir) = if dir.join("checkpoints").is_dir() {
-        (
-            checkpoint::latest(&dir.join("checkpoints"))?,
-            Some(dir.to_path_buf()),
-        )
-    } else if dir.join("latest").is_file() {
-        (
-            checkpoint::latest(dir)?,
-            dir.parent().map(Path::to_path_buf),
-        )
-    } else if dir.join("model.safetensors").is_file() {
-        let run = dir.parent().and_then(Path::parent).map(Path::to_path_buf);
-        (dir.to_path_buf(), run)
-    } else {
-        bail!(
-            "no checkpoint in {}: expected a run directory, a checkpoints directory or a \
-             step directory with model.safetensors",
-            dir.display()
-        );
-    };
-    let run_config = match run_dir.map(|d| d.join("config.toml")) {
-        Some(path) if path.is_file() => Some(TrainConfig::load(&path)?),
-        _ => None,
-    };
-    Ok(Resolved {
-        checkpoint,
-        run_config,
-    })
-}
+use crate::evaluate::evaluate_episodes;
+use crate::run::resolve_checkpoint;
 
 /// The environment: from the flags if given, else the run's.
 pub fn env_for(

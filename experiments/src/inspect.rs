@@ -26,6 +26,7 @@ use rollout::tree::NodeKind;
 
 use crate::cli::InspectArgs;
 use crate::config::TrainConfig;
+use crate::run::Summary;
 use crate::sweep::{SUMMARY_FILE, read_summary, table};
 
 /// Runs `arbor inspect`.
@@ -172,18 +173,19 @@ fn summary_facts(out: &mut String, dir: &Path) -> anyhow::Result<()> {
     };
     let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_f64);
     let f = |x: Option<f64>, prec: usize| x.map_or("?".to_string(), |x| format!("{x:.prec$}"));
-    if let Some(s) = read("summary.json")? {
+    if dir.join(Summary::FILE).is_file() {
+        let s = Summary::load(dir)?;
         let _ = writeln!(
             out,
-            "summary    success {} ± {} before RL -> {} ± {} after ({} held-out tasks); {} \
-             generated tokens; {}s",
-            f(num(&s, "success_before"), 3),
-            f(num(&s, "stderr_before"), 3),
-            f(num(&s, "success_after"), 3),
-            f(num(&s, "stderr_after"), 3),
-            f(num(&s, "eval_episodes"), 0),
-            f(num(&s, "generated_tokens"), 0),
-            f(num(&s, "wall_s"), 0),
+            "summary    success {:.3} ± {:.3} before RL -> {:.3} ± {:.3} after ({} held-out \
+             tasks); {} generated tokens; {:.0}s",
+            s.success_before,
+            s.stderr_before,
+            s.success_after,
+            s.stderr_after,
+            s.eval_episodes,
+            s.generated_tokens,
+            s.wall_s,
         );
     } else if let Some(r) = read("rollout.json")? {
         let text = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();

@@ -33,7 +33,8 @@ use serde::Serialize;
 use trainer::checkpoint;
 
 use crate::cli::RolloutArgs;
-use crate::eval_cmd::{env_for, resolve_checkpoint};
+use crate::eval_cmd::env_for;
+use crate::run::resolve_checkpoint;
 
 /// Contents of `rollout.json`.
 #[derive(Debug, Serialize)]
@@ -125,7 +126,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     let tasks = TaskSet::new(spec.clone(), split);
     let mut writer = RolloutWriter::create(out, &cfg.name)?;
     let mut metrics = MetricsWriter::create(out)?;
-    let bar = crate::train::progress(args.steps as u64, "roll", args.quiet);
+    let bar = crate::run::progress(args.steps as u64, "roll", args.quiet);
     let mut total = SamplerStats::default();
     for step in 0..args.steps as u64 {
         let ids = tasks.sample(step, cfg.rl.tasks_per_step, cfg.seed);

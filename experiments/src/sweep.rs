@@ -74,7 +74,8 @@ use trainer::checkpoint;
 use crate::cli::{SweepArgs, TrainArgs};
 use crate::config::{ModelSection, RlSection, TrainConfig, first_difference};
 use crate::plots::{LineChart, Point, Series, write_chart};
-use crate::train::{self, RunOptions};
+use crate::run::{RunOptions, Summary, is_resumable, progress};
+use crate::train;
 
 /// File name of the sweep table.
 pub const SUMMARY_FILE: &str = "summary.parquet";
@@ -404,7 +405,7 @@ fn dir_state(
     if dir.join("summary.json").is_file() {
         return Ok(DirState::Done);
     }
-    Ok(if crate::train::is_resumable(&dir) {
+    Ok(if is_resumable(&dir) {
         DirState::Resume
     } else {
         DirState::Restart
@@ -470,16 +471,7 @@ fn ensure_sft(
 
 /// Reads the numbers of a finished run from its `summary.json` and `metrics.parquet`.
 fn summary_row(point: &GridPoint, env: &str, dir: &Path) -> anyhow::Result<SummaryRow> {
-    let path = dir.join("summary.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))?;
-    let num = |key: &str| {
-        json.get(key)
-            .and_then(serde_json::Value::as_f64)
-            .ok_or_else(|| anyhow!("{} has no number '{key}'", path.display()))
-    };
+    let summary = Summary::load(dir)?;
     let metrics = read_metrics(dir.join(METRICS_FILE))?;
     let rl: Vec<_> = metrics.iter().filter(|m| m.phase == "rl").collect();
     let generated: u64 = rl.iter().map(|m| m.generated_tokens).sum();
@@ -499,14 +491,14 @@ fn summary_row(point: &GridPoint, env: &str, dir: &Path) -> anyhow::Result<Summa
         estimator: point.estimator.to_string(),
         budget: point.budget,
         seed: point.seed,
-        success_before: num("success_before")?,
-        success_after: num("success_after")?,
+        success_before: summary.success_before,
+        success_after: summary.success_after,
         generated_tokens: generated,
         tokens_per_success: ratio(generated as f64, solved),
         distinct_per_1k: ratio(1000.0 * distinct as f64, generated as f64),
         cache_read_share: ratio(rl.iter().map(|m| m.cache_read_share).sum(), rl.len() as f64),
         truncated: rl.iter().map(|m| m.truncated).sum(),
-        wall_s: num("wall_s")?,
+        wall_s: summary.wall_s,
         tokens_to_chain_final: f64::NAN,
         reach_ratio: f64::NAN,
         run_dir: dir.display().to_string(),
@@ -822,7 +814,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         inits.insert(preset.clone(), init);
     }
 
-    let bar = train::progress(points.len() as u64, "sweep", quiet);
+    let bar = progress(points.len() as u64, "sweep", quiet);
     let mut rows = Vec::with_capacity(points.len());
     let mut curves = Vec::with_capacity(points.len());
     for (i, ((point, cfg), state)) in points.iter().zip(&configs).zip(&states).enumerate() {

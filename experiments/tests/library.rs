@@ -1,0 +1,70 @@
+//! The library API: a `Run` driven step by step, stopped without `finish` and resumed from its
+//! directory, ends where an uninterrupted `arbor train` run ends; its files read back typed.
+
+use experiments::config::TrainConfig;
+use experiments::run::{Run, Summary};
+
+fn tiny(out: &std::path::Path, name: &str) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        out: out.to_path_buf(),
+        name: name.into(),
+        ..TrainConfig::default()
+    };
+    cfg.sft.steps = 3;
+    cfg.sft.batch = 4;
+    cfg.sft.demos = 16;
+    cfg.rl.steps = 3;
+    cfg.rl.tasks_per_step = 2;
+    cfg.rl.checkpoint_every = 1;
+    cfg.sampler.budget = 96;
+    cfg.sampler.max_action_tokens = 24;
+    cfg.eval.episodes = 4;
+    cfg
+}
+
+#[test]
+fn a_run_stopped_between_steps_and_resumed_equals_one_run() {
+    let out = std::env::temp_dir().join(format!("arbor-lib-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+
+    let whole = Run::create(tiny(&out, "whole")).unwrap();
+    let whole = {
+        let mut run = whole;
+        while run.rl_steps_left() > 0 {
+            run.rl_step().unwrap(); // SFT and the evaluation before RL come first
+        }
+        run.finish().unwrap()
+    };
+
+    let mut parts = Run::create(tiny(&out, "parts")).unwrap();
+    let before = parts.sft().unwrap();
+    assert_eq!(before.episodes, 4);
+    let first = parts.rl_step().unwrap();
+    assert_eq!(first.step, 0);
+    drop(parts); // stopped without finish: the RL checkpoint of step 0 stays
+    let mut parts = Run::resume(&out.join("parts")).unwrap();
+    assert_eq!(parts.rl_steps_left(), 2);
+    while parts.rl_steps_left() > 0 {
+        parts.rl_step().unwrap();
+    }
+    assert!(parts.rl_step().is_err(), "no step past rl.steps");
+    let parts = parts.finish().unwrap();
+
+    assert_eq!(whole.after.success, parts.after.success);
+    let a = Summary::load(&whole.dir).unwrap();
+    let b = Summary::load(&parts.dir).unwrap();
+    assert_eq!(a.generated_tokens, b.generated_tokens);
+    assert_eq!(a.config.rl, b.config.rl);
+    let weights = |dir: &std::path::Path| {
+        let root = dir.join("checkpoints");
+        let latest = std::fs::read_to_string(root.join("latest")).unwrap();
+        std::fs::read(root.join(latest.trim()).join("model.safetensors")).unwrap()
+    };
+    assert_eq!(weights(&whole.dir), weights(&parts.dir));
+    // A second process cannot take a run that is open.
+    let open = Run::resume(&out.join("parts")).unwrap();
+    let err = Run::resume(&out.join("parts")).err().unwrap().to_string();
+    assert!(err.contains("in use"), "{err}");
+    drop(open);
+    std::fs::remove_dir_all(&out).unwrap();
+}
