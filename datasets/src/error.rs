@@ -158,6 +158,16 @@ pub enum DatasetError {
         /// The field or column.
         field: String,
     },
+    /// A prompt or answer is empty (or only whitespace): no task to pose or to check.
+    #[error("task file {}: {at}: \"{field}\" is empty", .path.display())]
+    EmptyValue {
+        /// The path given.
+        path: PathBuf,
+        /// The line or row.
+        at: Location,
+        /// The field or column.
+        field: String,
+    },
     /// The file is not a Parquet file, or it is corrupt.
     #[error("task file {}: not a readable Parquet file: {reason}", .path.display())]
     BadParquet {

@@ -18,7 +18,8 @@
 //! `3` for `3.0`). Booleans, arrays, objects and nulls are errors, and `prompt` must be text.
 //!
 //! A file with no tasks is an error ([`DatasetError::Empty`]), and so is every malformed line or
-//! row: the loader never skips bad data silently.
+//! row, an empty (or whitespace-only) prompt or answer included: the loader never skips bad
+//! data silently.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -37,6 +38,26 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
 use crate::error::{DatasetError, Location};
+
+/// A prompt or answer that is empty or only whitespace is an error.
+fn check_not_empty(
+    path: &Path,
+    at: Location,
+    prompt: &str,
+    answer: &str,
+) -> Result<(), DatasetError> {
+    let empty = [("prompt", prompt), ("answer", answer)]
+        .into_iter()
+        .find(|(_, v)| v.trim().is_empty());
+    match empty {
+        Some((field, _)) => Err(DatasetError::EmptyValue {
+            path: path.to_path_buf(),
+            at,
+            field: field.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
 
 /// Reads question/answer pairs from a JSONL or Parquet file (see the [module docs](self) for the
 /// formats), in file order.
@@ -154,6 +175,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<QaPair>, DatasetError> {
         };
         let prompt = field("prompt", false)?;
         let answer = field("answer", true)?;
+        check_not_empty(path, at, &prompt, &answer)?;
         pairs.push(QaPair { prompt, answer });
     }
     Ok(pairs)
@@ -246,10 +268,12 @@ fn read_parquet(path: &Path) -> Result<Vec<QaPair>, DatasetError> {
                 at: Location::Row(offset + i),
                 field: field.to_string(),
             };
-            pairs.push(QaPair {
-                prompt: prompt.ok_or_else(|| null(PROMPT))?,
-                answer: answer.ok_or_else(|| null(ANSWER))?,
-            });
+            let (prompt, answer) = (
+                prompt.ok_or_else(|| null(PROMPT))?,
+                answer.ok_or_else(|| null(ANSWER))?,
+            );
+            check_not_empty(path, Location::Row(offset + i), &prompt, &answer)?;
+            pairs.push(QaPair { prompt, answer });
         }
     }
     Ok(pairs)
@@ -652,6 +676,30 @@ mod tests {
             "{err:?}"
         );
         assert_names(&err, &path, &["row 3", "\"answer\" is null"]);
+    }
+
+    /// An empty or whitespace-only prompt or answer poses or checks nothing: an error naming
+    /// its line or row, in both formats.
+    #[test]
+    fn empty_prompts_and_answers_are_rejected() {
+        let dir = TempDir::new("emptyvalues");
+        let path = dir.file(
+            "e.jsonl",
+            b"{\"prompt\":\"p\",\"answer\":\"a\"}\n{\"prompt\":\"  \",\"answer\":\"a\"}\n",
+        );
+        let err = load_qa_file(&path).unwrap_err();
+        assert!(matches!(&err, DatasetError::EmptyValue { .. }), "{err:?}");
+        assert_names(&err, &path, &["line 2", "\"prompt\" is empty"]);
+        let path = parquet(
+            &dir,
+            "e.parquet",
+            vec![
+                ("prompt", strings(&[Some("a"), Some("b")])),
+                ("answer", strings(&[Some("1"), Some("")])),
+            ],
+        );
+        let err = load_qa_file(&path).unwrap_err();
+        assert_names(&err, &path, &["row 1", "\"answer\" is empty"]);
     }
 
     #[test]

@@ -26,6 +26,12 @@ fn engine(args: &EngineBenchArgs) -> anyhow::Result<()> {
     } else {
         BenchOptions::default()
     };
+    for preset in &args.presets {
+        ModelConfig::preset(preset)?;
+    }
+    if args.presets.is_empty() {
+        anyhow::bail!("--presets names no preset");
+    }
     if !args.quick {
         opts.presets = args.presets.clone();
     }
@@ -380,6 +386,13 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
                 cap,
             )?)],
         };
+        if batches.is_empty() {
+            anyhow::bail!(
+                "at budget {} every sampled trajectory was cut by the budget (masked): nothing \
+                 to train; use a larger --budget",
+                args.budget
+            );
+        }
         for b in &mut batches {
             b.layout = layout;
         }

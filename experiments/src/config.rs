@@ -140,8 +140,8 @@ pub struct ModelSection {
     /// A local Hugging Face model directory of the Llama family (`config.json`,
     /// `*.safetensors`, `tokenizer.json`); overrides `preset`: its weights and tokenizer are used.
     pub dir: Option<PathBuf>,
-    /// Caps the context window of a `dir` model (its RoPE tables and KV cache are sized by it).
-    /// Default: 2048.
+    /// Caps the context window of a `dir` model (its RoPE tables and KV cache are sized by it),
+    /// 16..=2^20; a preset keeps its own window. Default: 2048.
     pub max_seq_len: usize,
     /// Start from this checkpoint (a `checkpoints/step-N` directory, or a run directory for its
     /// latest) instead of `preset`'s random or `dir`'s weights: its weights, optimizer moments
@@ -441,10 +441,11 @@ impl TrainConfig {
                 self.rl.export_rollouts
             );
         }
-        let finite_positive = [("sft.lr", self.sft.lr), ("rl.lr", self.rl.lr)];
-        for (key, v) in finite_positive {
-            if !(v.is_finite() && v > 0.0) {
-                bail!("config {key} must be a finite number > 0 (got {v})");
+        // AdamW steps move each weight by about lr: above 1 every run diverges.
+        let learning_rates = [("sft.lr", self.sft.lr), ("rl.lr", self.rl.lr)];
+        for (key, v) in learning_rates {
+            if !(v > 0.0 && v <= 1.0) {
+                bail!("config {key} must be a learning rate in (0, 1] (got {v:e})");
             }
         }
         if !(self.sft.min_lr_ratio.is_finite() && (0.0..=1.0).contains(&self.sft.min_lr_ratio)) {
@@ -476,6 +477,13 @@ impl TrainConfig {
                 bail!("config {key} = {v} is larger than the supported {max}");
             }
         }
+        if !(16..=1 << 20).contains(&self.model.max_seq_len) {
+            bail!(
+                "config model.max_seq_len must be in 16..={} (got {})",
+                1 << 20,
+                self.model.max_seq_len
+            );
+        }
         if !(0.0..=1.0).contains(&self.sft.mistake_rate) {
             bail!("config sft.mistake_rate must be in [0, 1]");
         }
@@ -500,10 +508,22 @@ impl TrainConfig {
 
     /// The environment family.
     pub fn env_spec(&self) -> anyhow::Result<EnvSpec> {
+        if self.env.name != "qa-file"
+            && let Some(path) = &self.env.tasks
+        {
+            bail!(
+                "env.tasks ({}) is a task file for qa-file, not for {}",
+                path.display(),
+                self.env.name
+            );
+        }
         if self.env.name == "qa-file" {
             let Some(path) = &self.env.tasks else {
                 bail!("env qa-file needs a task file (--tasks FILE)");
             };
+            if let Some(k) = self.env.knobs.keys().find(|k| *k != "verifier") {
+                bail!("environment 'qa-file' has no knob '{k}' (knobs: verifier)");
+            }
             let name = self
                 .env
                 .knobs

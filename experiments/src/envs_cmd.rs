@@ -45,22 +45,31 @@ pub fn parse_knobs(knobs: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
 }
 
 fn show_episode(args: &ShowArgs) -> anyhow::Result<()> {
-    let knobs = parse_knobs(&args.knobs)?;
-    let spec = if args.env == "qa-file" {
-        let Some(path) = &args.tasks else {
-            bail!("qa-file needs --tasks FILE (JSONL or Parquet with prompt/answer columns)");
-        };
-        let name = knobs
-            .iter()
-            .find(|(k, _)| *k == "verifier")
-            .map_or("exact", |(_, v)| *v);
-        let Some(verifier) = envs::qa::Verifier::from_name(name) else {
-            bail!("unknown qa-file verifier '{name}' (expected exact or numeric)");
-        };
-        datasets::taskfile::qa_spec_from_file(path, verifier)?
-    } else {
-        EnvSpec::from_name(&args.env, &knobs)?
+    if args.env == "qa-file" && args.tasks.is_none() {
+        bail!("qa-file needs --tasks FILE (JSONL or Parquet with prompt/answer columns)");
+    }
+    // The environment as a run would build it from the same name, knobs and task file.
+    let section = crate::config::EnvSection {
+        name: args.env.clone(),
+        knobs: parse_knobs(&args.knobs)?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        tasks: args.tasks.clone(),
     };
+    let cfg = crate::config::TrainConfig {
+        env: section,
+        ..Default::default()
+    };
+    let spec = cfg.env_spec()?;
+    if let Some(rows) = spec.task_count()
+        && args.seed >= rows
+    {
+        bail!(
+            "--seed {} is no task of this file: it has {rows} rows (0..{rows})",
+            args.seed
+        );
+    }
     let mut env = spec.make(args.seed);
     println!("== {} task {} ==", spec.name(), args.seed);
     print!("[prompt]{}", env.prompt());

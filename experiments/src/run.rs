@@ -198,6 +198,27 @@ pub struct RlStep {
     pub eval: Option<EvalResult>,
 }
 
+/// Everything about `cfg` that can be checked without a run directory: the values, the
+/// environment and its task set, the model (loaded: a bad model directory leaves no trace), and
+/// that the task set can feed the run (`preflight`). Returns the environment and the model.
+pub fn check(cfg: &TrainConfig) -> anyhow::Result<(EnvSpec, crate::config::LoadedModel)> {
+    cfg.validate()?;
+    let spec = cfg.env_spec()?;
+    let model = cfg.model.load()?;
+    let needs = crate::preflight::TaskNeeds {
+        train_per_step: if cfg.rl.steps > 0 {
+            cfg.rl.tasks_per_step
+        } else {
+            0
+        },
+        eval_episodes: cfg.eval.episodes,
+        seed: cfg.seed,
+    };
+    let max_len = model.config.max_seq_len;
+    crate::preflight::check_tasks(&spec, model.tokenizer.as_ref(), max_len, needs)?;
+    Ok((spec, model))
+}
+
 /// A training run in its directory; see the [module docs](self).
 pub struct Run {
     cfg: TrainConfig,
@@ -262,22 +283,7 @@ impl Run {
     /// Creates (or with `opts.resume`, continues) the run of a resolved config: what
     /// `arbor train` does after parsing its flags.
     pub fn open(mut cfg: TrainConfig, opts: &RunOptions) -> anyhow::Result<Run> {
-        cfg.validate()?;
-        let spec = cfg.env_spec()?;
-        // Load the model before creating anything, so a bad model directory leaves no trace.
-        let model = cfg.model.load()?;
-        // And check that the task set can feed this run.
-        let needs = crate::preflight::TaskNeeds {
-            train_per_step: if cfg.rl.steps > 0 {
-                cfg.rl.tasks_per_step
-            } else {
-                0
-            },
-            eval_episodes: cfg.eval.episodes,
-            seed: cfg.seed,
-        };
-        let max_len = model.config.max_seq_len;
-        crate::preflight::check_tasks(&spec, model.tokenizer.as_ref(), max_len, needs)?;
+        let (spec, model) = check(&cfg)?;
         let tcfg = trainer_config(&cfg);
         // Likewise a bad `init` checkpoint.
         let mut init_trainer = match &cfg.model.init {

@@ -227,15 +227,18 @@ impl GridPoint {
 
 /// Parses `--budget-steps` entries `BUDGET=STEPS`.
 fn parse_budget_steps(entries: &[String]) -> anyhow::Result<BTreeMap<u32, usize>> {
-    entries
-        .iter()
-        .map(|e| {
-            let parsed = e
-                .split_once('=')
-                .and_then(|(b, s)| Some((b.trim().parse().ok()?, s.trim().parse().ok()?)));
-            parsed.ok_or_else(|| anyhow!("--budget-steps: '{e}' is not BUDGET=STEPS"))
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    for e in entries {
+        let parsed = e
+            .split_once('=')
+            .and_then(|(b, s)| Some((b.trim().parse().ok()?, s.trim().parse().ok()?)));
+        let (budget, steps) =
+            parsed.ok_or_else(|| anyhow!("--budget-steps: '{e}' is not BUDGET=STEPS"))?;
+        if out.insert(budget, steps).is_some_and(|s| s != steps) {
+            bail!("--budget-steps gives budget {budget} two step counts");
+        }
+    }
+    Ok(out)
 }
 
 /// Parses a comma-separated axis, dropping repeats (first occurrence kept).
@@ -774,6 +777,22 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         .map(|p| sft_config(&base, p, &sweep_dir).map(|c| (p.clone(), c)))
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     base.env_spec()?;
+    // Every run (and shared SFT run) must be able to run: task set and model, once per
+    // distinct environment, model and task needs.
+    let mut checked = std::collections::BTreeSet::new();
+    for cfg in configs.iter().chain(sft_configs.values()) {
+        let key = format!(
+            "{:?} {:?} {} {} {}",
+            cfg.env,
+            cfg.model,
+            cfg.rl.steps > 0,
+            cfg.rl.tasks_per_step,
+            cfg.eval.episodes
+        );
+        if checked.insert(key) {
+            crate::run::check(cfg).with_context(|| format!("run {}", cfg.name))?;
+        }
+    }
     // Check every existing directory before training anything.
     let mut sft_states = BTreeMap::new();
     for (preset, cfg) in &sft_configs {

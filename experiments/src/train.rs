@@ -54,9 +54,11 @@ pub fn resolve_resume(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             dir.display()
         );
     }
-    // The run directory is where the command line says, whatever `out` it was created with.
+    // The run directory is where the command line says, whatever `out` and `name` it was
+    // created with (a copied or renamed run continues in its own directory).
     let mut cfg = stored;
     cfg.out = out;
+    cfg.name = name.clone();
     cfg.validate()?;
     Ok(cfg)
 }

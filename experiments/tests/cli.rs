@@ -651,3 +651,127 @@ fn hostile_inputs_fail_before_any_work() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The defects of a hostile pass over every command, each now a one-line error before any
+/// work (or, for a copied run, a resume in its own directory).
+#[test]
+fn hostile_pass_cases_are_handled() {
+    let dir = scratch("hostile2");
+    let d = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    let cfg = tiny_config(&dir, 1);
+    let cfg = cfg.to_str().unwrap();
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).unwrap();
+        d(name)
+    };
+    let qa = write(
+        "qa.jsonl",
+        &(0..6)
+            .map(|i| format!(r#"{{"prompt": "q{i}?", "answer": "{i}"}}"#))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let qa2 = write(
+        "qa2.jsonl",
+        "{\"prompt\": \"a?\", \"answer\": \"1\"}\n{\"prompt\": \"b?\", \"answer\": \"2\"}\n",
+    );
+    let lr = write("lr.toml", "[sft]\nlr = 1e300\n");
+    let msl = write("msl.toml", "[model]\nmax_seq_len = 0\n");
+    let out = d("out");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--config", &lr, "--out", &out],
+            "sft.lr must be a learning rate",
+        ),
+        (
+            vec!["train", "--config", &msl, "--out", &out],
+            "model.max_seq_len must be in",
+        ),
+        (
+            vec!["train", "--tasks", "/nonexistent.jsonl", "--out", &out],
+            "is a task file for qa-file, not for multihop",
+        ),
+        (
+            vec![
+                "train", "--env", "qa-file", "--tasks", &qa, "-k", "bogus=1", "--out", &out,
+            ],
+            "no knob 'bogus'",
+        ),
+        (
+            vec!["envs", "show", "qa-file", "--tasks", &qa, "--seed", "99"],
+            "is no task",
+        ),
+        (
+            vec!["bench", "engine", "--quick", "--presets", "huge"],
+            "unknown model preset",
+        ),
+        (
+            vec![
+                "sweep",
+                "--config",
+                cfg,
+                "--budgets",
+                "64",
+                "--budget-steps",
+                "64=1,64=2",
+            ],
+            "two step counts",
+        ),
+        (
+            vec![
+                "sweep",
+                "--config",
+                cfg,
+                "--env",
+                "qa-file",
+                "--tasks",
+                &qa2,
+                "--budgets",
+                "64",
+                "--seeds",
+                "0",
+                "--samplers",
+                "chain",
+                "--out",
+                &out,
+            ],
+            "rl.tasks_per_step is 2 but the training split of qa-file has 1",
+        ),
+    ];
+    for (args, needle) in &cases {
+        assert_one_line_error(&arbor(args), needle);
+    }
+    assert!(
+        !dir.join("out").exists(),
+        "rejected commands create nothing"
+    );
+
+    // A copied run resumes in its own directory, not in the one its config.toml was named for.
+    let runs = d("runs");
+    ok(&arbor(&[
+        "train", "--config", cfg, "--out", &runs, "--name", "r", "--quiet",
+    ]));
+    let summary = dir.join("runs/r/summary.json");
+    let before = std::fs::read(&summary).unwrap();
+    let copy = dir.join("runs/copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in [
+        "config.toml",
+        "metrics.parquet",
+        "trajectories.parquet",
+        "nodes.parquet",
+    ] {
+        std::fs::copy(dir.join("runs/r").join(f), copy.join(f)).unwrap();
+    }
+    let resumed = arbor(&[
+        "train", "--out", &runs, "--name", "copy", "--resume", "--quiet",
+    ]);
+    let (stdout, _) = ok(&resumed);
+    assert!(stdout.contains("runs/copy/summary.json"), "{stdout}");
+    assert_eq!(
+        std::fs::read(&summary).unwrap(),
+        before,
+        "the original run is untouched"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
