@@ -45,7 +45,7 @@
 use envs::rng::rng_for;
 use envs::{AnyEnv, Env, EnvSpec, Expert, Outcome};
 use rand::RngExt;
-use rollout::tokenizer::Tokenizer;
+use rollout::tokenizer::{Encoded, Tokenizer};
 
 /// How demonstrations are generated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,20 +103,6 @@ pub struct Demonstration {
     /// Whether this is a guess (a single failing turn, see the [module docs](self)).
     #[serde(default)]
     pub guessed: bool,
-}
-
-/// A tokenized demonstration with its SFT loss mask.
-///
-/// # Shapes
-/// `tokens: [len]`, `loss_mask: [len]` (aligned: `loss_mask[t]` says whether `tokens[t]` is a
-/// training target).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Encoded {
-    /// `<bos>`, prompt, then actions each closed by `<eos>` and followed by their observation
-    /// (except the last).
-    pub tokens: Vec<u32>,
-    /// True exactly on action tokens and their closing `<eos>`.
-    pub loss_mask: Vec<bool>,
 }
 
 impl Demonstration {

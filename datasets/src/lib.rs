@@ -47,7 +47,8 @@ pub mod tasks;
 #[cfg(test)]
 mod testutil;
 
-pub use demos::{DemoOptions, Demonstration, Encoded, Turn, demonstrations};
+pub use demos::{DemoOptions, Demonstration, Turn, demonstrations};
 pub use error::{DatasetError, Location};
+pub use rollout::tokenizer::Encoded;
 pub use taskfile::{load_qa_file, qa_spec_from_file};
 pub use tasks::{Split, TaskSet};

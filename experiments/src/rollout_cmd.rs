@@ -126,7 +126,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     let tasks = TaskSet::new(spec.clone(), split);
     let mut writer = RolloutWriter::create(out, &cfg.name)?;
     let mut metrics = MetricsWriter::create(out)?;
-    let bar = crate::run::progress(args.steps as u64, "roll", args.quiet);
+    let bar = crate::run::Progress::new(args.steps as u64, "roll", args.quiet);
     let mut total = SamplerStats::default();
     for step in 0..args.steps as u64 {
         let ids = tasks.sample(step, cfg.rl.tasks_per_step, cfg.seed);
@@ -161,14 +161,13 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
         writer.write_step(&info, &groups)?;
         metrics.push(MetricsRow::from_sampler(step, "rollout", &stats))?;
         total.merge(&stats);
-        bar.set_message(format!(
+        bar.inc(format!(
             "success {:.3} traj {}",
             stats.success_rate(),
             stats.trajectories
         ));
-        bar.inc(1);
     }
-    bar.finish_and_clear();
+    bar.finish();
     writer.finish()?;
     let info = RolloutInfo {
         checkpoint: resolved.checkpoint.display().to_string(),

@@ -483,7 +483,7 @@ impl Run {
             .map(|d| d.encode(self.tokenizer.as_ref()))
             .collect();
         let (steps, batch, every) = (cfg.sft.steps, cfg.sft.batch, cfg.sft.checkpoint_every);
-        let bar = progress(steps as u64, "sft", self.quiet);
+        let bar = Progress::new(steps as u64, "sft", self.quiet);
         bar.set_position(sft_done as u64);
         let mut order = SftOrder::new(encoded.len(), cfg.seed);
         let mut rows = Vec::new();
@@ -497,8 +497,7 @@ impl Run {
             let t0 = Instant::now();
             let stats = self.trainer.sft_step(&sft_batch(&chunk)?)?;
             let wall = t0.elapsed();
-            bar.set_message(format!("loss {:.3}", stats.loss));
-            bar.inc(1);
+            bar.inc(format!("loss {:.3}", stats.loss));
             rows.push(MetricsRow {
                 loss: f64::from(stats.loss),
                 grad_norm: f64::from(stats.grad_norm),
@@ -518,7 +517,7 @@ impl Run {
                 self.save()?;
             }
         }
-        bar.finish_and_clear();
+        bar.finish();
         self.metrics.extend(rows)?;
         self.state.sft_wall_s += since_save.elapsed().as_secs_f64();
         self.engine.load_weights(&self.trainer.weights())?;
@@ -766,19 +765,73 @@ pub fn resolve_checkpoint(dir: &Path) -> anyhow::Result<Resolved> {
     })
 }
 
-/// A progress bar on stderr, hidden under `--quiet` or when stderr is not a terminal.
-pub fn progress(len: u64, label: &str, quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    if quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
+/// Progress on stderr: a bar on a terminal; off a terminal (a run under `nohup`, a log file)
+/// one line per `1/20` of the work, and at the end, so a log shows how far a run is; nothing
+/// under `--quiet`.
+pub struct Progress {
+    bar: ProgressBar,
+    lines: bool,
+    label: String,
+    every: u64,
+    started: Instant,
+}
+
+impl Progress {
+    /// Progress over `len` units labelled `label`.
+    pub fn new(len: u64, label: &str, quiet: bool) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = ProgressBar::new(len);
+        if quiet || !terminal {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>5} [{bar:30}] {pos}/{len} {elapsed} {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        Progress {
+            bar,
+            lines: !quiet && !terminal,
+            label: label.to_string(),
+            every: len.div_ceil(20).max(1),
+            started: Instant::now(),
+        }
     }
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>5} [{bar:30}] {pos}/{len} {elapsed} {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_string());
-    bar
+
+    /// A bar only: the caller prints its own line per unit.
+    pub fn bar_only(len: u64, label: &str, quiet: bool) -> Progress {
+        Progress {
+            lines: false,
+            ..Progress::new(len, label, quiet)
+        }
+    }
+
+    /// Units already done (a resumed run).
+    pub fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+    }
+
+    /// One more unit done; `msg` describes it.
+    pub fn inc(&self, msg: String) {
+        self.bar.inc(1);
+        let (pos, len) = (self.bar.position(), self.bar.length().unwrap_or(0));
+        if self.lines && (pos.is_multiple_of(self.every) || pos == len) {
+            let secs = self.started.elapsed().as_secs_f64();
+            eprintln!("{} {pos}/{len} ({secs:.0}s) {msg}", self.label);
+        }
+        self.bar.set_message(msg);
+    }
+
+    /// Runs `f` (which prints) without the bar in the way.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Picks the run directory: the configured name, or `<env>-<sampler>` made unique.

@@ -74,7 +74,7 @@ use trainer::checkpoint;
 use crate::cli::{SweepArgs, TrainArgs};
 use crate::config::{ModelSection, RlSection, TrainConfig, first_difference};
 use crate::plots::{LineChart, Point, Series, write_chart};
-use crate::run::{RunOptions, Summary, is_resumable, progress};
+use crate::run::{Progress, RunOptions, Summary, is_resumable};
 use crate::train;
 
 /// File name of the sweep table.
@@ -833,11 +833,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         inits.insert(preset.clone(), init);
     }
 
-    let bar = progress(points.len() as u64, "sweep", quiet);
+    let bar = Progress::bar_only(points.len() as u64, "sweep", quiet);
     let mut rows = Vec::with_capacity(points.len());
     let mut curves = Vec::with_capacity(points.len());
     for (i, ((point, cfg), state)) in points.iter().zip(&configs).zip(&states).enumerate() {
-        bar.set_message(cfg.name.clone());
         let init = inits.get(&point.preset).cloned().flatten();
         let dir = ensure_run(cfg, state, init.as_deref())?;
         let row = summary_row(point, &base.env.name, &dir)?;
@@ -862,9 +861,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
             });
         }
         rows.push(row);
-        bar.inc(1);
+        bar.inc(cfg.name.clone());
     }
-    bar.finish_and_clear();
+    bar.finish();
     fill_reach(&mut rows, &curves);
 
     write_summary(&sweep_dir.join(SUMMARY_FILE), &rows)?;

@@ -155,16 +155,20 @@ pub fn run_config(cfg: TrainConfig, opts: &RunOptions) -> anyhow::Result<RunOutc
     let quiet = opts.quiet;
     let mut run = Run::open(cfg, opts)?;
     run.sft()?;
-    let bar = crate::run::progress(run.config().rl.steps as u64, "rl", quiet);
+    let bar = crate::run::Progress::new(run.config().rl.steps as u64, "rl", quiet);
     bar.set_position(run.trainer().state().rl_steps);
     while run.rl_steps_left() > 0 {
         let step = run.rl_step()?;
-        bar.set_message(format!(
-            "reward {:.3} traj {} trunc {}",
-            step.row.reward_mean, step.row.trajectories, step.row.truncated
+        let row = &step.row;
+        let eval = step
+            .eval
+            .map(|e| format!(" held-out {:.3}", e.success))
+            .unwrap_or_default();
+        bar.inc(format!(
+            "reward {:.3} traj {} trunc {} tokens {}{eval}",
+            row.reward_mean, row.trajectories, row.truncated, row.generated_tokens
         ));
-        bar.inc(1);
     }
-    bar.finish_and_clear();
+    bar.finish();
     run.finish()
 }

@@ -775,3 +775,23 @@ fn hostile_pass_cases_are_handled() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Off a terminal (a log under `nohup`) a run prints a line per step of its progress.
+#[test]
+fn a_run_off_a_terminal_logs_its_steps() {
+    let dir = scratch("log");
+    let cfg = tiny_config(&dir, 2);
+    let out = dir.to_str().unwrap();
+    let run = arbor(&["train", "--config", cfg.to_str().unwrap(), "--out", out]);
+    let (_, stderr) = ok(&run);
+    for needle in [
+        "sft 3/3 (",
+        "rl 1/2 (",
+        "rl 2/2 (",
+        "reward ",
+        "eval after RL",
+    ] {
+        assert!(stderr.contains(needle), "'{needle}' not in:\n{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -434,6 +434,21 @@ pub fn decode_scheme(decoder: &serde_json::Value) -> DecodeScheme {
     }
 }
 
+/// A tokenized transcript with its training loss mask (an SFT demonstration): what crosses
+/// from `datasets` (which builds it) to `trainer` (which trains on it).
+///
+/// # Shapes
+/// `tokens: [len]`, `loss_mask: [len]` (aligned: `loss_mask[t]` says whether `tokens[t]` is a
+/// training target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// `<bos>`, prompt, then actions each closed by `<eos>` and followed by their observation
+    /// (except the last).
+    pub tokens: Vec<u32>,
+    /// True exactly on action tokens and their closing `<eos>`.
+    pub loss_mask: Vec<bool>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Supervised warm start (DESIGN §8): cross-entropy on the action tokens of encoded expert
 //! demonstrations.
 //!
-//! A demonstration is `(tokens, loss_mask)` (`datasets::Encoded`): `loss_mask[i]` marks
+//! A demonstration is `(tokens, loss_mask)` (`rollout::tokenizer::Encoded`, built by `datasets`): `loss_mask[i]` marks
 //! `tokens[i]` as a target (action tokens and their closing `<eos>`; prompt and observation tokens
 //! are never targets). Each target is scored from the previous position under plain causal
 //! attention, and the loss is the token mean over all targets of the batch:
@@ -9,7 +9,7 @@
 //! [`TrainBatch::to_device`]).
 
 use burn::tensor::Tensor;
-use datasets::Encoded;
+use rollout::tokenizer::Encoded;
 
 use crate::TrainerError;
 use crate::loss::{LossStats, scalar, target_logprobs};
