@@ -155,18 +155,13 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         }
     };
     let mut base = SamplerConfig::default();
-    if let Some(g) = &args.granularity {
-        base.granularity = g
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
+    if let Some(g) = args.granularity {
+        base.granularity = g;
     }
     let branches = if args.branch.is_empty() {
         vec![base.branch]
     } else {
-        args.branch
-            .iter()
-            .map(|b| b.parse().map_err(|e| anyhow::anyhow!("--branch: {e}")))
-            .collect::<anyhow::Result<Vec<BranchPolicy>>>()?
+        args.branch.clone()
     };
     if let Some(m) = args.initial_chains {
         base.initial_chains = m;

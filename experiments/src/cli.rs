@@ -1,6 +1,8 @@
 //! The `arbor` command line.
 
 use clap::{Args, Parser, Subcommand};
+use rollout::advantage::Estimator;
+use rollout::sampler::{BranchPolicy, Granularity, SamplerKind};
 
 /// arbor: reinforcement learning of text agent policies with shared-prefix tree rollouts.
 #[derive(Debug, Parser)]
@@ -35,6 +37,73 @@ pub enum Command {
     /// Summarise a run directory: config, summary, last metrics, file checks and one rollout
     /// tree drawn as text.
     Inspect(InspectArgs),
+}
+
+/// The environment flags shared by train, sweep, eval and rollout (`[env]` of the config).
+#[derive(Debug, Args, Default, Clone)]
+pub struct EnvArgs {
+    /// `env.name`: multihop, countdown, maze or qa-file (`arbor envs` lists them) [default:
+    /// the config's, or the run's].
+    #[arg(long)]
+    pub env: Option<String>,
+    /// `env.knobs`: difficulty knob `name=value`, repeatable; laid over the default run's knobs
+    /// for its environment, over the environment's own (`arbor envs`) for any other.
+    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
+    pub knobs: Vec<String>,
+    /// `env.tasks`: task file for qa-file (JSONL or Parquet with prompt/answer columns).
+    #[arg(long)]
+    pub tasks: Option<std::path::PathBuf>,
+}
+
+impl EnvArgs {
+    /// Lays these flags over `env`: a new environment name starts from that environment's own
+    /// knobs, then the given knobs and task file replace their keys.
+    pub fn apply(&self, env: &mut crate::config::EnvSection) -> anyhow::Result<()> {
+        if let Some(name) = &self.env
+            && *name != env.name
+        {
+            env.name = name.clone();
+            env.knobs.clear();
+        }
+        for (k, v) in crate::envs_cmd::parse_knobs(&self.knobs)? {
+            env.knobs.insert(k.to_string(), v.to_string());
+        }
+        if let Some(t) = &self.tasks {
+            env.tasks = Some(t.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Which rows `rl.export_rollouts` writes to the Parquet exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportMode {
+    /// Every `rl.export_every` steps and the last.
+    Every,
+    /// The last step only.
+    Last,
+    /// None.
+    None,
+}
+
+impl ExportMode {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportMode::Every => "every",
+            ExportMode::Last => "last",
+            ExportMode::None => "none",
+        }
+    }
+}
+
+/// A task split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitArg {
+    /// The held-out tasks.
+    Eval,
+    /// The training tasks.
+    Train,
 }
 
 /// `arbor envs [show ENV]`.
@@ -114,11 +183,11 @@ pub struct TrainBenchArgs {
     pub checkpoint: Option<std::path::PathBuf>,
     /// Branching policy of the sampled trees (`entropy` forks inside actions: many small
     /// token-level nodes).
-    #[arg(long, default_value = "random")]
-    pub branch: rollout::sampler::BranchPolicy,
+    #[arg(long, value_enum, default_value = "random")]
+    pub branch: BranchPolicy,
     /// Node granularity of the sampled trees.
-    #[arg(long, default_value = "step")]
-    pub granularity: rollout::sampler::Granularity,
+    #[arg(long, value_enum, default_value = "step")]
+    pub granularity: Granularity,
     /// Time only the `packed` mode (what training uses).
     #[arg(long)]
     pub packed_only: bool,
@@ -169,13 +238,13 @@ pub struct SamplerBenchArgs {
     /// Seed of the random weights and of sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Tree `sampler.granularity`: step, segment or token [default: the sampler default].
-    #[arg(long)]
-    pub granularity: Option<String>,
-    /// Tree branching policies, comma separated (random, entropy, segment, adaptive): one tree
-    /// row per policy, each compared with the chain [default: the sampler default, random].
-    #[arg(long, value_delimiter = ',')]
-    pub branch: Vec<String>,
+    /// Tree `sampler.granularity` [default: the sampler default].
+    #[arg(long, value_enum)]
+    pub granularity: Option<Granularity>,
+    /// Tree branching policies, comma separated: one tree row per policy, each compared with
+    /// the chain [default: random].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub branch: Vec<BranchPolicy>,
     /// `sampler.initial_chains` (M) [default: the sampler default].
     #[arg(long)]
     pub initial_chains: Option<usize>,
@@ -199,16 +268,9 @@ pub struct TrainArgs {
     /// `env.knobs.hops=2`), repeatable; applied after --config and before the flags below.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// `env.name`: multihop, countdown, maze or qa-file [default: multihop].
-    #[arg(long)]
-    pub env: Option<String>,
-    /// `env.knobs`: difficulty knob `name=value`, repeatable; laid over the default run's knobs
-    /// for its environment, over the environment's own (`arbor envs`) for any other.
-    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
-    pub knobs: Vec<String>,
-    /// `env.tasks`: task file for qa-file (JSONL or Parquet with prompt/answer columns).
-    #[arg(long)]
-    pub tasks: Option<std::path::PathBuf>,
+    /// The environment.
+    #[command(flatten)]
+    pub env: EnvArgs,
     /// `model.preset`: tiny or small [default: tiny].
     #[arg(long)]
     pub preset: Option<String>,
@@ -216,18 +278,18 @@ pub struct TrainArgs {
     /// *.safetensors, tokenizer.json) to start from instead of a preset.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
-    /// `sampler.kind`: tree or chain [default: tree].
-    #[arg(long)]
-    pub sampler: Option<String>,
-    /// `sampler.branch`: random, entropy, segment or adaptive [default: random].
-    #[arg(long)]
-    pub branch: Option<String>,
-    /// `sampler.granularity`: step, segment or token [default: step].
-    #[arg(long)]
-    pub granularity: Option<String>,
-    /// `rl.estimator`: grpo, tree-grpo, treerl, treepo or rloo [default: tree-grpo].
-    #[arg(long)]
-    pub advantage: Option<String>,
+    /// `sampler.kind` [default: tree].
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
+    /// `sampler.branch` [default: entropy].
+    #[arg(long, value_enum)]
+    pub branch: Option<BranchPolicy>,
+    /// `sampler.granularity` [default: step].
+    #[arg(long, value_enum)]
+    pub granularity: Option<Granularity>,
+    /// `rl.estimator` [default: tree-grpo].
+    #[arg(long, value_enum)]
+    pub advantage: Option<Estimator>,
     /// `sampler.budget`: generated tokens per task group [default: 512].
     #[arg(long)]
     pub budget: Option<u32>,
@@ -249,9 +311,9 @@ pub struct TrainArgs {
     /// `eval.episodes`: held-out episodes before and after RL [default: 128].
     #[arg(long)]
     pub episodes: Option<usize>,
-    /// `rl.export_rollouts`: every, last or none [default: every].
-    #[arg(long)]
-    pub export_rollouts: Option<String>,
+    /// `rl.export_rollouts` [default: every].
+    #[arg(long, value_enum)]
+    pub export_rollouts: Option<ExportMode>,
     /// Continue the run in `out/name` from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -271,15 +333,9 @@ pub struct EvalArgs {
     /// A run directory (`runs/<name>`: its latest checkpoint) or a checkpoint directory.
     #[arg(long)]
     pub checkpoint: std::path::PathBuf,
-    /// Environment [default: the run's].
-    #[arg(long)]
-    pub env: Option<String>,
-    /// Difficulty knob `name=value`, repeatable [default: the run's].
-    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
-    pub knobs: Vec<String>,
-    /// Task file for qa-file.
-    #[arg(long)]
-    pub tasks: Option<std::path::PathBuf>,
+    /// The environment [default: the run's].
+    #[command(flatten)]
+    pub env: EnvArgs,
     /// Held-out tasks, one episode each.
     #[arg(long, default_value_t = 256)]
     pub episodes: usize,
@@ -303,17 +359,15 @@ pub struct SweepArgs {
     /// Per-task token budgets.
     #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048")]
     pub budgets: Vec<u32>,
-    /// Samplers: chain, tree.
-    #[arg(long, value_delimiter = ',', default_value = "chain,tree")]
-    pub samplers: Vec<String>,
-    /// Branching policies of the tree sampler: random, entropy, segment, adaptive
-    /// [default: the base config's].
-    #[arg(long, value_delimiter = ',')]
-    pub branches: Vec<String>,
-    /// Advantage estimators: grpo, tree-grpo, treerl, treepo, rloo [default: the base
-    /// config's].
-    #[arg(long, value_delimiter = ',')]
-    pub estimators: Vec<String>,
+    /// Samplers.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "chain,tree")]
+    pub samplers: Vec<SamplerKind>,
+    /// Branching policies of the tree sampler [default: the base config's].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub branches: Vec<BranchPolicy>,
+    /// Advantage estimators [default: the base config's].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub estimators: Vec<Estimator>,
     /// Model presets: tiny, small [default: the base config's].
     #[arg(long, value_delimiter = ',')]
     pub presets: Vec<String>,
@@ -327,15 +381,9 @@ pub struct SweepArgs {
     /// Any key of the base config, `section.key=value`, repeatable (as `arbor train --set`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// `env.name` of the base config.
-    #[arg(long)]
-    pub env: Option<String>,
-    /// `env.knobs`: difficulty knob `name=value`, repeatable.
-    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
-    pub knobs: Vec<String>,
-    /// `env.tasks`: task file for qa-file.
-    #[arg(long)]
-    pub tasks: Option<std::path::PathBuf>,
+    /// The environment of the base config.
+    #[command(flatten)]
+    pub env: EnvArgs,
     /// `rl.steps` of every run.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -374,24 +422,18 @@ pub struct RolloutArgs {
     /// Directory to write (created; must be new or empty).
     #[arg(long)]
     pub out: std::path::PathBuf,
-    /// Environment [default: the run's].
-    #[arg(long)]
-    pub env: Option<String>,
-    /// Difficulty knob `name=value`, repeatable [default: the run's].
-    #[arg(long = "knob", short = 'k', value_name = "NAME=VALUE")]
-    pub knobs: Vec<String>,
-    /// Task file for qa-file.
-    #[arg(long)]
-    pub tasks: Option<std::path::PathBuf>,
-    /// Sampler: tree or chain [default: the run's].
-    #[arg(long)]
-    pub sampler: Option<String>,
+    /// The environment [default: the run's].
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// Sampler [default: the run's].
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
     /// Branching policy of the tree sampler [default: the run's].
-    #[arg(long)]
-    pub branch: Option<String>,
+    #[arg(long, value_enum)]
+    pub branch: Option<BranchPolicy>,
     /// Advantage estimator of the exported advantages [default: the run's].
-    #[arg(long)]
-    pub advantage: Option<String>,
+    #[arg(long, value_enum)]
+    pub advantage: Option<Estimator>,
     /// Per-task token budget [default: the run's].
     #[arg(long)]
     pub budget: Option<u32>,
@@ -404,9 +446,9 @@ pub struct RolloutArgs {
     /// Seed of the task draws and of sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Which tasks: eval (held out) or train.
-    #[arg(long, default_value = "eval")]
-    pub split: String,
+    /// Which tasks.
+    #[arg(long, value_enum, default_value = "eval")]
+    pub split: SplitArg,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,

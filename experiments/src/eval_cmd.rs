@@ -1,42 +1,23 @@
 //! `arbor eval`: success of a checkpoint on held-out tasks, with a 95% interval.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, bail};
 use datasets::{Split, TaskSet};
 use envs::EnvSpec;
 use rollout::engine::Engine;
 use trainer::checkpoint;
 
-use crate::cli::EvalArgs;
+use crate::cli::{EnvArgs, EvalArgs};
 use crate::config::TrainConfig;
-use crate::envs_cmd::parse_knobs;
 use crate::evaluate::evaluate_episodes;
 use crate::run::resolve_checkpoint;
 
 /// The environment: from the flags if given, else the run's.
-pub fn env_for(
-    env: Option<&str>,
-    knobs: &[String],
-    tasks: Option<&PathBuf>,
-    run: Option<&TrainConfig>,
-) -> anyhow::Result<(EnvSpec, TrainConfig)> {
+pub fn env_for(env: &EnvArgs, run: Option<&TrainConfig>) -> anyhow::Result<(EnvSpec, TrainConfig)> {
     let mut cfg = run.cloned().unwrap_or_default();
-    match env {
-        Some(name) if name != cfg.env.name => {
-            cfg.env.name = name.to_string();
-            cfg.env.knobs.clear();
-        }
-        Some(_) => {}
-        None if run.is_none() => bail!("--env is needed: the checkpoint is not inside a run"),
-        None => {}
+    if env.env.is_none() && run.is_none() {
+        bail!("--env is needed: the checkpoint is not inside a run");
     }
-    for (k, v) in parse_knobs(knobs)? {
-        cfg.env.knobs.insert(k.to_string(), v.to_string());
-    }
-    if let Some(t) = tasks {
-        cfg.env.tasks = Some(t.clone());
-    }
+    env.apply(&mut cfg.env)?;
     let spec = cfg.env_spec()?;
     Ok((spec, cfg))
 }
@@ -44,12 +25,7 @@ pub fn env_for(
 /// Runs `arbor eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let resolved = resolve_checkpoint(&args.checkpoint)?;
-    let (spec, mut cfg) = env_for(
-        args.env.as_deref(),
-        &args.knobs,
-        args.tasks.as_ref(),
-        resolved.run_config.as_ref(),
-    )?;
+    let (spec, mut cfg) = env_for(&args.env, resolved.run_config.as_ref())?;
     if args.episodes == 0 {
         bail!("--episodes must be at least 1");
     }

@@ -20,7 +20,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use datasets::atomic::write_atomic;
 use datasets::export::{MetricsRow, MetricsWriter, RolloutWriter, StepInfo};
 use datasets::{Split, TaskSet};
@@ -32,7 +32,7 @@ use rollout::tree::TaskRollout;
 use serde::Serialize;
 use trainer::checkpoint;
 
-use crate::cli::RolloutArgs;
+use crate::cli::{RolloutArgs, SplitArg};
 use crate::eval_cmd::env_for;
 use crate::run::resolve_checkpoint;
 
@@ -54,21 +54,16 @@ struct RolloutInfo {
 /// Runs `arbor rollout`.
 pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     let resolved = resolve_checkpoint(&args.checkpoint)?;
-    let (spec, mut cfg) = env_for(
-        args.env.as_deref(),
-        &args.knobs,
-        args.tasks.as_ref(),
-        resolved.run_config.as_ref(),
-    )?;
+    let (spec, mut cfg) = env_for(&args.env, resolved.run_config.as_ref())?;
     let tokenizer = cfg.model.load()?.tokenizer;
-    if let Some(s) = &args.sampler {
-        cfg.sampler.kind = s.parse().map_err(|e| anyhow!("--sampler: {e}"))?;
+    if let Some(s) = args.sampler {
+        cfg.sampler.kind = s;
     }
-    if let Some(b) = &args.branch {
-        cfg.sampler.branch = b.parse().map_err(|e| anyhow!("--branch: {e}"))?;
+    if let Some(b) = args.branch {
+        cfg.sampler.branch = b;
     }
-    if let Some(a) = &args.advantage {
-        cfg.rl.estimator = a.parse().map_err(|e| anyhow!("--advantage: {e}"))?;
+    if let Some(a) = args.advantage {
+        cfg.rl.estimator = a;
     }
     if let Some(b) = args.budget {
         cfg.sampler.budget = b;
@@ -79,10 +74,9 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let split = match args.split.as_str() {
-        "eval" => Split::Eval,
-        "train" => Split::Train,
-        other => bail!("--split '{other}' is not eval or train"),
+    let split = match args.split {
+        SplitArg::Eval => Split::Eval,
+        SplitArg::Train => Split::Train,
     };
     cfg.seed = args.seed;
     cfg.rl.steps = args.steps;
@@ -131,7 +125,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     for step in 0..args.steps as u64 {
         let ids = tasks.sample(step, cfg.rl.tasks_per_step, cfg.seed);
         if ids.is_empty() {
-            bail!("the {} split of {} has no tasks", args.split, spec.name());
+            bail!("the {split:?} split of {} has no tasks", spec.name());
         }
         let envs: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, spec.make(id))).collect();
         let mut rollouts: Vec<TaskRollout> = Vec::new();

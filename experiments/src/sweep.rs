@@ -55,7 +55,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
@@ -271,16 +270,16 @@ fn dedup<T: PartialEq + Clone>(values: &[T]) -> Vec<T> {
 /// The grid, in run order: preset, seed, estimator, sampler, branch, budget (so the runs of
 /// one seed complete a whole table before the next seed starts).
 fn grid(args: &SweepArgs, base: &TrainConfig) -> anyhow::Result<Vec<GridPoint>> {
-    let samplers = axis("samplers", &args.samplers, SamplerKind::from_str)?;
+    let samplers = dedup(&args.samplers);
     let branches = if args.branches.is_empty() {
         vec![base.sampler.branch]
     } else {
-        axis("branches", &args.branches, BranchPolicy::from_str)?
+        dedup(&args.branches)
     };
     let estimators = if args.estimators.is_empty() {
         vec![base.rl.estimator]
     } else {
-        axis("estimators", &args.estimators, Estimator::from_str)?
+        dedup(&args.estimators)
     };
     let presets = if args.presets.is_empty() {
         vec![base.model.preset.clone()]
@@ -741,8 +740,6 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         config: args.config.clone(),
         sets: args.sets.clone(),
         env: args.env.clone(),
-        knobs: args.knobs.clone(),
-        tasks: args.tasks.clone(),
         steps: args.steps,
         sft_steps: args.sft_steps,
         episodes: args.episodes,

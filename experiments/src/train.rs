@@ -8,7 +8,6 @@ use anyhow::bail;
 
 use crate::cli::TrainArgs;
 use crate::config::{TrainConfig, first_difference};
-use crate::envs_cmd::parse_knobs;
 use crate::run::{Run, RunOptions, RunOutcome};
 
 /// The configuration of `arbor train`: the TOML file (or the defaults) with the command-line
@@ -66,37 +65,24 @@ pub fn resolve_resume(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
 /// Applies the command-line overrides to a config.
 fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
     crate::config::apply_sets(cfg, &args.sets)?;
-    if let Some(env) = &args.env
-        && *env != cfg.env.name
-    {
-        cfg.env.name = env.clone();
-        cfg.env.knobs.clear();
-    }
-    for (k, v) in parse_knobs(&args.knobs)? {
-        cfg.env.knobs.insert(k.to_string(), v.to_string());
-    }
-    if let Some(t) = &args.tasks {
-        cfg.env.tasks = Some(t.clone());
-    }
+    args.env.apply(&mut cfg.env)?;
     if let Some(p) = &args.preset {
         cfg.model.preset = p.clone();
     }
     if let Some(d) = &args.model {
         cfg.model.dir = Some(d.clone());
     }
-    if let Some(s) = &args.sampler {
-        cfg.sampler.kind = s.parse().map_err(|e| anyhow::anyhow!("--sampler: {e}"))?;
+    if let Some(s) = args.sampler {
+        cfg.sampler.kind = s;
     }
-    if let Some(b) = &args.branch {
-        cfg.sampler.branch = b.parse().map_err(|e| anyhow::anyhow!("--branch: {e}"))?;
+    if let Some(b) = args.branch {
+        cfg.sampler.branch = b;
     }
-    if let Some(g) = &args.granularity {
-        cfg.sampler.granularity = g
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--granularity: {e}"))?;
+    if let Some(g) = args.granularity {
+        cfg.sampler.granularity = g;
     }
-    if let Some(a) = &args.advantage {
-        cfg.rl.estimator = a.parse().map_err(|e| anyhow::anyhow!("--advantage: {e}"))?;
+    if let Some(a) = args.advantage {
+        cfg.rl.estimator = a;
     }
     if let Some(b) = args.budget {
         cfg.sampler.budget = b;
@@ -116,8 +102,8 @@ fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()
     if let Some(n) = &args.name {
         cfg.name = n.clone();
     }
-    if let Some(e) = &args.export_rollouts {
-        cfg.rl.export_rollouts = e.clone();
+    if let Some(e) = args.export_rollouts {
+        cfg.rl.export_rollouts = e.as_str().to_string();
     }
     if let Some(e) = args.episodes {
         cfg.eval.episodes = e;

@@ -81,6 +81,7 @@ pub const EPSILON: f32 = 1e-6;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
 )]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Estimator {
     /// [`grpo`]: z-score of each leaf's reward over the task's leaves.
     #[serde(rename = "grpo")]
@@ -92,9 +93,11 @@ pub enum Estimator {
     TreeGrpo,
     /// [`treerl`]: node-level global + local value differences.
     #[serde(rename = "treerl")]
+    #[cfg_attr(feature = "clap", value(name = "treerl"))]
     TreeRl,
     /// [`treepo`]: size-weighted ancestor-subgroup baselines, whitened over the batch.
     #[serde(rename = "treepo")]
+    #[cfg_attr(feature = "clap", value(name = "treepo"))]
     TreePo,
     /// [`rloo`]: leave-one-out baseline over the task's leaves.
     #[serde(rename = "rloo")]

@@ -8,6 +8,7 @@ use crate::policy::SamplingParams;
 /// Which sampler grows the trajectories (DESIGN §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum SamplerKind {
     /// Independent trajectories from the prompt until the budget is spent (the GRPO baseline).
     /// Each trajectory is a tree of its own.
@@ -20,6 +21,7 @@ pub enum SamplerKind {
 /// Where a tree may fork (DESIGN §5 node granularity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Granularity {
     /// At agent-turn boundaries only (after an observation) and at the prompt (Tree-GRPO).
     Step,
@@ -33,6 +35,7 @@ pub enum Granularity {
 /// `branching.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum BranchPolicy {
     /// Uniform over the fork points the granularity allows, the prompt included (Tree-GRPO).
     Random,
