@@ -82,6 +82,18 @@ pub struct EnvSection {
     pub tasks: Option<PathBuf>,
 }
 
+impl EnvSection {
+    /// `name (knob=value ...)`, or the name alone without knobs.
+    pub fn label(&self) -> String {
+        let knobs: Vec<String> = self.knobs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if knobs.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, knobs.join(" "))
+        }
+    }
+}
+
 /// `[env]` as written in a file, before the knob rule of [`EnvSection`].
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -580,16 +592,9 @@ pub fn first_difference(found: &TrainConfig, want: &TrainConfig) -> Option<Strin
 /// `arbor train --help`, `--knob`'s help and `arbor envs` say, so they cannot disagree.
 pub fn default_run_line() -> String {
     let cfg = TrainConfig::default();
-    let knobs: Vec<String> = cfg
-        .env
-        .knobs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
     format!(
-        "{} ({}), {} model, {} sampler at budget {}, estimator {}, {} SFT + {} RL steps",
-        cfg.env.name,
-        knobs.join(" "),
+        "{}, {} model, {} sampler at budget {}, estimator {}, {} SFT + {} RL steps",
+        cfg.env.label(),
         cfg.model.preset,
         cfg.sampler.kind,
         cfg.sampler.budget,

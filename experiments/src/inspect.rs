@@ -113,16 +113,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 fn config_facts(out: &mut String, cfg: &TrainConfig) {
-    let knobs: Vec<String> = cfg
-        .env
-        .knobs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let mut env = cfg.env.name.clone();
-    if !knobs.is_empty() {
-        let _ = write!(env, " ({})", knobs.join(" "));
-    }
+    let mut env = cfg.env.label();
     if let Some(t) = &cfg.env.tasks {
         let _ = write!(env, ", tasks {}", t.display());
     }
