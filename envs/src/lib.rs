@@ -12,6 +12,8 @@
 //!   which is what samplers and trainers hold.
 //! - [`multihop`], [`countdown`], [`maze`], [`qa`] — the environments, each documenting its action
 //!   grammar and its difficulty knobs.
+//! - [`registry`] — open environments: one defined outside this crate registers itself by name
+//!   with its knobs and is built, listed, sampled and trained like the built-in ones.
 //! - [`rng`] — how every random draw in arbor derives its seed from (seed, step, task, node, ...).
 //!
 //! # Action grammar
@@ -38,11 +40,12 @@ mod grammar;
 pub mod maze;
 pub mod multihop;
 pub mod qa;
+pub mod registry;
 pub mod rng;
 mod spec;
 
 pub use grammar::{ParsedAction, parse_action};
-pub use spec::{AnyEnv, ENV_NAMES, EnvSpec, KnobInfo, Knobs};
+pub use spec::{AnyEnv, EnvSpec, KnobInfo, Knobs};
 
 /// An environment a text policy acts in (DESIGN §3).
 ///

@@ -3,7 +3,10 @@
 use crate::countdown::{Countdown, CountdownConfig};
 use crate::maze::{Maze, MazeConfig};
 use crate::multihop::{Multihop, MultihopConfig};
+use std::sync::Arc;
+
 use crate::qa::{QaConfig, QaTask};
+use crate::registry::{DynEnv, Family};
 use crate::{Env, EnvError, Expert, Step};
 
 /// Documentation of one difficulty knob, for `arbor envs`.
@@ -29,7 +32,7 @@ pub trait Knobs: Default {
 
 /// A configured family of tasks: an environment name plus its knobs. `make(task_id)` builds one
 /// task deterministically from its id.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum EnvSpec {
     /// k-hop questions over a synthetic knowledge graph.
     Multihop(MultihopConfig),
@@ -39,12 +42,26 @@ pub enum EnvSpec {
     Maze(MazeConfig),
     /// User question/answer pairs (loaded by the `datasets` crate).
     QaFile(QaConfig),
+    /// A registered environment ([`crate::registry`]).
+    Custom(Arc<dyn Family>),
 }
 
-/// The environment names arbor knows, in listing order.
-pub const ENV_NAMES: [&str; 4] = ["multihop", "countdown", "maze", "qa-file"];
+impl PartialEq for EnvSpec {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (EnvSpec::Multihop(a), EnvSpec::Multihop(b)) => a == b,
+            (EnvSpec::Countdown(a), EnvSpec::Countdown(b)) => a == b,
+            (EnvSpec::Maze(a), EnvSpec::Maze(b)) => a == b,
+            (EnvSpec::QaFile(a), EnvSpec::QaFile(b)) => a == b,
+            (EnvSpec::Custom(a), EnvSpec::Custom(b)) => {
+                a.name() == b.name() && a.knob_values() == b.knob_values()
+            }
+            _ => false,
+        }
+    }
+}
 
-fn apply<K: Knobs>(env: &str, knobs: &[(&str, &str)]) -> Result<K, EnvError> {
+pub(crate) fn apply<K: Knobs>(env: &str, knobs: &[(&str, &str)]) -> Result<K, EnvError> {
     let mut cfg = K::default();
     for &(knob, value) in knobs {
         if !K::KNOBS.iter().any(|k| k.name == knob) {
@@ -79,10 +96,13 @@ impl EnvSpec {
             "countdown" => Ok(EnvSpec::Countdown(apply(name, knobs)?)),
             "maze" => Ok(EnvSpec::Maze(apply(name, knobs)?)),
             "qa-file" => Err(EnvError::NeedsTaskFile),
-            _ => Err(EnvError::UnknownEnv {
-                name: name.to_string(),
-                known: ENV_NAMES.join(", "),
-            }),
+            _ => match crate::registry::lookup(name) {
+                Some(reg) => Ok(EnvSpec::Custom(reg.build(knobs)?)),
+                None => Err(EnvError::UnknownEnv {
+                    name: name.to_string(),
+                    known: crate::registry::all_names().join(", "),
+                }),
+            },
         }
     }
 
@@ -93,7 +113,7 @@ impl EnvSpec {
             "countdown" => Some(CountdownConfig::KNOBS),
             "maze" => Some(MazeConfig::KNOBS),
             "qa-file" => Some(QaConfig::KNOBS),
-            _ => None,
+            _ => crate::registry::lookup(name).map(|r| r.knobs),
         }
     }
 
@@ -104,6 +124,7 @@ impl EnvSpec {
             EnvSpec::Countdown(_) => "countdown",
             EnvSpec::Maze(_) => "maze",
             EnvSpec::QaFile(_) => "qa-file",
+            EnvSpec::Custom(f) => f.name(),
         }
     }
 
@@ -114,6 +135,7 @@ impl EnvSpec {
             EnvSpec::Countdown(c) => c.knob_values(),
             EnvSpec::Maze(c) => c.knob_values(),
             EnvSpec::QaFile(c) => c.knob_values(),
+            EnvSpec::Custom(f) => f.knob_values(),
         }
     }
 
@@ -122,6 +144,7 @@ impl EnvSpec {
     pub fn task_count(&self) -> Option<u64> {
         match self {
             EnvSpec::QaFile(c) => Some(c.len() as u64),
+            EnvSpec::Custom(f) => f.task_count(),
             _ => None,
         }
     }
@@ -134,6 +157,7 @@ impl EnvSpec {
             EnvSpec::Countdown(c) => AnyEnv::Countdown(Countdown::generate(c, task_id)),
             EnvSpec::Maze(c) => AnyEnv::Maze(Maze::generate(c, task_id)),
             EnvSpec::QaFile(c) => AnyEnv::QaFile(c.task(task_id)),
+            EnvSpec::Custom(f) => AnyEnv::Custom(f.make(task_id)),
         }
     }
 }
@@ -149,39 +173,44 @@ pub enum AnyEnv {
     Maze(Maze),
     /// See [`crate::qa`].
     QaFile(QaTask),
+    /// A registered environment's task ([`crate::registry`]).
+    Custom(Box<dyn DynEnv>),
 }
 
+/// Calls `$trait::$method` on a built-in environment, or the [`DynEnv`] method of a
+/// registered one.
 macro_rules! each {
-    ($self:expr, $e:ident => $body:expr) => {
+    ($self:expr, $trait:ident :: $method:ident ( $($arg:expr),* )) => {
         match $self {
-            AnyEnv::Multihop($e) => $body,
-            AnyEnv::Countdown($e) => $body,
-            AnyEnv::Maze($e) => $body,
-            AnyEnv::QaFile($e) => $body,
+            AnyEnv::Multihop(e) => $trait::$method(e, $($arg),*),
+            AnyEnv::Countdown(e) => $trait::$method(e, $($arg),*),
+            AnyEnv::Maze(e) => $trait::$method(e, $($arg),*),
+            AnyEnv::QaFile(e) => $trait::$method(e, $($arg),*),
+            AnyEnv::Custom(e) => (**e).$method($($arg),*),
         }
     };
 }
 
 impl Env for AnyEnv {
     fn prompt(&self) -> &str {
-        each!(self, e => e.prompt())
+        each!(self, Env::prompt())
     }
     fn step(&mut self, action: &str) -> Step {
-        each!(self, e => e.step(action))
+        each!(self, Env::step(action))
     }
     fn max_turns(&self) -> usize {
-        each!(self, e => e.max_turns())
+        each!(self, Env::max_turns())
     }
 }
 
 impl Expert for AnyEnv {
     fn expert_action(&self) -> String {
-        each!(self, e => e.expert_action())
+        each!(self, Expert::expert_action())
     }
     fn mistake_action(&self, seed: u64) -> Option<String> {
-        each!(self, e => e.mistake_action(seed))
+        each!(self, Expert::mistake_action(seed))
     }
     fn guess_action(&self) -> Option<String> {
-        each!(self, e => e.guess_action())
+        each!(self, Expert::guess_action())
     }
 }

@@ -1,7 +1,7 @@
 //! `arbor envs`: list environments, show an expert episode.
 
 use anyhow::bail;
-use envs::{ENV_NAMES, Env, EnvSpec, Expert};
+use envs::{Env, EnvSpec, Expert};
 
 use crate::cli::{EnvsAction, EnvsArgs, ShowArgs};
 
@@ -17,8 +17,11 @@ pub fn run(args: EnvsArgs) -> anyhow::Result<()> {
 }
 
 fn list() {
-    for name in ENV_NAMES {
-        println!("{name}");
+    for name in envs::registry::all_names() {
+        match envs::registry::lookup(name) {
+            Some(reg) => println!("{name}  ({}; registered)", reg.about),
+            None => println!("{name}"),
+        }
         for knob in EnvSpec::knobs_of(name).unwrap_or(&[]) {
             println!(
                 "    {:<12} default {:<6} {}",

@@ -68,3 +68,73 @@ fn a_run_stopped_between_steps_and_resumed_equals_one_run() {
     drop(open);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[path = "../examples/custom_env.rs"]
+mod custom_env;
+
+/// An environment registered from outside the `envs` crate is built by name, listed, trained
+/// and exported like a built-in one; its name cannot be taken twice.
+#[test]
+fn a_registered_environment_trains_and_exports_by_name() {
+    custom_env::register();
+    assert!(envs::registry::all_names().contains(&"lock"));
+    assert!(!envs::registry::register(
+        "lock",
+        "again",
+        |_: &LockKnobs, _| unreachable()
+    ));
+    assert!(!envs::registry::register(
+        "maze",
+        "taken",
+        |_: &LockKnobs, _| unreachable()
+    ));
+    let out = std::env::temp_dir().join(format!("arbor-lib-env-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut cfg = tiny(&out, "lock");
+    cfg.env = experiments::config::EnvSection {
+        name: "lock".into(),
+        knobs: [("max".to_string(), "7".to_string())].into(),
+        tasks: None,
+    };
+    let mut run = Run::create(cfg).unwrap();
+    while run.rl_steps_left() > 0 {
+        run.rl_step().unwrap();
+    }
+    let done = run.finish().unwrap();
+    let rows = datasets::export::read_trajectories(done.dir.join("trajectories.parquet")).unwrap();
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r.env == "lock"));
+    assert!(
+        rows.iter()
+            .all(|r| r.prompt.starts_with("Open the lock: a code in 0..=7"))
+    );
+    let bad = experiments::config::TrainConfig {
+        env: experiments::config::EnvSection {
+            name: "lock".into(),
+            knobs: [("max".to_string(), "0".to_string())].into(),
+            tasks: None,
+        },
+        ..tiny(&out, "bad")
+    };
+    let err = Run::create(bad).err().unwrap().to_string();
+    assert!(err.contains("bad value '0' for lock knob 'max'"), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Knobs of a stand-in environment that is never built (the registrations above are refused).
+#[derive(Debug, Default)]
+struct LockKnobs;
+
+impl envs::Knobs for LockKnobs {
+    const KNOBS: &'static [envs::KnobInfo] = &[];
+    fn set_knob(&mut self, _: &str, _: &str) -> Result<(), String> {
+        Err("no knobs".into())
+    }
+    fn knob_values(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+}
+
+fn unreachable() -> custom_env::Lock {
+    panic!("a refused registration builds nothing")
+}
