@@ -205,7 +205,7 @@ pub struct EngineBenchArgs {
     /// Model presets to measure.
     #[arg(long, value_delimiter = ',', default_value = "tiny,small")]
     pub presets: Vec<String>,
-    /// Measure a local Hugging Face model directory instead of the presets.
+    /// Measure a local Hugging Face model directory or GGUF file instead of the presets.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
 }
@@ -275,7 +275,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub preset: Option<String>,
     /// `model.dir`: a local Hugging Face Llama-family model directory (config.json,
-    /// *.safetensors, tokenizer.json) to start from instead of a preset.
+    /// *.safetensors, tokenizer.json) or a GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_1) to start
+    /// from instead of a preset.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
     /// `sampler.kind` [default: tree].

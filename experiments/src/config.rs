@@ -150,7 +150,8 @@ pub struct ModelSection {
     /// Preset: `tiny` or `small` (random initial weights, byte tokenizer). Default: `tiny`.
     pub preset: String,
     /// A local Hugging Face model directory of the Llama family (`config.json`,
-    /// `*.safetensors`, `tokenizer.json`); overrides `preset`: its weights and tokenizer are used.
+    /// `*.safetensors`, `tokenizer.json`) or a GGUF file (`*.gguf`, see `rollout::gguf`);
+    /// overrides `preset`: its weights and tokenizer are used.
     pub dir: Option<PathBuf>,
     /// Caps the context window of a `dir` model (its RoPE tables and KV cache are sized by it),
     /// 16..=2^20; a preset keeps its own window. Default: 2048.
@@ -183,6 +184,21 @@ impl ModelSection {
                 weights: None,
                 tokenizer: Box::new(rollout::tokenizer::ByteTokenizer),
             }),
+            Some(file)
+                if file
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf")) =>
+            {
+                let g = rollout::gguf::load_gguf(file)
+                    .with_context(|| format!("cannot load model file {}", file.display()))?;
+                let mut config = g.config;
+                config.max_seq_len = config.max_seq_len.min(self.max_seq_len.max(16));
+                Ok(LoadedModel {
+                    config,
+                    weights: Some(g.weights),
+                    tokenizer: Box::new(g.tokenizer),
+                })
+            }
             Some(dir) => {
                 let hf = rollout::hf::load_model_dir(dir)
                     .with_context(|| format!("cannot load model directory {}", dir.display()))?;

@@ -19,6 +19,7 @@
 
 pub mod advantage;
 pub mod engine;
+pub mod gguf;
 pub mod hf;
 pub mod policy;
 pub mod sampler;

