@@ -129,11 +129,11 @@ impl Demonstration {
     /// Tokens and target mask for SFT (layout and mask convention in the [module docs](self)).
     ///
     /// # Shapes
-    /// Returns `tokens: [len]` and `loss_mask: [len]`, with `len = 1 + |prompt| + Σ (|action| + 1)
-    /// + Σ |observation|` over the transcript's parts.
+    /// Returns `tokens: [len]` and `loss_mask: [len]`, with `len = b + |prompt| + Σ (|action| + 1)
+    /// + Σ |observation|` over the transcript's parts, `b = 1` when the tokenizer adds a BOS
+    /// ([`Tokenizer::add_bos`]), else 0.
     pub fn encode(&self, tok: &dyn Tokenizer) -> Encoded {
-        let mut tokens = vec![tok.bos()];
-        tokens.extend(tok.encode(&self.prompt));
+        let mut tokens = tok.encode_prompt(&self.prompt);
         let mut loss_mask = vec![false; tokens.len()];
         for (action, observation) in self.turn_parts() {
             let start = tokens.len();

@@ -30,7 +30,8 @@
 //! with the pre-tokenizer named by `tokenizer.ggml.pre`: `gpt2`/`default` (the GPT-2 split) and
 //! `smollm` (single digits, then the GPT-2 split). Tokens of type 3 (control) are special added
 //! tokens. BOS, EOS and padding come from `tokenizer.ggml.{bos,eos,padding}_token_id`.
-//! `tokenizer.ggml.add_bos_token` is reported in [`GgufModel::add_bos`]. Other tokenizer models
+//! `tokenizer.ggml.add_bos_token` (true when absent) decides whether transcripts start with the
+//! BOS ([`crate::tokenizer::Tokenizer::add_bos`]; SmolLM2's is false). Other tokenizer models
 //! (`llama` SentencePiece and the like) are [`GgufError::Unsupported`].
 
 use std::collections::HashMap;
@@ -671,10 +672,16 @@ fn tokenizer(file: &MetaView<'_>, vocab_size: usize) -> Result<HfTokenizer, Gguf
         eos,
         pad: id("tokenizer.ggml.padding_token_id").unwrap_or(eos),
     };
-    HfTokenizer::from_json(&spec.to_string(), special, path).map_err(|e| GgufError::Invalid {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    let add_bos = !matches!(
+        file.meta.get("tokenizer.ggml.add_bos_token"),
+        Some(Meta::Bool(false))
+    );
+    HfTokenizer::from_json(&spec.to_string(), special, path)
+        .map(|t| t.with_add_bos(add_bos))
+        .map_err(|e| GgufError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]

@@ -21,6 +21,22 @@ pub trait Tokenizer: Send + Sync {
     fn vocab_size(&self) -> usize;
     /// Beginning-of-sequence token.
     fn bos(&self) -> u32;
+    /// Whether a transcript starts with [`Tokenizer::bos`]: the tokenizer's own setting
+    /// (SmolLM2 adds none). Default: true.
+    fn add_bos(&self) -> bool {
+        true
+    }
+    /// The prompt's tokens as the policy sees them: [`Tokenizer::bos`] where the tokenizer
+    /// adds one, then the encoded text.
+    fn encode_prompt(&self, text: &str) -> Vec<u32> {
+        let mut tokens = if self.add_bos() {
+            vec![self.bos()]
+        } else {
+            Vec::new()
+        };
+        tokens.extend(self.encode(text));
+        tokens
+    }
     /// End-of-action token: the policy ends an action by sampling it.
     fn eos(&self) -> u32;
     /// Padding token (never sampled, never trained on).
@@ -138,6 +154,8 @@ pub struct HfTokenizer {
     /// `boundary[id]`: whether a cut before `id` keeps decoding concatenative (the BOS, EOS and
     /// padding ids are excluded separately).
     boundary: std::sync::Arc<[bool]>,
+    /// [`Tokenizer::add_bos`].
+    add_bos: bool,
 }
 
 impl std::fmt::Debug for HfTokenizer {
@@ -151,6 +169,13 @@ impl std::fmt::Debug for HfTokenizer {
 }
 
 impl HfTokenizer {
+    /// The same tokenizer with [`Tokenizer::add_bos`] set to `add_bos` (a GGUF file's
+    /// `tokenizer.ggml.add_bos_token`).
+    pub fn with_add_bos(mut self, add_bos: bool) -> Self {
+        self.add_bos = add_bos;
+        self
+    }
+
     /// Builds a tokenizer from the text of a `tokenizer.json` file with the given special ids.
     /// `origin` names the file in errors. Fails ([`crate::hf::HfError::Tokenizer`]) when the
     /// text is not a tokenizer the `tokenizers` crate reads.
@@ -213,6 +238,7 @@ impl HfTokenizer {
             vocab_size,
             scheme,
             boundary: boundary.into(),
+            add_bos: true,
         })
     }
 
@@ -260,6 +286,9 @@ impl HfTokenizer {
 }
 
 impl Tokenizer for HfTokenizer {
+    fn add_bos(&self) -> bool {
+        self.add_bos
+    }
     fn vocab_size(&self) -> usize {
         self.vocab_size
     }
@@ -442,8 +471,8 @@ pub fn decode_scheme(decoder: &serde_json::Value) -> DecodeScheme {
 /// training target).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
-    /// `<bos>`, prompt, then actions each closed by `<eos>` and followed by their observation
-    /// (except the last).
+    /// `<bos>` (where the tokenizer adds one), prompt, then actions each closed by `<eos>` and
+    /// followed by their observation (except the last).
     pub tokens: Vec<u32>,
     /// True exactly on action tokens and their closing `<eos>`.
     pub loss_mask: Vec<bool>,

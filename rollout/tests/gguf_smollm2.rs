@@ -192,3 +192,29 @@ fn smollm2_tokenizer_matches_the_tokenizers_package() {
         }
     }
 }
+
+/// A tokenizer that adds no BOS (SmolLM2's setting) gets none: the sampled trees' prompts are
+/// the encoded prompt text alone.
+#[test]
+fn smollm2_prompts_carry_no_bos() {
+    use envs::Env;
+    use rollout::sampler::{SamplerConfig, SamplerKind, sample};
+    let Some(path) = model() else { return };
+    let m = load_gguf(&path).unwrap();
+    assert!(!m.tokenizer.add_bos());
+    let spec = envs::EnvSpec::from_name("multihop", &[("hops", "1")]).unwrap();
+    let tasks = vec![(3, spec.make(3))];
+    let mut engine = Engine::new(m.config.clone(), &m.weights).unwrap();
+    let cfg = SamplerConfig {
+        kind: SamplerKind::Chain,
+        budget: 8,
+        max_action_tokens: 8,
+        initial_chains: 1,
+        ..SamplerConfig::default()
+    };
+    let mut trees: Vec<rollout::tree::TaskRollout> = Vec::new();
+    sample(&cfg, &mut engine, &m.tokenizer, &tasks, 0, 0, &mut trees).unwrap();
+    let prompt = tasks[0].1.prompt();
+    assert_eq!(trees[0].prompt_tokens, m.tokenizer.encode(prompt));
+    assert_ne!(trees[0].prompt_tokens[0], m.tokenizer.bos());
+}

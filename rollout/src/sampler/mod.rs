@@ -356,8 +356,11 @@ where
     let mut stats = SamplerStats::default();
     let mut states = Vec::with_capacity(tasks.len());
     for (task_id, env) in tasks {
-        let mut prompt_tokens = vec![tokenizer.bos()];
-        prompt_tokens.extend(tokenizer.encode(env.prompt()));
+        let mut prompt_tokens = tokenizer.encode_prompt(env.prompt());
+        if prompt_tokens.is_empty() {
+            // A tree needs a root token: an empty prompt without BOS gets one anyway.
+            prompt_tokens.push(tokenizer.bos());
+        }
         if prompt_tokens.len() >= policy.max_len() {
             return Err(SamplerError::PromptTooLong {
                 task_id: *task_id,
