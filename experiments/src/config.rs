@@ -156,6 +156,10 @@ pub struct ModelSection {
     /// Caps the context window of a `dir` model (its RoPE tables and KV cache are sized by it),
     /// 16..=2^20; a preset keeps its own window. Default: 2048.
     pub max_seq_len: usize,
+    /// Use the model's chat template (GGUF `tokenizer.chat_template`, or `chat_template` of a
+    /// model directory's `tokenizer_config.json`) when it has one: prompts and observations
+    /// become chat turns (`rollout::chat`). Presets have none. Default: true.
+    pub chat: bool,
     /// Start from this checkpoint (a `checkpoints/step-N` directory, or a run directory for its
     /// latest) instead of `preset`'s random or `dir`'s weights: its weights, optimizer moments
     /// and SFT step count carry over, so SFT runs only the steps it lacks; RL counters start at
@@ -172,6 +176,26 @@ pub struct LoadedModel {
     pub weights: Option<rollout::engine::Weights>,
     /// Tokenizer.
     pub tokenizer: Box<dyn rollout::tokenizer::Tokenizer>,
+    /// The chat rendering of the model's template (`model.chat`), if any.
+    pub chat: Option<rollout::chat::ChatFormat>,
+}
+
+/// The chat format of `template` for `tokenizer` (`None` without a template or with
+/// `model.chat = false`).
+fn chat_format(
+    use_chat: bool,
+    template: Option<String>,
+    tokenizer: &rollout::tokenizer::HfTokenizer,
+) -> anyhow::Result<Option<rollout::chat::ChatFormat>> {
+    use rollout::tokenizer::Tokenizer;
+    let Some(template) = template.filter(|_| use_chat) else {
+        return Ok(None);
+    };
+    let text = |id| tokenizer.id_to_token(id).unwrap_or_default();
+    let format =
+        rollout::chat::ChatFormat::new(&template, &text(tokenizer.bos()), &text(tokenizer.eos()))
+            .context("the model's chat template cannot be used (set model.chat = false)")?;
+    Ok(Some(format))
 }
 
 impl ModelSection {
@@ -183,6 +207,7 @@ impl ModelSection {
                 config: ModelConfig::preset(&self.preset)?,
                 weights: None,
                 tokenizer: Box::new(rollout::tokenizer::ByteTokenizer),
+                chat: None,
             }),
             Some(file)
                 if file
@@ -193,10 +218,12 @@ impl ModelSection {
                     .with_context(|| format!("cannot load model file {}", file.display()))?;
                 let mut config = g.config;
                 config.max_seq_len = config.max_seq_len.min(self.max_seq_len.max(16));
+                let chat = chat_format(self.chat, g.chat_template, &g.tokenizer)?;
                 Ok(LoadedModel {
                     config,
                     weights: Some(g.weights),
                     tokenizer: Box::new(g.tokenizer),
+                    chat,
                 })
             }
             Some(dir) => {
@@ -204,10 +231,12 @@ impl ModelSection {
                     .with_context(|| format!("cannot load model directory {}", dir.display()))?;
                 let mut config = hf.config.clone();
                 config.max_seq_len = config.max_seq_len.min(self.max_seq_len.max(16));
+                let chat = chat_format(self.chat, hf.meta.chat_template(), &hf.tokenizer)?;
                 Ok(LoadedModel {
                     config,
                     weights: Some(hf.weights),
                     tokenizer: Box::new(hf.tokenizer),
+                    chat,
                 })
             }
         }
@@ -362,6 +391,7 @@ impl Default for ModelSection {
             preset: "tiny".into(),
             dir: None,
             max_seq_len: 2048,
+            chat: true,
             init: None,
         }
     }
@@ -535,6 +565,17 @@ impl TrainConfig {
     }
 
     /// The environment family.
+    /// The environment family as `model` sees it: [`TrainConfig::env_spec`], rendered through
+    /// the model's chat template when it has one (`model.chat`).
+    pub fn task_spec(&self, model: &LoadedModel) -> anyhow::Result<EnvSpec> {
+        let spec = self.env_spec()?;
+        Ok(match &model.chat {
+            Some(format) => rollout::chat::chat_spec(spec, format.clone()),
+            None => spec,
+        })
+    }
+
+    /// The environment family of `[env]`.
     pub fn env_spec(&self) -> anyhow::Result<EnvSpec> {
         if self.env.name != "qa-file"
             && let Some(path) = &self.env.tasks

@@ -25,7 +25,7 @@ pub fn env_for(env: &EnvArgs, run: Option<&TrainConfig>) -> anyhow::Result<(EnvS
 /// Runs `arbor eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let resolved = resolve_checkpoint(&args.checkpoint)?;
-    let (spec, mut cfg) = env_for(&args.env, resolved.run_config.as_ref())?;
+    let (_, mut cfg) = env_for(&args.env, resolved.run_config.as_ref())?;
     if args.episodes == 0 {
         bail!("--episodes must be at least 1");
     }
@@ -38,7 +38,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     cfg.validate()?;
     let ckpt = checkpoint::load(&resolved.checkpoint)
         .with_context(|| format!("cannot load checkpoint {}", resolved.checkpoint.display()))?;
-    let tokenizer = cfg.model.load()?.tokenizer;
+    let model = cfg.model.load()?;
+    let spec = cfg.task_spec(&model)?;
+    let tokenizer = model.tokenizer;
     let needs = crate::preflight::TaskNeeds {
         train_per_step: 0,
         eval_episodes: args.episodes,

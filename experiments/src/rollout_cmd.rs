@@ -54,8 +54,10 @@ struct RolloutInfo {
 /// Runs `arbor rollout`.
 pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     let resolved = resolve_checkpoint(&args.checkpoint)?;
-    let (spec, mut cfg) = env_for(&args.env, resolved.run_config.as_ref())?;
-    let tokenizer = cfg.model.load()?.tokenizer;
+    let (_, mut cfg) = env_for(&args.env, resolved.run_config.as_ref())?;
+    let model = cfg.model.load()?;
+    let spec = cfg.task_spec(&model)?;
+    let tokenizer = model.tokenizer;
     if let Some(s) = args.sampler {
         cfg.sampler.kind = s;
     }

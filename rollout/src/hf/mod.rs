@@ -324,6 +324,16 @@ pub struct HfMeta {
 }
 
 impl HfMeta {
+    /// `chat_template` of `tokenizer_config.json`, when it is one template (a string).
+    pub fn chat_template(&self) -> Option<String> {
+        let (_, bytes) = self
+            .side_files
+            .iter()
+            .find(|(name, _)| name == TOKENIZER_CONFIG_FILE)?;
+        let json: Value = serde_json::from_slice(bytes).ok()?;
+        json.get("chat_template")?.as_str().map(str::to_string)
+    }
+
     /// Metadata for a model that was not loaded from a directory: `qwen2` when the config has
     /// q/k/v biases, else `llama`; no other keys, no side files.
     pub fn for_config(cfg: &ModelConfig) -> Self {
