@@ -62,6 +62,25 @@ pub struct TrainConfig {
     pub sampler: SamplerConfig,
     /// Held-out evaluation before and after RL.
     pub eval: EvalSection,
+    /// Checkpoint retention.
+    pub checkpoint: CheckpointSection,
+}
+
+/// `[checkpoint]` (when to save is `sft.checkpoint_every` and `rl.checkpoint_every`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Keep the newest this many checkpoints of a run and remove older ones after each save
+    /// (0: keep all). The newest is always kept; a checkpoint another run starts from
+    /// (`model.init`) should be copied or kept with 0. A real model's checkpoint holds weights,
+    /// AdamW moments and the KL reference (about 2 GB for 135M parameters). Default: 3.
+    pub keep: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection { keep: 3 }
+    }
 }
 
 /// `[env]`.
@@ -344,6 +363,7 @@ impl Default for TrainConfig {
             rl: RlSection::default(),
             sampler: run_sampler_default(),
             eval: EvalSection::default(),
+            checkpoint: CheckpointSection::default(),
         }
     }
 }

@@ -442,6 +442,7 @@ impl Run {
         }
         self.state.wall_s = self.wall();
         self.saved = Some(self.state.save_with(&self.dir, &self.trainer)?);
+        checkpoint::prune(&self.dir.join("checkpoints"), self.cfg.checkpoint.keep)?;
         Ok(())
     }
 

@@ -61,6 +61,14 @@ fn a_run_stopped_between_steps_and_resumed_equals_one_run() {
         std::fs::read(root.join(latest.trim()).join("model.safetensors")).unwrap()
     };
     assert_eq!(weights(&whole.dir), weights(&parts.dir));
+    // `checkpoint.keep = 3` (default): the newest three of the six checkpoints remain.
+    let kept: Vec<String> = std::fs::read_dir(whole.dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(kept.contains(&"step-6".to_string()), "{kept:?}");
     // A second process cannot take a run that is open.
     let open = Run::resume(&out.join("parts")).unwrap();
     let err = Run::resume(&out.join("parts")).err().unwrap().to_string();

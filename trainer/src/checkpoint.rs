@@ -326,6 +326,35 @@ pub fn save_with(
     Ok(dir)
 }
 
+/// Removes all but the newest `keep` checkpoints of `root` (by step; `keep = 0` keeps all).
+/// The one `latest` names is never removed. Returns the removed directories.
+pub fn prune(root: &Path, keep: usize) -> Result<Vec<PathBuf>, TrainerError> {
+    if keep == 0 {
+        return Ok(Vec::new());
+    }
+    let current = latest(root).ok();
+    let entries = fs::read_dir(root).map_err(|e| TrainerError::io(root, e))?;
+    let mut steps: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let rest = name.strip_prefix("step-")?;
+            let step = rest.split('.').next()?.parse().ok()?;
+            e.path().is_dir().then(|| (step, e.path()))
+        })
+        .collect();
+    steps.sort();
+    let mut removed = Vec::new();
+    let excess = steps.len().saturating_sub(keep);
+    for (_, dir) in steps.into_iter().take(excess) {
+        if Some(&dir) != current.as_ref() {
+            remove_dir_if_exists(&dir)?;
+            removed.push(dir);
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes the directory `dir` and everything in it; nothing to do when it does not exist.
 fn remove_dir_if_exists(dir: &Path) -> Result<(), TrainerError> {
     match fs::remove_dir_all(dir) {
@@ -574,6 +603,27 @@ mod tests {
         assert_eq!(latest(&root).unwrap(), later);
         assert!(!root.join(".step-9.tmp").exists());
         assert!(third.exists(), "checkpoints of other steps are kept");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Pruning keeps the newest `keep` checkpoints by step (10 after 9), never the one
+    /// `latest` names, and nothing with `keep = 0`.
+    #[test]
+    fn prune_keeps_the_newest() {
+        let cfg = small_config();
+        let root = tempdir("prune");
+        let trainer = Trainer::new(&cfg, config(5)).unwrap();
+        for step in [1, 2, 9, 10] {
+            save(&root, step, &trainer).unwrap();
+        }
+        assert!(prune(&root, 0).unwrap().is_empty());
+        let removed = prune(&root, 2).unwrap();
+        assert_eq!(removed, vec![root.join("step-1"), root.join("step-2")]);
+        assert!(root.join("step-9").is_dir() && root.join("step-10").is_dir());
+        // `latest` pointing at an older step (a re-save) is kept whatever its age.
+        fs::write(root.join(LATEST_FILE), "step-9\n").unwrap();
+        assert!(prune(&root, 1).unwrap().is_empty());
+        assert_eq!(latest(&root).unwrap(), root.join("step-9"));
         fs::remove_dir_all(&root).unwrap();
     }
 
