@@ -37,6 +37,20 @@ pub enum Command {
     /// Summarise a run directory: config, summary, last metrics, file checks and one rollout
     /// tree drawn as text.
     Inspect(InspectArgs),
+    /// Write a run's checkpoint as a Hugging Face model directory (runs started from a GGUF
+    /// file or a model directory).
+    Export(ExportArgs),
+}
+
+/// `arbor export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run directory (its latest checkpoint) or a checkpoint directory inside a run.
+    #[arg(long)]
+    pub checkpoint: std::path::PathBuf,
+    /// The model directory to write (new or empty).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
 }
 
 /// The environment flags shared by train, sweep, eval and rollout (`[env]` of the config).

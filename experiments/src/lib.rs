@@ -15,6 +15,7 @@
 //!   `summary.parquet` and plots ([`plots`] draws them).
 //! - [`rollout_cmd`] — `arbor rollout`: sample with a checkpoint and export, no training.
 //! - [`inspect`] — `arbor inspect`: summarise a run directory and draw one rollout tree.
+//! - [`export_cmd`] — `arbor export`: a checkpoint as a Hugging Face model directory.
 //! - [`preflight`] — checks of a task set against a command's needs, before any work.
 //!
 //! Errors: every command returns `anyhow::Result`; `main` prints the error chain on one line and
@@ -27,6 +28,7 @@ pub mod config;
 pub mod envs_cmd;
 pub mod eval_cmd;
 pub mod evaluate;
+pub mod export_cmd;
 pub mod inspect;
 pub mod plots;
 pub mod preflight;
@@ -45,5 +47,6 @@ pub fn dispatch(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Sweep(args) => sweep::run(args),
         cli::Command::Rollout(args) => rollout_cmd::run(args),
         cli::Command::Inspect(args) => inspect::run(args),
+        cli::Command::Export(args) => export_cmd::run(args),
     }
 }

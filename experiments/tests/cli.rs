@@ -267,6 +267,27 @@ fn train_starts_from_a_hugging_face_model_directory() {
     .unwrap();
     assert_eq!(ckpt.model_config.vocab_size, tiny_model().vocab_size);
     datasets::export::check_run_files(dir.join("hf")).unwrap();
+    // Exported as a Hugging Face directory, the trained weights load back with the model's
+    // tokenizer.
+    let exported = dir.join("exported");
+    ok(&arbor(&[
+        "export",
+        "--checkpoint",
+        dir.join("hf").to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]));
+    let back = rollout::hf::load_model_dir(&exported).unwrap();
+    assert_eq!(back.weights, ckpt.weights);
+    assert_eq!(back.config.vocab_size, ckpt.model_config.vocab_size);
+    let again = arbor(&[
+        "export",
+        "--checkpoint",
+        dir.join("hf").to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&again, "exists and is not empty");
     // A directory that is not a model is a one-line error.
     let out = arbor(&[
         "train",
@@ -773,6 +794,16 @@ fn hostile_pass_cases_are_handled() {
         before,
         "the original run is untouched"
     );
+    // A preset run has no Hugging Face form.
+    let export = arbor(&[
+        "export",
+        "--checkpoint",
+        &d("runs/r"),
+        "--out",
+        &d("hf-out"),
+    ]);
+    assert_one_line_error(&export, "has no Hugging Face form");
+    assert!(!dir.join("hf-out").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

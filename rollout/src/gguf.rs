@@ -116,6 +116,39 @@ pub struct GgufModel {
     pub add_bos: bool,
 }
 
+impl GgufModel {
+    /// What [`crate::hf::save_model_dir`] needs to write this model as a Hugging Face
+    /// directory: a Llama `config.json`, and `tokenizer_config.json` (special token names,
+    /// `add_bos_token`, the chat template) and `generation_config.json` (special ids).
+    pub fn hf_meta(&self) -> crate::hf::HfMeta {
+        use crate::tokenizer::Tokenizer;
+        let t = &self.tokenizer;
+        let name = |id: u32| t.id_to_token(id).unwrap_or_default();
+        let mut tc = json!({
+            "bos_token": name(t.bos()),
+            "eos_token": name(t.eos()),
+            "pad_token": name(t.pad()),
+            "add_bos_token": self.add_bos,
+        });
+        if let Some(template) = &self.chat_template {
+            tc["chat_template"] = json!(template);
+        }
+        let generation = json!({"bos_token_id": t.bos(), "eos_token_id": t.eos()});
+        let bytes = |v: &Value| {
+            (serde_json::to_string_pretty(v).expect("JSON serializes") + "\n").into_bytes()
+        };
+        crate::hf::HfMeta::for_config(&self.config)
+            .with_side_file(crate::hf::TOKENIZER_CONFIG_FILE, bytes(&tc))
+            .with_side_file("generation_config.json", bytes(&generation))
+    }
+
+    /// Writes this model as a Hugging Face directory ([`GgufModel::hf_meta`]), with `weights`
+    /// (this model's or fine-tuned ones of the same architecture).
+    pub fn save_hf(&self, dir: &Path, weights: &Weights) -> Result<(), crate::hf::HfError> {
+        crate::hf::save_model_dir(dir, &self.hf_meta(), &self.config, weights, &self.tokenizer)
+    }
+}
+
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
 enum Meta {

@@ -218,3 +218,23 @@ fn smollm2_prompts_carry_no_bos() {
     assert_eq!(trees[0].prompt_tokens, m.tokenizer.encode(prompt));
     assert_ne!(trees[0].prompt_tokens[0], m.tokenizer.bos());
 }
+
+/// Written as a Hugging Face directory, the GGUF model loads back as the same model: weights
+/// bit for bit, the same tokenizer (no BOS), its chat template in `tokenizer_config.json`.
+#[test]
+fn smollm2_gguf_exports_a_hugging_face_directory() {
+    let Some(path) = model() else { return };
+    let m = load_gguf(&path).unwrap();
+    let dir = std::env::temp_dir().join(format!("arbor-gguf-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    m.save_hf(&dir, &m.weights).unwrap();
+    let hf = rollout::hf::load_model_dir(&dir).unwrap();
+    assert_eq!(hf.config, m.config);
+    assert_eq!(hf.weights, m.weights);
+    assert!(!hf.tokenizer.add_bos());
+    let text = "<|im_start|>user\nWho founded [Metho]?<|im_end|>";
+    assert_eq!(hf.tokenizer.encode(text), m.tokenizer.encode(text));
+    assert_eq!(hf.meta.chat_template(), m.chat_template);
+    assert!(dir.join("generation_config.json").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

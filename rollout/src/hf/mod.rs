@@ -324,6 +324,14 @@ pub struct HfMeta {
 }
 
 impl HfMeta {
+    /// The same metadata with one more file written verbatim on save (e.g.
+    /// `tokenizer_config.json`), replacing one of that name.
+    pub fn with_side_file(mut self, name: &str, bytes: Vec<u8>) -> Self {
+        self.side_files.retain(|(n, _)| n != name);
+        self.side_files.push((name.to_string(), bytes));
+        self
+    }
+
     /// `chat_template` of `tokenizer_config.json`, when it is one template (a string).
     pub fn chat_template(&self) -> Option<String> {
         let (_, bytes) = self
@@ -557,7 +565,11 @@ pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, 
             });
         }
     }
-    Ok(probe.with_special_tokens(SpecialTokens { bos, eos, pad }))
+    // `add_bos_token: false` (as a GGUF export writes for SmolLM2): no BOS before prompts.
+    let add_bos = tc.get("add_bos_token").and_then(Value::as_bool) != Some(false);
+    Ok(probe
+        .with_special_tokens(SpecialTokens { bos, eos, pad })
+        .with_add_bos(add_bos))
 }
 
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename.
