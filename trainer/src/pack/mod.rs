@@ -58,6 +58,11 @@
 //!
 //! Either way `Σ_targets W = 1` for the flattened batch and the packed batch alike.
 //! Prompt and observation tokens are never targets.
+//!
+//! # Files
+//! This module holds the shared structures and weights ([`LossAgg`], [`Target`],
+//! [`PackedSequence`], [`minibatches`]); `tree` the tree packing and its row cap, `flat` the
+//! flattened reference, `batch` the padded [`TrainBatch`] and its device tensors.
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,6 +74,15 @@ use rollout::tree::{NodeId, TaskRollout};
 use crate::TrainerError;
 use crate::attn::{AttentionLayout, AttentionMask, LayoutChoice};
 use crate::trainer::DEFAULT_SHARDS;
+
+mod batch;
+mod flat;
+mod tree;
+
+pub use batch::{DeviceBatch, TrainBatch};
+pub use flat::flatten_trees;
+use tree::*;
+pub use tree::{PACKED_ROW_TOKENS, longest_trajectory, pack_trees, pack_trees_capped};
 
 /// How per-token losses are averaged (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -244,7 +258,10 @@ impl PackedSequence {
 }
 
 /// Per-leaf loss weights `c_l` for the leaves of all groups (see [`LossAgg`]).
-fn leaf_weights(groups: &[(&TaskRollout, &AdvantageOutput)], agg: LossAgg) -> Vec<Vec<f64>> {
+pub(super) fn leaf_weights(
+    groups: &[(&TaskRollout, &AdvantageOutput)],
+    agg: LossAgg,
+) -> Vec<Vec<f64>> {
     let counts: Vec<Vec<usize>> = groups
         .iter()
         .map(|(r, adv)| {
@@ -280,7 +297,10 @@ fn leaf_weights(groups: &[(&TaskRollout, &AdvantageOutput)], agg: LossAgg) -> Ve
 }
 
 /// Checks the group's structure against what packing relies on.
-fn check_group(rollout: &TaskRollout, adv: &AdvantageOutput) -> Result<(), TrainerError> {
+pub(super) fn check_group(
+    rollout: &TaskRollout,
+    adv: &AdvantageOutput,
+) -> Result<(), TrainerError> {
     let n = rollout.nodes.len();
     if adv.leaf_adv.len() != n || adv.node_adv.len() != n || adv.masked.len() != n {
         return Err(TrainerError::batch(format!(
@@ -318,7 +338,11 @@ fn check_group(rollout: &TaskRollout, adv: &AdvantageOutput) -> Result<(), Train
 }
 
 /// `(P, N, W)` of every node of a group, summed over the leaves below it (module docs).
-fn node_weights(rollout: &TaskRollout, adv: &AdvantageOutput, c: &[f64]) -> Vec<[f64; 3]> {
+pub(super) fn node_weights(
+    rollout: &TaskRollout,
+    adv: &AdvantageOutput,
+    c: &[f64],
+) -> Vec<[f64; 3]> {
     let mut w = vec![[0.0f64; 3]; rollout.nodes.len()];
     for leaf in rollout.nodes.iter().filter(|n| n.is_leaf()) {
         let cl = c[leaf.id as usize];
@@ -337,236 +361,6 @@ fn node_weights(rollout: &TaskRollout, adv: &AdvantageOutput, c: &[f64]) -> Vec<
         }
     }
     w
-}
-
-/// Tree-packed sequences: one per task group, in group order (module docs); a group without
-/// action tokens has nothing to train and is skipped. `groups` is one mini-batch: the
-/// aggregation weights `c_l` are computed over all of it.
-pub fn pack_trees(
-    groups: &[(&TaskRollout, &AdvantageOutput)],
-    agg: LossAgg,
-) -> Result<Vec<PackedSequence>, TrainerError> {
-    pack_trees_capped(groups, agg, usize::MAX)
-}
-
-/// Like [`pack_trees`], but a group whose packed sequence would be longer than `max_len` tokens
-/// is cut into several rows (see the module docs, "Rows and attention cost"). Every target still appears exactly
-/// once, so the loss and gradients are those of [`pack_trees`].
-pub fn pack_trees_capped(
-    groups: &[(&TaskRollout, &AdvantageOutput)],
-    agg: LossAgg,
-    max_len: usize,
-) -> Result<Vec<PackedSequence>, TrainerError> {
-    let rows = group_rows(groups, agg, max_len)?;
-    if max_len == usize::MAX {
-        return Ok(rows);
-    }
-    Ok(join_rows(rows, max_len, 1))
-}
-
-/// The rows of every group (cut at `max_len`), not yet joined.
-fn group_rows(
-    groups: &[(&TaskRollout, &AdvantageOutput)],
-    agg: LossAgg,
-    max_len: usize,
-) -> Result<Vec<PackedSequence>, TrainerError> {
-    for (r, a) in groups {
-        check_group(r, a)?;
-    }
-    let c = leaf_weights(groups, agg);
-    let mut out = Vec::new();
-    for ((rollout, adv), c) in groups.iter().zip(&c) {
-        let w = node_weights(rollout, adv, c);
-        out.extend(
-            pack_group(rollout, &w, max_len)
-                .into_iter()
-                .filter(|seq| !seq.targets.is_empty()),
-        );
-    }
-    Ok(out)
-}
-
-/// Joins packed rows into shared rows of at most `cap` tokens (each part keeps its own root
-/// span, so no part attends another), balanced: longest first, each row opens one of the first
-/// `min_rows` bins or goes to the shortest bin it fits in (a new bin if none).
-fn join_rows(rows: Vec<PackedSequence>, cap: usize, min_rows: usize) -> Vec<PackedSequence> {
-    let mut rows = rows;
-    rows.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut bins: Vec<PackedSequence> = Vec::new();
-    for seq in rows {
-        let fit = (0..bins.len())
-            .filter(|&k| bins[k].len() + seq.len() <= cap)
-            .min_by_key(|&k| (bins[k].len(), k));
-        match fit {
-            Some(k) if bins.len() >= min_rows => bins[k].append(seq),
-            _ => bins.push(seq),
-        }
-    }
-    bins
-}
-
-/// Row length [`minibatches`] packs trees into (module docs, "Rows and attention cost").
-/// Sparse attention makes a row's cost linear in its length for tree-shaped masks, so the cap
-/// only bounds the memory of one row's activations.
-pub const PACKED_ROW_TOKENS: usize = 16_384;
-
-/// Length of the longest flattened trajectory (prompt + path) of `groups`: no packed row is
-/// cut shorter than this.
-pub fn longest_trajectory(groups: &[(&TaskRollout, &AdvantageOutput)]) -> usize {
-    groups
-        .iter()
-        .flat_map(|(r, _)| {
-            r.nodes.iter().filter(|n| n.is_leaf()).map(|leaf| {
-                r.prompt_tokens.len()
-                    + r.path(leaf.id)
-                        .iter()
-                        .map(|&s| r.node(s).tokens.len())
-                        .sum::<usize>()
-            })
-        })
-        .max()
-        .unwrap_or(0)
-}
-
-/// Where a node's tokens sit in the row being built: its span and the index of the last token
-/// on its path (its own last token, or its parent's if it has none).
-#[derive(Clone, Copy)]
-struct Placed {
-    span: u32,
-    last: u32,
-    depth: u32,
-}
-
-/// Rows of one task group. Nodes are visited in DFS order, tree after tree; when a node does not
-/// fit in the current row (and the row already scores something), a new row starts with the
-/// prompt and the node's ancestors as context-only spans.
-fn pack_group(rollout: &TaskRollout, w: &[[f64; 3]], max_len: usize) -> Vec<PackedSequence> {
-    let prompt = &rollout.prompt_tokens;
-    let new_row = || PackedSequence {
-        tokens: prompt.clone(),
-        positions: (0..prompt.len() as u32).collect(),
-        span: vec![0; prompt.len()],
-        span_parent: vec![None],
-        targets: Vec::new(),
-    };
-    let root = Placed {
-        span: 0,
-        last: prompt.len() as u32 - 1,
-        depth: prompt.len() as u32,
-    };
-    // Appends node `id` below `parent`, scoring its action tokens when `score`.
-    let place = |seq: &mut PackedSequence, id: NodeId, parent: Placed, score: bool| -> Placed {
-        let node = rollout.node(id);
-        let span = seq.span_parent.len() as u32;
-        seq.span_parent.push(Some(parent.span));
-        let [p, n, wt] = w[id as usize];
-        let mut last = parent.last;
-        for (k, &token) in node.tokens.iter().enumerate() {
-            let index = seq.tokens.len() as u32;
-            if score && node.is_action() {
-                seq.targets.push(Target {
-                    source: last,
-                    token,
-                    old_logprob: node.logprobs[k],
-                    pos_weight: p as f32,
-                    neg_weight: n as f32,
-                    weight: wt as f32,
-                });
-            }
-            seq.tokens.push(token);
-            seq.positions.push(parent.depth + k as u32);
-            seq.span.push(span);
-            last = index;
-        }
-        Placed {
-            span,
-            last,
-            depth: parent.depth + node.tokens.len() as u32,
-        }
-    };
-    let mut rows = Vec::new();
-    let mut seq = new_row();
-    // Placement of each node, by node id, stamped with the row it was placed in (so starting a
-    // row invalidates every entry without touching them).
-    let mut placed: Vec<Option<(usize, Placed)>> = vec![None; rollout.nodes.len()];
-    let mut tops: Vec<(u32, NodeId)> = rollout
-        .nodes
-        .iter()
-        .filter(|n| n.parent.is_none())
-        .map(|n| (n.tree, n.id))
-        .collect();
-    tops.sort_unstable();
-    let mut stack: Vec<NodeId> = tops.into_iter().rev().map(|(_, id)| id).collect();
-    while let Some(id) = stack.pop() {
-        let node = rollout.node(id);
-        if seq.len() + node.tokens.len() > max_len && !seq.targets.is_empty() {
-            rows.push(std::mem::replace(&mut seq, new_row()));
-            // The ancestors again, as context: top node first.
-            let mut ancestors: Vec<NodeId> =
-                std::iter::successors(node.parent, |&a| rollout.node(a).parent).collect();
-            ancestors.reverse();
-            let mut at = root;
-            for a in ancestors {
-                at = place(&mut seq, a, at, false);
-                placed[a as usize] = Some((rows.len(), at));
-            }
-        }
-        let parent = match node.parent {
-            None => root,
-            Some(p) => match placed[p as usize] {
-                Some((row, at)) if row == rows.len() => at,
-                _ => unreachable!("DFS order keeps the parent in the current row"),
-            },
-        };
-        placed[id as usize] = Some((rows.len(), place(&mut seq, id, parent, true)));
-        for &child in node.children.iter().rev() {
-            stack.push(child);
-        }
-    }
-    rows.push(seq);
-    rows
-}
-
-/// Flattened sequences: one per leaf trajectory with at least one action token, in group then
-/// leaf-id order (module docs). `groups` is one mini-batch.
-pub fn flatten_trees(
-    groups: &[(&TaskRollout, &AdvantageOutput)],
-    agg: LossAgg,
-) -> Result<Vec<PackedSequence>, TrainerError> {
-    for (r, a) in groups {
-        check_group(r, a)?;
-    }
-    let c = leaf_weights(groups, agg);
-    let mut out = Vec::new();
-    for ((rollout, adv), c) in groups.iter().zip(&c) {
-        for leaf in rollout.nodes.iter().filter(|n| n.is_leaf()) {
-            let cl = c[leaf.id as usize];
-            if cl == 0.0 {
-                continue;
-            }
-            let mut tokens = rollout.prompt_tokens.clone();
-            let mut targets = Vec::new();
-            for s in rollout.path(leaf.id) {
-                let node = rollout.node(s);
-                if node.is_action() {
-                    let a = adv.token_advantage(s, leaf.id) as f64;
-                    for (k, &token) in node.tokens.iter().enumerate() {
-                        targets.push(Target {
-                            source: (tokens.len() + k - 1) as u32,
-                            token,
-                            old_logprob: node.logprobs[k],
-                            pos_weight: (cl * a.max(0.0)) as f32,
-                            neg_weight: (cl * a.min(0.0)) as f32,
-                            weight: cl as f32,
-                        });
-                    }
-                }
-                tokens.extend_from_slice(&node.tokens);
-            }
-            out.push(PackedSequence::causal(tokens, targets));
-        }
-    }
-    Ok(out)
 }
 
 /// How trajectories become training rows.
@@ -611,169 +405,6 @@ pub fn minibatches(
         }
     }
     Ok(out)
-}
-
-/// A padded mini-batch of sequences, ready for [`TrainBatch::to_device`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainBatch {
-    /// The sequences (rows).
-    pub sequences: Vec<PackedSequence>,
-    /// Which attention layout [`TrainBatch::to_device`] may use (planner's choice by default).
-    pub layout: LayoutChoice,
-}
-
-impl TrainBatch {
-    /// A batch of the given sequences.
-    pub fn new(sequences: Vec<PackedSequence>) -> Self {
-        TrainBatch {
-            sequences,
-            layout: LayoutChoice::Auto,
-        }
-    }
-
-    /// The rows split into at most `n` shards with targets, balanced by tokens (longest row
-    /// first, each to the shard with the fewest tokens so far; rows keep their order within a
-    /// shard). Target weights are kept, so the shards' losses sum to the batch loss.
-    pub fn shards(&self, n: usize) -> Vec<TrainBatch> {
-        let n = n.clamp(1, self.rows().max(1));
-        let mut order: Vec<usize> = (0..self.rows()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(self.sequences[i].len()));
-        let mut load = vec![0usize; n];
-        let mut members: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for i in order {
-            let k = (0..n).min_by_key(|&k| (load[k], k)).expect("n >= 1");
-            load[k] += self.sequences[i].len();
-            members[k].push(i);
-        }
-        members
-            .into_iter()
-            .filter_map(|mut rows| {
-                rows.sort_unstable();
-                let seqs: Vec<PackedSequence> =
-                    rows.iter().map(|&i| self.sequences[i].clone()).collect();
-                let has_targets = seqs.iter().any(|s| !s.targets.is_empty());
-                has_targets.then_some(TrainBatch {
-                    sequences: seqs,
-                    layout: self.layout,
-                })
-            })
-            .collect()
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.sequences.len()
-    }
-
-    /// Padded row length (the longest sequence).
-    pub fn padded_len(&self) -> usize {
-        self.sequences.iter().map(|s| s.len()).max().unwrap_or(0)
-    }
-
-    /// Total number of targets.
-    pub fn num_targets(&self) -> usize {
-        self.sequences.iter().map(|s| s.targets.len()).sum()
-    }
-
-    /// Non-padding tokens (what a forward pass really computes).
-    pub fn num_tokens(&self) -> usize {
-        self.sequences.iter().map(|s| s.len()).sum()
-    }
-
-    /// Pads the rows to a common length and uploads everything, with the attention layout
-    /// [`AttentionLayout::plan`] picks under [`TrainBatch::layout`] (dense or sparse, see
-    /// [`crate::attn`]). Padding tokens
-    /// are id 0 at position 0, attend only to themselves, are attended by nobody, and are never
-    /// targets.
-    pub fn to_device(&self, device: &Device) -> Result<DeviceBatch, TrainerError> {
-        self.to_device_with(device, self.layout)
-    }
-
-    /// [`TrainBatch::to_device`] with the layout choice given here instead of the batch's.
-    pub fn to_device_with(
-        &self,
-        device: &Device,
-        choice: LayoutChoice,
-    ) -> Result<DeviceBatch, TrainerError> {
-        if self.rows() == 0 || self.padded_len() == 0 {
-            return Err(TrainerError::batch("empty batch"));
-        }
-        let (layout, t) = AttentionLayout::plan(&self.sequences, choice);
-        let b = self.rows();
-        let mut tokens = vec![0i64; b * t];
-        let mut positions = vec![0i64; b * t];
-        let mut src = Vec::new();
-        let mut tgt = Vec::new();
-        let mut cols: [Vec<f32>; 4] = Default::default();
-        for (row, seq) in self.sequences.iter().enumerate() {
-            let n = seq.len();
-            for i in 0..n {
-                tokens[row * t + i] = seq.tokens[i] as i64;
-                positions[row * t + i] = seq.positions[i] as i64;
-            }
-            for target in &seq.targets {
-                if target.source as usize >= n {
-                    return Err(TrainerError::batch(format!(
-                        "target source {} outside a sequence of {n} tokens",
-                        target.source
-                    )));
-                }
-                src.push((row * t) as i64 + target.source as i64);
-                tgt.push(target.token as i64);
-                cols[0].push(target.old_logprob);
-                cols[1].push(target.pos_weight);
-                cols[2].push(target.neg_weight);
-                cols[3].push(target.weight);
-            }
-        }
-        let k = src.len();
-        if k == 0 {
-            return Err(TrainerError::batch("batch has no targets"));
-        }
-        let int2 = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [b, t]), device);
-        let int1 = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [k]), device);
-        let float1 = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [k]), device);
-        let [old, pos, neg, weight] = cols;
-        Ok(DeviceBatch {
-            tokens: int2(tokens),
-            positions: int2(positions),
-            attention: layout.to_device(b, t, device),
-            source: int1(src),
-            target: int1(tgt),
-            old_logprob: float1(old),
-            pos_weight: float1(pos),
-            neg_weight: float1(neg),
-            weight: float1(weight),
-        })
-    }
-}
-
-/// A [`TrainBatch`] on a device. `K` is the number of targets.
-///
-/// # Shapes
-/// - `tokens`, `positions: [B, T]`; `attention`: see [`AttentionMask`]
-/// - `source: [K]` (flat index `row·T + position` into `[B·T]`), `target: [K]`
-/// - `old_logprob`, `pos_weight`, `neg_weight`, `weight: [K]`
-#[derive(Debug, Clone)]
-pub struct DeviceBatch {
-    /// Token ids.
-    pub tokens: Tensor<2, Int>,
-    /// RoPE positions.
-    pub positions: Tensor<2, Int>,
-    /// Which keys each position attends.
-    pub attention: AttentionMask,
-    /// Flat logit source index of each target.
-    pub source: Tensor<1, Int>,
-    /// Target token ids.
-    pub target: Tensor<1, Int>,
-    /// Behaviour logprobs.
-    pub old_logprob: Tensor<1>,
-    /// `P` weights.
-    pub pos_weight: Tensor<1>,
-    /// `N` weights.
-    pub neg_weight: Tensor<1>,
-    /// `W` weights.
-    pub weight: Tensor<1>,
 }
 
 #[cfg(test)]
