@@ -51,6 +51,16 @@ impl ChatFormat {
     /// texts (`eos` ends an assistant turn).
     pub fn new(template: &str, bos: &str, eos: &str) -> Result<ChatFormat, ChatError> {
         let mut env = minijinja::Environment::new();
+        // Hugging Face templates reject unsupported conversations with this function.
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", template)
             .map_err(|e| ChatError(e.to_string()))?;
         let tmpl = env.get_template("chat").expect("just added");
@@ -213,6 +223,22 @@ mod tests {
             f.observation("X: head [Y].\n"),
             "\n<|im_start|>user\nX: head [Y].\n<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    /// Templates that reject conversations they do not support (Hugging Face's
+    /// `raise_exception`) render the ones they do.
+    #[test]
+    fn raise_exception_is_known() {
+        let t = "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+        let f = ChatFormat::new(t, "<s>", "</s>").unwrap();
+        assert_eq!(
+            f.prompt("T"),
+            format!("<system>{SYSTEM}</s><user>T</s><assistant>")
+        );
+        assert_eq!(f.observation("O"), "<user>O</s><assistant>");
+        let bad = "{{ raise_exception('never') }}";
+        let err = ChatFormat::new(bad, "<s>", "</s>").unwrap_err().to_string();
+        assert!(err.contains("never"), "{err}");
     }
 
     #[test]
