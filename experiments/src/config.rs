@@ -64,6 +64,18 @@ pub struct TrainConfig {
     pub eval: EvalSection,
     /// Checkpoint retention.
     pub checkpoint: CheckpointSection,
+    /// Logs besides `metrics.parquet`.
+    pub log: LogSection,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// Also write the metrics as a TensorBoard events file, `tb/events.out.tfevents.arbor` in
+    /// the run directory (`tensorboard --logdir runs`), rewritten with every metrics write.
+    /// Default: false.
+    pub tensorboard: bool,
 }
 
 /// `[checkpoint]` (when to save is `sft.checkpoint_every` and `rl.checkpoint_every`).
@@ -364,6 +376,7 @@ impl Default for TrainConfig {
             sampler: run_sampler_default(),
             eval: EvalSection::default(),
             checkpoint: CheckpointSection::default(),
+            log: LogSection::default(),
         }
     }
 }

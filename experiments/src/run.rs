@@ -364,6 +364,10 @@ impl Run {
         } else {
             MetricsWriter::create(&dir)?
         };
+        let metrics = match cfg.log.tensorboard {
+            true => metrics.with_tensorboard(&dir)?,
+            false => metrics,
+        };
         let rollouts = match (cfg.rl.export_rollouts.as_str(), resume) {
             ("none", _) => None,
             (_, false) => Some(RolloutWriter::create(&dir, &cfg.name)?),

@@ -203,3 +203,36 @@ fn instruct_models_see_tasks_as_chat_turns() {
         plain.prompt()
     );
 }
+
+/// With `log.tensorboard`, the events file always holds exactly the metrics rows, also after a
+/// stop and a resume (no step twice); `tests/ci/read_tensorboard.py` checks it with
+/// TensorBoard's own reader in CI.
+#[test]
+fn tensorboard_events_follow_the_metrics_across_a_resume() {
+    let out = std::env::temp_dir().join(format!("arbor-lib-tb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut cfg = tiny(&out, "tb");
+    cfg.log.tensorboard = true;
+    let mut run = Run::create(cfg).unwrap();
+    run.rl_step().unwrap();
+    run.rl_step().unwrap();
+    drop(run);
+    let mut run = Run::resume(&out.join("tb")).unwrap();
+    while run.rl_steps_left() > 0 {
+        run.rl_step().unwrap();
+    }
+    let done = run.finish().unwrap();
+    let rows = datasets::export::read_metrics(done.dir.join("metrics.parquet")).unwrap();
+    let path = datasets::export::tensorboard::events_path(&done.dir);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes, datasets::export::tensorboard::events_bytes(&rows));
+    // One record per row after the file-version record.
+    let (mut at, mut records) = (0, 0);
+    while at < bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        at += 12 + len + 4;
+        records += 1;
+    }
+    assert_eq!(records, rows.len() + 1);
+    std::fs::remove_dir_all(&out).unwrap();
+}

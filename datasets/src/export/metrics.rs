@@ -211,6 +211,17 @@ fn numeric() -> impl Iterator<Item = (&'static str, Access)> {
     NUMERIC.iter().copied()
 }
 
+/// Every numeric column of `row` with its value as f64, in file order.
+pub(super) fn numeric_values(row: &MetricsRow) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+    numeric().map(move |(name, access)| {
+        let value = match access {
+            Access::U64(get, _) => get(row) as f64,
+            Access::F64(get, _) => get(row),
+        };
+        (name, value)
+    })
+}
+
 /// Columns added after the first release of the table: a file without them (an older run)
 /// still reads, with these values at their [`MetricsRow::new`] defaults.
 const ADDED_LATER: [&str; 7] = [
@@ -302,6 +313,8 @@ pub struct MetricsWriter {
     parquet_path: PathBuf,
     csv_path: PathBuf,
     rows: Vec<MetricsRow>,
+    /// Also write the TensorBoard events file ([`super::tensorboard`]) here.
+    tensorboard: Option<PathBuf>,
 }
 
 impl MetricsWriter {
@@ -312,6 +325,7 @@ impl MetricsWriter {
             parquet_path: dir.join(METRICS_FILE),
             csv_path: dir.join(METRICS_CSV_FILE),
             rows: Vec::new(),
+            tensorboard: None,
         };
         w.write()?;
         Ok(w)
@@ -332,9 +346,24 @@ impl MetricsWriter {
             parquet_path,
             csv_path: dir.join(METRICS_CSV_FILE),
             rows,
+            tensorboard: None,
         };
         w.write()?;
         Ok(w)
+    }
+
+    /// Also writes the rows as a TensorBoard events file (`tb/` in the run directory, see
+    /// [`super::tensorboard`]), now and with every later write.
+    pub fn with_tensorboard(mut self, dir: &Path) -> Result<Self, DatasetError> {
+        let path = super::tensorboard::events_path(dir);
+        let parent = path.parent().expect("the events file is inside tb/");
+        std::fs::create_dir_all(parent).map_err(|e| DatasetError::WriteRunFile {
+            path: parent.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        self.tensorboard = Some(path);
+        self.write()?;
+        Ok(self)
     }
 
     /// Appends one row and rewrites both files.
@@ -377,7 +406,12 @@ impl MetricsWriter {
         write_atomic(p, &bytes).map_err(|e| fail(p, e.to_string()))?;
         let csv = metrics_csv(&self.rows);
         write_atomic(&self.csv_path, csv.as_bytes())
-            .map_err(|e| fail(&self.csv_path, e.to_string()))
+            .map_err(|e| fail(&self.csv_path, e.to_string()))?;
+        if let Some(tb) = &self.tensorboard {
+            let bytes = super::tensorboard::events_bytes(&self.rows);
+            write_atomic(tb, &bytes).map_err(|e| fail(tb, e.to_string()))?;
+        }
+        Ok(())
     }
 }
 

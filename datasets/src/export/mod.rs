@@ -117,6 +117,7 @@ mod read;
 mod rollouts;
 mod rows;
 mod snapshot;
+pub mod tensorboard;
 #[cfg(test)]
 mod tests;
 
