@@ -35,8 +35,8 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use crate::grammar::clip;
+use crate::knobs::{KnobInfo, Knobs};
 use crate::rng::derive;
-use crate::spec::{KnobInfo, Knobs};
 use crate::{Env, Expert, Outcome, Step, parse_action};
 
 /// Seed tag for countdown tasks ("countdwn" in ASCII).

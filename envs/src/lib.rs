@@ -37,6 +37,7 @@
 
 pub mod countdown;
 mod grammar;
+mod knobs;
 pub mod maze;
 pub mod multihop;
 pub mod qa;
@@ -45,7 +46,8 @@ pub mod rng;
 mod spec;
 
 pub use grammar::{ParsedAction, parse_action};
-pub use spec::{AnyEnv, EnvSpec, KnobInfo, Knobs};
+pub use knobs::{KnobInfo, Knobs};
+pub use spec::{AnyEnv, EnvSpec};
 
 /// An environment a text policy acts in (DESIGN §3).
 ///

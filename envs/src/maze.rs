@@ -39,8 +39,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::grammar::clip;
+use crate::knobs::{KnobInfo, Knobs};
 use crate::rng::derive;
-use crate::spec::{KnobInfo, Knobs};
 use crate::{Env, Expert, Outcome, Step, parse_action};
 
 /// Seed tag for maze tasks ("mazegrid" in ASCII).

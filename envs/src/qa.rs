@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use crate::grammar::clip;
-use crate::spec::{KnobInfo, Knobs};
+use crate::knobs::{KnobInfo, Knobs};
 use crate::{Env, EnvError, Expert, Outcome, Step, parse_action};
 
 /// One question/answer row.

@@ -53,7 +53,7 @@
 use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 
-use crate::spec::{AnyEnv, apply};
+use crate::knobs::apply;
 use crate::{Env, EnvError, Expert, KnobInfo, Knobs, Step};
 
 /// An environment task behind a trait object: [`Env`] and [`Expert`] without `Clone` (so that
@@ -234,11 +234,4 @@ pub fn all_names() -> Vec<&'static str> {
     let mut names = BUILT_IN.to_vec();
     names.extend(registered().iter().map(|r| r.name));
     names
-}
-
-impl AnyEnv {
-    /// A registered environment's task.
-    pub fn custom(env: Box<dyn DynEnv>) -> AnyEnv {
-        AnyEnv::Custom(env)
-    }
 }

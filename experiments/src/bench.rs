@@ -133,7 +133,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
     check_count("--tasks", args.tasks, MAX_BENCH_TASKS)?;
     let hops = args.hops.to_string();
     let mut knobs = vec![("hops", hops.as_str())];
-    knobs.extend(crate::envs_cmd::parse_knobs(&args.knobs)?);
+    knobs.extend(crate::config::parse_knobs(&args.knobs)?);
     let spec = EnvSpec::from_name("multihop", &knobs)?;
     // Held-out task ids (the eval range), the same for every budget and sampler.
     let tasks: Vec<(u64, AnyEnv)> = (0..args.tasks as u64)

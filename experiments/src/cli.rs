@@ -79,7 +79,7 @@ impl EnvArgs {
             env.name = name.clone();
             env.knobs.clear();
         }
-        for (k, v) in crate::envs_cmd::parse_knobs(&self.knobs)? {
+        for (k, v) in crate::config::parse_knobs(&self.knobs)? {
             env.knobs.insert(k.to_string(), v.to_string());
         }
         if let Some(t) = &self.tasks {

@@ -792,6 +792,17 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// Splits `name=value` knob arguments.
+pub fn parse_knobs(knobs: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
+    knobs
+        .iter()
+        .map(|k| match k.split_once('=') {
+            Some((n, v)) if !n.trim().is_empty() => Ok((n.trim(), v.trim())),
+            _ => bail!("knob '{k}' is not of the form name=value"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,17 +36,6 @@ fn list() {
     );
 }
 
-/// Splits `name=value` knob arguments.
-pub fn parse_knobs(knobs: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
-    knobs
-        .iter()
-        .map(|k| match k.split_once('=') {
-            Some((n, v)) if !n.trim().is_empty() => Ok((n.trim(), v.trim())),
-            _ => bail!("knob '{k}' is not of the form name=value"),
-        })
-        .collect()
-}
-
 fn show_episode(args: &ShowArgs) -> anyhow::Result<()> {
     if args.env == "qa-file" && args.tasks.is_none() {
         bail!("qa-file needs --tasks FILE (JSONL or Parquet with prompt/answer columns)");
@@ -54,7 +43,7 @@ fn show_episode(args: &ShowArgs) -> anyhow::Result<()> {
     // The environment as a run would build it from the same name, knobs and task file.
     let section = crate::config::EnvSection {
         name: args.env.clone(),
-        knobs: parse_knobs(&args.knobs)?
+        knobs: crate::config::parse_knobs(&args.knobs)?
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),

@@ -225,7 +225,7 @@ fn tensorboard_events_follow_the_metrics_across_a_resume() {
     let rows = datasets::export::read_metrics(done.dir.join("metrics.parquet")).unwrap();
     let path = datasets::export::tensorboard::events_path(&done.dir);
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes, datasets::export::tensorboard::events_bytes(&rows));
+    assert_eq!(bytes, datasets::export::metrics_events(&rows));
     // One record per row after the file-version record.
     let (mut at, mut records) = (0, 0);
     while at < bytes.len() {

@@ -211,8 +211,28 @@ fn numeric() -> impl Iterator<Item = (&'static str, Access)> {
     NUMERIC.iter().copied()
 }
 
+/// The TensorBoard events file of `rows` ([`super::tensorboard`]): one event per row, tags
+/// `<phase>/<column>`, wall time the sum of the rows' `wall_ms` up to it.
+pub fn metrics_events(rows: &[MetricsRow]) -> Vec<u8> {
+    let mut wall_ms = 0u64;
+    let events: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            wall_ms += row.wall_ms;
+            super::tensorboard::Scalars {
+                step: row.step,
+                wall_s: wall_ms as f64 / 1000.0,
+                values: numeric_values(row)
+                    .map(|(column, v)| (format!("{}/{column}", row.phase), v))
+                    .collect(),
+            }
+        })
+        .collect();
+    super::tensorboard::events_bytes(&events)
+}
+
 /// Every numeric column of `row` with its value as f64, in file order.
-pub(super) fn numeric_values(row: &MetricsRow) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+fn numeric_values(row: &MetricsRow) -> impl Iterator<Item = (&'static str, f64)> + '_ {
     numeric().map(move |(name, access)| {
         let value = match access {
             Access::U64(get, _) => get(row) as f64,
@@ -408,7 +428,7 @@ impl MetricsWriter {
         write_atomic(&self.csv_path, csv.as_bytes())
             .map_err(|e| fail(&self.csv_path, e.to_string()))?;
         if let Some(tb) = &self.tensorboard {
-            let bytes = super::tensorboard::events_bytes(&self.rows);
+            let bytes = metrics_events(&self.rows);
             write_atomic(tb, &bytes).map_err(|e| fail(tb, e.to_string()))?;
         }
         Ok(())

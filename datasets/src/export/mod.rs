@@ -127,8 +127,8 @@ use parquet::schema::types::ColumnPath;
 
 pub use check::{RunFileSummary, check_run_files};
 pub use metrics::{
-    METRICS_CSV_FILE, METRICS_FILE, MetricsRow, MetricsWriter, metrics_csv, metrics_schema,
-    read_metrics,
+    METRICS_CSV_FILE, METRICS_FILE, MetricsRow, MetricsWriter, metrics_csv, metrics_events,
+    metrics_schema, read_metrics,
 };
 pub use read::{read_nodes, read_trajectories};
 pub use rollouts::{

@@ -1,12 +1,13 @@
-//! TensorBoard event files: the metrics table as scalars that TensorBoard (and anything that
-//! reads its event files) plots.
+//! TensorBoard event files: scalars that TensorBoard (and anything that reads its event files)
+//! plots.
 //!
-//! The file is `tb/events.out.tfevents.arbor` in the run directory. It is rewritten whole,
-//! atomically, with every write of `metrics.parquet`, from the same rows, so after a resume it
-//! holds exactly the rows the metrics hold (no duplicated steps) and a crash never leaves it
-//! torn. One scalar per numeric column and row, tagged `<phase>/<column>` (`rl/reward_mean`,
-//! `eval/success_rate`, `sft/loss`), at the row's step; non-finite values are left out. An
-//! event's wall time is the sum of the rows' `wall_ms` up to it, in seconds.
+//! A run's file is `tb/events.out.tfevents.arbor` in the run directory ([`events_path`]). The
+//! metrics writer rewrites it whole, atomically, with every write of `metrics.parquet`, from the
+//! same rows (`metrics_events`), so after a resume it holds exactly the rows the metrics hold
+//! (no duplicated steps) and a crash never leaves it torn. One scalar per numeric column and
+//! row, tagged `<phase>/<column>` (`rl/reward_mean`, `eval/success_rate`, `sft/loss`), at the
+//! row's step; non-finite values are left out. An event's wall time is the sum of the rows'
+//! `wall_ms` up to it, in seconds.
 //!
 //! # Format
 //! Records (TFRecord framing): length (u64 LE), masked CRC-32C of the length, the bytes, masked
@@ -16,8 +17,6 @@
 //! and `simple_value` (2, float).
 
 use std::path::{Path, PathBuf};
-
-use super::metrics::{MetricsRow, numeric_values};
 
 /// The events file of the run directory `dir`.
 pub fn events_path(dir: &Path) -> PathBuf {
@@ -81,30 +80,34 @@ fn record(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(&masked_crc(data).to_le_bytes());
 }
 
-/// The event file's bytes for `rows` (module docs).
-pub fn events_bytes(rows: &[MetricsRow]) -> Vec<u8> {
+/// One event: scalars `(tag, value)` at a step and a wall time in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalars {
+    /// The step.
+    pub step: u64,
+    /// Wall time, seconds.
+    pub wall_s: f64,
+    /// `(tag, value)`; non-finite values are left out of the file.
+    pub values: Vec<(String, f64)>,
+}
+
+/// The event file's bytes: the file-version record, then one record per event.
+pub fn events_bytes(events: &[Scalars]) -> Vec<u8> {
     let mut out = Vec::new();
     record(
         &mut out,
         &event(0.0, 0, |e| bytes_field(e, 3, b"brain.Event:2")),
     );
-    let mut wall_ms = 0u64;
-    for row in rows {
-        wall_ms += row.wall_ms;
+    for ev in events {
         let mut summary = Vec::new();
-        for (column, value) in numeric_values(row) {
-            if !value.is_finite() {
-                continue;
-            }
+        for (tag, value) in ev.values.iter().filter(|(_, v)| v.is_finite()) {
             let mut v = Vec::new();
-            bytes_field(&mut v, 1, format!("{}/{column}", row.phase).as_bytes());
+            bytes_field(&mut v, 1, tag.as_bytes());
             key(&mut v, 2, 5);
-            v.extend_from_slice(&(value as f32).to_le_bytes());
+            v.extend_from_slice(&(*value as f32).to_le_bytes());
             bytes_field(&mut summary, 1, &v);
         }
-        let data = event(wall_ms as f64 / 1000.0, row.step, |e| {
-            bytes_field(e, 5, &summary)
-        });
+        let data = event(ev.wall_s, ev.step, |e| bytes_field(e, 5, &summary));
         record(&mut out, &data);
     }
     out
@@ -124,12 +127,15 @@ mod tests {
     /// Records frame their data with its length and checksums; values become tagged scalars.
     #[test]
     fn events_frame_rows_as_scalars() {
-        let row = MetricsRow {
-            reward_mean: 0.5,
-            tokens_per_success: f64::NAN,
-            ..MetricsRow::new(3, "rl")
+        let ev = Scalars {
+            step: 3,
+            wall_s: 1.5,
+            values: vec![
+                ("rl/reward_mean".into(), 0.5),
+                ("rl/tokens_per_success".into(), f64::NAN),
+            ],
         };
-        let bytes = events_bytes(&[row]);
+        let bytes = events_bytes(&[ev]);
         let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let first = &bytes[12..12 + len];
         assert!(first.windows(13).any(|w| w == b"brain.Event:2"));
