@@ -4,9 +4,13 @@
 //! - `.jsonl` or `.json` — JSON Lines: one JSON object per line with a string field `prompt` and a
 //!   field `answer`. Blank (whitespace-only) lines are skipped; other fields are ignored; a UTF-8
 //!   byte-order mark at the start of the file is ignored. Positions in errors are 1-based line
-//!   numbers, blank lines counted.
+//!   numbers, blank lines counted. A row may also give **tools** for a multi-turn task
+//!   (`envs::qa`, "Tools"): `"tools": {"search": {"Zorp": "Zorp is made by Quux."}}` (tool name
+//!   → argument → the observation returned) and the expert's calls before its answer,
+//!   `"solution": ["search[Zorp]"]`.
 //! - `.parquet` — a Parquet file with columns `prompt` and `answer` of type `Utf8`, `LargeUtf8` or
-//!   `Utf8View` (or a dictionary of those); other columns are ignored and not read. Positions in
+//!   `Utf8View` (or a dictionary of those); other columns are ignored and not read (Parquet rows
+//!   are single-turn: tools come only in JSONL). Positions in
 //!   errors are 0-based row indices over the whole file.
 //!
 //! Any other extension is an error ([`DatasetError::UnknownFormat`]).
@@ -176,7 +180,50 @@ fn read_jsonl(path: &Path) -> Result<Vec<QaPair>, DatasetError> {
         let prompt = field("prompt", false)?;
         let answer = field("answer", true)?;
         check_not_empty(path, at, &prompt, &answer)?;
-        pairs.push(QaPair { prompt, answer });
+        let wrong = |field: &str, expected: &str, found: &Value| DatasetError::WrongType {
+            path: path.to_path_buf(),
+            at,
+            field: field.to_string(),
+            expected: expected.to_string(),
+            found: json_type(found).to_string(),
+        };
+        let mut tools = std::collections::BTreeMap::new();
+        match object.remove("tools") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(table)) => {
+                for (name, results) in table {
+                    let Value::Object(results) = results else {
+                        return Err(wrong("tools", "tool -> {argument: observation}", &results));
+                    };
+                    let mut by_arg = std::collections::BTreeMap::new();
+                    for (arg, text) in results {
+                        let Value::String(text) = text else {
+                            return Err(wrong("tools", "observation text", &text));
+                        };
+                        by_arg.insert(arg.trim().to_string(), text);
+                    }
+                    tools.insert(name, by_arg);
+                }
+            }
+            Some(other) => return Err(wrong("tools", "an object of tools", &other)),
+        }
+        let solution = match object.remove("solution") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(calls)) => calls
+                .into_iter()
+                .map(|c| match c {
+                    Value::String(s) => Ok(s),
+                    other => Err(wrong("solution", "a list of tool calls (strings)", &other)),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => return Err(wrong("solution", "a list of tool calls", &other)),
+        };
+        pairs.push(QaPair {
+            prompt,
+            answer,
+            tools,
+            solution,
+        });
     }
     Ok(pairs)
 }
@@ -273,7 +320,11 @@ fn read_parquet(path: &Path) -> Result<Vec<QaPair>, DatasetError> {
                 answer.ok_or_else(|| null(ANSWER))?,
             );
             check_not_empty(path, Location::Row(offset + i), &prompt, &answer)?;
-            pairs.push(QaPair { prompt, answer });
+            pairs.push(QaPair {
+                prompt,
+                answer,
+                ..Default::default()
+            });
         }
     }
     Ok(pairs)
@@ -338,6 +389,7 @@ mod tests {
         QaPair {
             prompt: prompt.to_string(),
             answer: answer.to_string(),
+            ..Default::default()
         }
     }
 
@@ -676,6 +728,38 @@ mod tests {
             "{err:?}"
         );
         assert_names(&err, &path, &["row 3", "\"answer\" is null"]);
+    }
+
+    /// JSONL rows may carry tools and the expert's calls; wrong shapes are errors naming the
+    /// field.
+    #[test]
+    fn tool_rows_are_read() {
+        let dir = TempDir::new("tools");
+        let path = dir.file(
+            "t.jsonl",
+            br#"{"prompt": "p", "answer": "a", "tools": {"search": {" X ": "x is y"}}, "solution": ["search[X]"]}
+{"prompt": "q", "answer": "b"}
+"#,
+        );
+        let pairs = load_qa_file(&path).unwrap();
+        assert_eq!(pairs[0].tools["search"]["X"], "x is y");
+        assert_eq!(pairs[0].solution, vec!["search[X]".to_string()]);
+        assert!(pairs[1].tools.is_empty() && pairs[1].solution.is_empty());
+        let bad = dir.file(
+            "b.jsonl",
+            br#"{"prompt": "p", "answer": "a", "tools": {"search": 3}}"#,
+        );
+        let err = load_qa_file(&bad).unwrap_err();
+        assert_names(&err, &bad, &["line 1", "tools"]);
+        let bad = dir.file(
+            "c.jsonl",
+            br#"{"prompt": "p", "answer": "a", "solution": [1]}"#,
+        );
+        assert_names(
+            &load_qa_file(&bad).unwrap_err(),
+            &bad,
+            &["line 1", "solution"],
+        );
     }
 
     /// An empty or whitespace-only prompt or answer poses or checks nothing: an error naming

@@ -277,6 +277,7 @@ mod tests {
             .map(|i| QaPair {
                 prompt: format!("What is {i} + 1?"),
                 answer: (i + 1).to_string(),
+                ..Default::default()
             })
             .collect();
         EnvSpec::QaFile(QaConfig::new(pairs, Verifier::Numeric).unwrap())

@@ -1,4 +1,4 @@
-//! `qa-file` — single-turn question/answer pairs from user data.
+//! `qa-file` — question/answer tasks from user data, single-turn or with tools.
 //!
 //! The pairs come from a file read by the `datasets` crate (JSONL or Parquet with `prompt` and
 //! `answer` columns) and are handed to [`QaConfig::new`]. Task ids wrap around the number of
@@ -15,13 +15,23 @@
 //! the text, otherwise [`Outcome::Failed`]. Text that does not parse, or another tool, is
 //! [`Outcome::Malformed`] and also ends the episode. `max_turns` is 1.
 //!
+//! # Tools (multi-turn rows)
+//! A row may give tools ([`QaPair::tools`]): each a name and a table from argument to the
+//! observation returned. The prompt then ends with `Tools: <names>, answer.`; `name[argument]`
+//! returns the table's text for the (trimmed) argument, or `No result for '<argument>'.`, and
+//! the episode goes on; an unknown tool or unparsable text is [`Outcome::Malformed`] and spends
+//! the turn. The turn limit is `2 × (solution length + 1)` (room to recover), and the turn that
+//! uses the last one ends the episode ([`Outcome::OutOfTurns`] unless it answered).
+//!
 //! # Knobs
 //! - `verifier` (default `exact`) — `exact` (trimmed strings equal) or `numeric` (both parse as
 //!   numbers and agree within 1e-6 relative; see [`Verifier::Numeric`]).
 //!
 //! # Expert
-//! Answers the reference answer. There is no recoverable mistake.
+//! Makes the row's tool calls ([`QaPair::solution`]) in order, then answers the reference
+//! answer. There is no recoverable mistake.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::grammar::clip;
@@ -29,12 +39,17 @@ use crate::knobs::{KnobInfo, Knobs};
 use crate::{Env, EnvError, Expert, Outcome, Step, parse_action};
 
 /// One question/answer row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QaPair {
     /// The question shown to the policy.
     pub prompt: String,
     /// The reference answer.
     pub answer: String,
+    /// Tools the policy may call before answering: tool name → (argument → observation text).
+    /// Empty: a single-turn question (module docs).
+    pub tools: BTreeMap<String, BTreeMap<String, String>>,
+    /// The expert's tool calls before its answer, `name[argument]`, for SFT demonstrations.
+    pub solution: Vec<String>,
 }
 
 /// How an answer is checked against the reference.
@@ -129,12 +144,23 @@ impl QaConfig {
             Some((task_id % self.pairs.len() as u64) as usize)
         };
         let question = index.map_or("", |i| self.pairs[i].prompt.trim_end());
+        let row = index.map(|i| &self.pairs[i]);
+        let (prompt, max_turns) = match row.filter(|r| !r.tools.is_empty()) {
+            None => (format!("{question}\nReply answer[...].\n"), 1),
+            Some(r) => {
+                let names: Vec<&str> = r.tools.keys().map(String::as_str).collect();
+                let prompt = format!("{question}\nTools: {}, answer.\n", names.join(", "));
+                (prompt, 2 * (r.solution.len() + 1))
+            }
+        };
         QaTask {
             pairs: Arc::clone(&self.pairs),
             index,
-            prompt: Arc::from(format!("{question}\nReply answer[...].\n")),
+            prompt: Arc::from(prompt),
             verifier: self.verifier,
             done: false,
+            turns: 0,
+            max_turns,
         }
     }
 }
@@ -172,12 +198,19 @@ pub struct QaTask {
     prompt: Arc<str>,
     verifier: Verifier,
     done: bool,
+    /// Actions taken.
+    turns: usize,
+    max_turns: usize,
 }
 
 impl QaTask {
     /// The reference answer (empty for a task of an empty set).
     pub fn answer(&self) -> &str {
         self.index.map_or("", |i| self.pairs[i].answer.as_str())
+    }
+
+    fn row(&self) -> Option<&QaPair> {
+        self.index.map(|i| &self.pairs[i])
     }
 }
 
@@ -196,36 +229,71 @@ impl Env for QaTask {
                 Outcome::Finished,
             )
         } else {
+            self.turns += 1;
+            let tools = self.row().map(|r| &r.tools).filter(|t| !t.is_empty());
+            let usage = if tools.is_some() {
+                "Reply tool[argument] or answer[...]."
+            } else {
+                USAGE
+            };
             match parse_action(action) {
-                Err(reason) => (format!("\n{reason}. {USAGE}\n"), 0.0, Outcome::Malformed),
-                Ok(p) if p.name != "answer" => (
-                    format!("\nUnknown tool '{}'. {USAGE}\n", clip(p.name)),
-                    0.0,
-                    Outcome::Malformed,
-                ),
-                Ok(p) if self.verifier.accepts(p.arg, self.answer()) => {
-                    ("\nCorrect.\n".to_string(), 1.0, Outcome::Solved)
+                Err(reason) => (format!("\n{reason}. {usage}\n"), 0.0, Outcome::Malformed),
+                Ok(p) if p.name == "answer" => {
+                    if self.verifier.accepts(p.arg, self.answer()) {
+                        ("\nCorrect.\n".to_string(), 1.0, Outcome::Solved)
+                    } else {
+                        ("\nWrong answer.\n".to_string(), 0.0, Outcome::Failed)
+                    }
                 }
-                Ok(_) => ("\nWrong answer.\n".to_string(), 0.0, Outcome::Failed),
+                Ok(p) => match tools.and_then(|t| t.get(p.name)) {
+                    Some(table) => {
+                        let arg = p.arg.trim();
+                        let text = match table.get(arg) {
+                            Some(result) => result.trim_end().to_string(),
+                            None => format!("No result for '{}'.", clip(arg)),
+                        };
+                        (format!("\n{text}\n"), 0.0, Outcome::Continue)
+                    }
+                    None => (
+                        format!("\nUnknown tool '{}'. {usage}\n", clip(p.name)),
+                        0.0,
+                        Outcome::Malformed,
+                    ),
+                },
             }
         };
-        self.done = true;
+        let ended = matches!(
+            outcome,
+            Outcome::Solved | Outcome::Failed | Outcome::Finished
+        );
+        let out_of_turns = !ended && self.turns >= self.max_turns;
+        let outcome = match (out_of_turns, outcome) {
+            // A single-turn question ends with its one action, as before.
+            (true, o) if self.max_turns == 1 => o,
+            (true, _) => Outcome::OutOfTurns,
+            (false, o) => o,
+        };
+        let done = ended || out_of_turns;
+        self.done |= done;
         Step {
             observation,
             reward,
-            done: true,
+            done,
             outcome,
         }
     }
 
     fn max_turns(&self) -> usize {
-        1
+        self.max_turns
     }
 }
 
 impl Expert for QaTask {
     fn expert_action(&self) -> String {
-        format!("answer[{}]", self.answer().trim())
+        match self.row().and_then(|r| r.solution.get(self.turns)) {
+            Some(call) => call.clone(),
+            None => format!("answer[{}]", self.answer().trim()),
+        }
     }
 
     fn mistake_action(&self, _seed: u64) -> Option<String> {
@@ -241,7 +309,51 @@ mod tests {
         QaPair {
             prompt: prompt.to_string(),
             answer: answer.to_string(),
+            ..Default::default()
         }
+    }
+
+    /// A row with tools is a multi-turn task: the expert's calls return the table's text, the
+    /// answer ends it; unknown arguments, unknown tools and the turn limit behave as documented.
+    #[test]
+    fn tool_rows_are_multi_turn() {
+        let row = QaPair {
+            prompt: "Who founded the maker of Zorp?".into(),
+            answer: "Ada".into(),
+            tools: BTreeMap::from([(
+                "search".to_string(),
+                BTreeMap::from([
+                    ("Zorp".to_string(), "Zorp is made by Quux.".to_string()),
+                    ("Quux".to_string(), "Quux was founded by Ada.".to_string()),
+                ]),
+            )]),
+            solution: vec!["search[Zorp]".into(), "search[Quux]".into()],
+        };
+        let cfg = QaConfig::new(vec![row], Verifier::Exact).unwrap();
+        let mut task = cfg.task(0);
+        assert!(task.prompt().ends_with("\nTools: search, answer.\n"));
+        assert_eq!(task.max_turns(), 6);
+        let first = task.step(&task.expert_action());
+        assert_eq!(first.observation, "\nZorp is made by Quux.\n");
+        assert_eq!((first.outcome, first.done), (Outcome::Continue, false));
+        assert_eq!(task.expert_action(), "search[Quux]");
+        task.step(&task.expert_action());
+        assert_eq!(task.expert_action(), "answer[Ada]");
+        let last = task.step("answer[Ada]");
+        assert_eq!(
+            (last.outcome, last.done, last.reward),
+            (Outcome::Solved, true, 1.0)
+        );
+        // Misses spend turns; the last turn ends the episode.
+        let mut task = cfg.task(0);
+        let miss = task.step("search[Nobody]");
+        assert_eq!(miss.observation, "\nNo result for 'Nobody'.\n");
+        assert_eq!(task.step("lookup[Zorp]").outcome, Outcome::Malformed);
+        for _ in 0..3 {
+            assert!(!task.step("search[Zorp]").done);
+        }
+        let out = task.step("search[Zorp]");
+        assert_eq!((out.outcome, out.done), (Outcome::OutOfTurns, true));
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn qa_set(verifier: Verifier) -> QaConfig {
         .map(|(p, a)| QaPair {
             prompt: p.to_string(),
             answer: a.to_string(),
+            ..Default::default()
         })
         .collect();
     QaConfig::new(pairs, verifier).unwrap()
