@@ -461,7 +461,9 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, GgufError> {
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| n > 0 && n.is_multiple_of(block_len) && n <= bytes.len())
+            .filter(|&n| {
+                n > 0 && n.is_multiple_of(block_len) && n / block_len <= bytes.len() / block_bytes
+            })
             .ok_or_else(|| malformed(format!("tensor {} has dimensions {:?}", t.name, t.dims)))?;
         let size = n / block_len * block_bytes;
         let start = usize::try_from(t.offset)
