@@ -223,10 +223,15 @@ fn chat_format(
         return Ok(None);
     };
     let text = |id| tokenizer.id_to_token(id).unwrap_or_default();
-    let format =
-        rollout::chat::ChatFormat::new(&template, &text(tokenizer.bos()), &text(tokenizer.eos()))
-            .context("the model's chat template cannot be used (set model.chat = false)")?;
-    Ok(Some(format))
+    let bos = text(tokenizer.bos());
+    let format = rollout::chat::ChatFormat::new(&template, &bos, &text(tokenizer.eos()))
+        .context("the model's chat template cannot be used (set model.chat = false)")?;
+    // The tokenizer adds the BOS itself where it adds one (`Tokenizer::add_bos`).
+    Ok(Some(if tokenizer.add_bos() {
+        format.without_leading(&bos)
+    } else {
+        format
+    }))
 }
 
 impl ModelSection {

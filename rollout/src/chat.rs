@@ -119,6 +119,17 @@ impl ChatFormat {
         })
     }
 
+    /// The format without a leading `text` in its prompts: templates that render `bos_token`
+    /// themselves (Llama 3) would otherwise give two BOS tokens with a tokenizer that adds one.
+    pub fn without_leading(mut self, text: &str) -> Self {
+        if !text.is_empty()
+            && let Some(rest) = self.prompt.0.strip_prefix(text)
+        {
+            self.prompt.0 = rest.to_string();
+        }
+        self
+    }
+
     /// The prompt of a task: system message, the task as the user turn, the assistant's start.
     pub fn prompt(&self, task: &str) -> String {
         format!("{}{task}{}", self.prompt.0, self.prompt.1)
@@ -239,6 +250,16 @@ mod tests {
         let bad = "{{ raise_exception('never') }}";
         let err = ChatFormat::new(bad, "<s>", "</s>").unwrap_err().to_string();
         assert!(err.contains("never"), "{err}");
+    }
+
+    /// A template that renders the BOS itself loses it when the tokenizer adds one.
+    #[test]
+    fn a_rendered_bos_is_not_doubled() {
+        let t = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+        let f = ChatFormat::new(t, "<s>", "</s>").unwrap();
+        assert!(f.prompt("T").starts_with("<s><system>"));
+        let f = f.without_leading("<s>");
+        assert!(f.prompt("T").starts_with("<system>"));
     }
 
     #[test]
