@@ -211,6 +211,16 @@ pub struct LoadedModel {
     pub chat: Option<rollout::chat::ChatFormat>,
 }
 
+impl LoadedModel {
+    /// `spec` as this model sees it: rendered through its chat format when it has one.
+    pub fn render(&self, spec: EnvSpec) -> EnvSpec {
+        match &self.chat {
+            Some(format) => rollout::chat::chat_spec(spec, format.clone()),
+            None => spec,
+        }
+    }
+}
+
 /// The chat format of `template` for `tokenizer` (`None` without a template or with
 /// `model.chat = false`).
 fn chat_format(
@@ -606,11 +616,7 @@ impl TrainConfig {
     /// The environment family as `model` sees it: [`TrainConfig::env_spec`], rendered through
     /// the model's chat template when it has one (`model.chat`).
     pub fn task_spec(&self, model: &LoadedModel) -> anyhow::Result<EnvSpec> {
-        let spec = self.env_spec()?;
-        Ok(match &model.chat {
-            Some(format) => rollout::chat::chat_spec(spec, format.clone()),
-            None => spec,
-        })
+        Ok(model.render(self.env_spec()?))
     }
 
     /// The environment family of `[env]`.

@@ -203,9 +203,10 @@ pub struct RlStep {
 /// that the task set can feed the run (`preflight`). Returns the environment and the model.
 pub fn check(cfg: &TrainConfig) -> anyhow::Result<(EnvSpec, crate::config::LoadedModel)> {
     cfg.validate()?;
-    cfg.env_spec()?;
+    // The environment (and its task file) first: a bad one fails before the model loads.
+    let spec = cfg.env_spec()?;
     let model = cfg.model.load()?;
-    let spec = cfg.task_spec(&model)?;
+    let spec = model.render(spec);
     let needs = crate::preflight::TaskNeeds {
         train_per_step: if cfg.rl.steps > 0 {
             cfg.rl.tasks_per_step
