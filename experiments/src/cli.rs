@@ -23,7 +23,7 @@ pub enum Command {
     #[command(after_help = format!("With no flags: {}.", crate::config::default_run_line()))]
     Train(TrainArgs),
     /// Train one run per point of a grid (budgets x samplers x branching policies x
-    /// estimators x presets x seeds) from a shared SFT checkpoint per preset; write
+    /// estimators x models x seeds) from a shared SFT checkpoint per model; write
     /// summary.parquet/.csv, a table and plots of success and distinct trajectories per 1k
     /// tokens against the budget.
     Sweep(SweepArgs),
@@ -366,9 +366,11 @@ pub struct EvalArgs {
 }
 
 /// `arbor sweep`. Every axis takes a comma-separated list; the grid is their product (the
-/// chain sampler ignores the branching axis). Runs start from one SFT checkpoint per preset,
-/// trained once with the base config and kept in `OUT/sft-<preset>/`; finished runs in
+/// chain sampler ignores the branching axis). Runs start from one SFT checkpoint per model,
+/// trained once with the base config and kept in `OUT/sft-<model>/`; finished runs in
 /// `OUT/runs/` are reused, interrupted ones resumed, so a sweep can be rerun or extended.
+/// Every point also measures its final policy on the held-out tasks with one rollout of its
+/// sampler at its budget (`OUT/budget/`); with `--rl-steps 0` that is all it does.
 #[derive(Debug, Args)]
 pub struct SweepArgs {
     /// Per-task token budgets.
@@ -383,9 +385,11 @@ pub struct SweepArgs {
     /// Advantage estimators [default: the base config's].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub estimators: Vec<Estimator>,
-    /// Model presets: tiny, small [default: the base config's].
-    #[arg(long, value_delimiter = ',')]
-    pub presets: Vec<String>,
+    /// Models: presets (tiny, small), Hugging Face model directories and GGUF files, each
+    /// optionally `=SFT_STEPS` for its own shared SFT length (e.g. `tiny=1500,model.gguf=8`)
+    /// [default: the base config's].
+    #[arg(long, alias = "presets", value_delimiter = ',')]
+    pub models: Vec<String>,
     /// Seeds of the RL runs (task draws, sampling, held-out evaluation stream). The SFT
     /// checkpoint is shared: it uses the base config's seed.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
@@ -399,8 +403,9 @@ pub struct SweepArgs {
     /// The environment of the base config.
     #[command(flatten)]
     pub env: EnvArgs,
-    /// `rl.steps` of every run.
-    #[arg(long)]
+    /// `rl.steps` of every run; 0 measures the shared SFT policies at each budget only
+    /// (test-time mode).
+    #[arg(long, alias = "rl-steps")]
     pub steps: Option<usize>,
     /// `sft.steps` of the shared SFT checkpoint.
     #[arg(long)]

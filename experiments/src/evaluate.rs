@@ -95,3 +95,81 @@ pub fn evaluate_episodes(
     };
     Ok((result, sink, stats))
 }
+
+/// What a policy achieves on the held-out tasks when each task gets one budgeted rollout with
+/// the run's sampler (tree or chain) at its training temperature: a task counts as solved when
+/// any of its trajectories succeeds, so this is success *under a token budget*, the test-time
+/// side of the capability × budget question (`arbor sweep --rl-steps 0`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BudgetResult {
+    /// Held-out tasks.
+    pub tasks: u64,
+    /// Tasks with at least one successful trajectory.
+    pub solved: u64,
+    /// `solved / tasks`.
+    pub success: f64,
+    /// 95% Wilson interval of `success`.
+    pub ci95: (f64, f64),
+    /// Tokens generated over all tasks.
+    pub generated_tokens: u64,
+    /// Trajectories (leaves) sampled.
+    pub trajectories: u64,
+    /// Trajectories cut by the budget or the context.
+    pub truncated: u64,
+}
+
+impl BudgetResult {
+    /// Generated tokens per solved task (NaN when none was solved).
+    pub fn tokens_per_solved(&self) -> f64 {
+        match self.solved {
+            0 => f64::NAN,
+            s => self.generated_tokens as f64 / s as f64,
+        }
+    }
+}
+
+/// Samples each task of `ids` once with `sampler` (its kind, budget and temperature) and
+/// counts the tasks solved by any trajectory.
+pub fn evaluate_at_budget(
+    engine: &mut Engine,
+    tokenizer: &dyn Tokenizer,
+    spec: &EnvSpec,
+    ids: &[u64],
+    sampler: &SamplerConfig,
+    seed: u64,
+) -> anyhow::Result<BudgetResult> {
+    let tasks: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, spec.make(id))).collect();
+    let mut sink: Vec<TaskRollout> = Vec::new();
+    // Stream u64::MAX - 1: apart from training steps and the fixed evaluation stream.
+    let stats = sample(
+        sampler,
+        engine,
+        tokenizer,
+        &tasks,
+        seed,
+        u64::MAX - 1,
+        &mut sink,
+    )?;
+    let solved = sink
+        .iter()
+        .filter(|r| {
+            r.leaves()
+                .iter()
+                .any(|&l| r.node(l).leaf.is_some_and(|i| i.success))
+        })
+        .count() as u64;
+    let n = sink.len() as u64;
+    Ok(BudgetResult {
+        tasks: n,
+        solved,
+        success: if n == 0 {
+            0.0
+        } else {
+            solved as f64 / n as f64
+        },
+        ci95: wilson95(solved, n),
+        generated_tokens: stats.generated_tokens,
+        trajectories: stats.trajectories,
+        truncated: stats.truncated,
+    })
+}

@@ -25,7 +25,7 @@ fn summary_rows(path: &Path) -> Vec<(String, u32)> {
         let batch = batch.unwrap();
         for column in [
             "env",
-            "preset",
+            "model",
             "sampler",
             "branch",
             "estimator",
@@ -39,6 +39,9 @@ fn summary_rows(path: &Path) -> Vec<(String, u32)> {
             "cache_read_share",
             "truncated",
             "wall_s",
+            "budget_success",
+            "budget_tokens_per_solved",
+            "budget_tokens",
             "run_dir",
         ] {
             assert!(batch.column_by_name(column).is_some(), "column {column}");
@@ -89,7 +92,7 @@ fn sweep_rollout_inspect() {
         "{stderr}"
     );
     assert_eq!(stderr.matches("(trained)").count(), 4, "{stderr}");
-    assert!(stdout.starts_with("preset"), "{stdout}");
+    assert!(stdout.starts_with("model"), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.starts_with("tiny ")).count(), 4);
     let mut rows = summary_rows(&sweep.join("summary.parquet"));
     rows.sort();
@@ -252,6 +255,8 @@ fn bad_input_is_one_clear_line() {
     assert_one_line_error(&sweep_with(&["--branches", "sideways"]), "sideways");
     assert_one_line_error(&sweep_with(&["--estimators", "ppo"]), "ppo");
     assert_one_line_error(&sweep_with(&["--presets", "huge"]), "huge");
+    assert_one_line_error(&sweep_with(&["--models", "tiny=many"]), "SFT_STEPS");
+    assert_one_line_error(&sweep_with(&["--models", "tiny,tiny=3"]), "two models");
     assert!(!sweep.exists(), "a rejected sweep creates nothing");
 
     let missing = dir.join("missing");
@@ -333,5 +338,98 @@ fn sweep_learning_curves() {
     );
     let svg = std::fs::read_to_string(sweep.join("plots").join("success_vs_tokens.svg")).unwrap();
     assert!(svg.contains("B=64") && svg.contains("chain final"), "{svg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--rl-steps 0` measures each model's shared SFT policy at every budget with each sampler
+/// (a preset and a Hugging Face directory side by side), trains no runs, and reuses its
+/// measurements when rerun.
+#[test]
+fn test_time_sweep_measures_models_at_each_budget() {
+    use rollout::hf::fixture::{TinyModel, tiny_config as tiny_model};
+    let dir = scratch("testtime");
+    let cfg = tiny_config(&dir, 1);
+    let hf = dir.join("tiny-llama");
+    TinyModel::new(tiny_model()).write(&hf).unwrap();
+    let sweep = dir.join("sweep");
+    let models = format!("tiny=2,{}=1", hf.display());
+    let args = [
+        "sweep",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        sweep.to_str().unwrap(),
+        "--models",
+        &models,
+        "--budgets",
+        "48,96",
+        "--samplers",
+        "chain,tree",
+        "--seeds",
+        "0",
+        "--rl-steps",
+        "0",
+    ];
+    let (stdout, stderr) = ok(&arbor(&args));
+    assert_eq!(stderr.matches("(test-time)").count(), 8, "{stderr}");
+    assert!(stdout.starts_with("model"), "{stdout}");
+    // Each model has its own SFT run with its own step count; no RL run directories.
+    for (label, steps) in [("tiny", 2), ("tiny-llama", 1)] {
+        let sft = sweep.join(format!("sft-{label}"));
+        let state = trainer::checkpoint::load(
+            &trainer::checkpoint::latest(&sft.join("checkpoints")).unwrap(),
+        )
+        .unwrap()
+        .state;
+        assert_eq!(state.sft_steps, steps, "{label}");
+    }
+    let runs = sweep.join("runs");
+    assert_eq!(std::fs::read_dir(&runs).unwrap().count(), 0);
+    let csv = std::fs::read_to_string(sweep.join("summary.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 8);
+    let mut labels: Vec<&str> = rows.iter().map(|r| r[col("model")]).collect();
+    labels.dedup();
+    assert_eq!(labels, ["tiny", "tiny-llama"]);
+    for r in &rows {
+        let budget: u64 = r[col("budget")].parse().unwrap();
+        let tokens: u64 = r[col("budget_tokens")].parse().unwrap();
+        let success: f64 = r[col("budget_success")].parse().unwrap();
+        // 4 held-out tasks, each under its budget; no RL tokens.
+        assert!(tokens > 0 && tokens <= 4 * budget, "{r:?}");
+        assert!((0.0..=1.0).contains(&success), "{r:?}");
+        assert_eq!(r[col("generated_tokens")], "0");
+    }
+    for stem in ["budget_success_vs_budget", "tokens_per_solved_vs_budget"] {
+        let svg = std::fs::read_to_string(sweep.join("plots").join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.contains("tiny-llama"), "{stem}");
+    }
+    assert!(!sweep.join("plots").join("success_vs_budget.svg").exists());
+    // A rerun measures nothing again.
+    let kept = mtime(
+        &sweep
+            .join("budget")
+            .join("tiny_tree-entropy_tree-grpo_b96_s0.json"),
+    );
+    let (_, again) = ok(&arbor(&args));
+    assert!(again.contains("reusing the SFT checkpoint"), "{again}");
+    assert_eq!(
+        mtime(
+            &sweep
+                .join("budget")
+                .join("tiny_tree-entropy_tree-grpo_b96_s0.json")
+        ),
+        kept
+    );
+    assert_eq!(
+        std::fs::read_to_string(sweep.join("summary.csv")).unwrap(),
+        csv
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

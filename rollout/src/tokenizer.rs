@@ -386,6 +386,7 @@ fn byte_level_alphabet() -> Vec<Option<u8>> {
 
 /// GPT-2's byte-level alphabet from byte to character (the inverse of
 /// [`byte_level_alphabet`]).
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) fn byte_level_chars() -> [char; 256] {
     let mut chars = ['\0'; 256];
     for (code, byte) in byte_level_alphabet().into_iter().enumerate() {

@@ -55,15 +55,15 @@ pub(super) fn tokens_to_reach(curve: &[CurvePoint], level: f64) -> Option<f64> {
     None
 }
 
-/// The chain reference of a sweep's runs of model `preset` (module docs): its final success
+/// The chain reference of a sweep's runs of model `model` (module docs): its final success
 /// level (mean over seeds) and mean total RL tokens; `None` without a chain run.
 pub(super) fn chain_reference(
     rows: &[SummaryRow],
     curves: &[Vec<CurvePoint>],
-    preset: &str,
+    model: &str,
 ) -> Option<(f64, f64)> {
     let chains: Vec<usize> = (0..rows.len())
-        .filter(|&i| rows[i].sampler == "chain" && rows[i].preset == preset)
+        .filter(|&i| rows[i].sampler == "chain" && rows[i].model == model)
         .collect();
     let budget = chains.iter().map(|&i| rows[i].budget).max()?;
     let at_budget: Vec<usize> = chains
@@ -93,28 +93,28 @@ pub(super) fn chain_reference(
     Some((level, total))
 }
 
-/// The presets of the rows, in order of first appearance.
-pub(super) fn presets_of(rows: &[SummaryRow]) -> Vec<String> {
-    dedup(&rows.iter().map(|r| r.preset.clone()).collect::<Vec<_>>())
+/// The models of the rows, in order of first appearance.
+pub(super) fn models_of(rows: &[SummaryRow]) -> Vec<String> {
+    dedup(&rows.iter().map(|r| r.model.clone()).collect::<Vec<_>>())
 }
 
-/// The chain reference of every preset that has one, by preset.
+/// The chain reference of every model that has one, by model label.
 pub(super) fn chain_references(
     rows: &[SummaryRow],
     curves: &[Vec<CurvePoint>],
 ) -> BTreeMap<String, (f64, f64)> {
-    presets_of(rows)
+    models_of(rows)
         .into_iter()
         .filter_map(|p| chain_reference(rows, curves, &p).map(|r| (p, r)))
         .collect()
 }
 
-/// Fills `tokens_to_chain_final` and `reach_ratio` of every row (against its preset's chain
+/// Fills `tokens_to_chain_final` and `reach_ratio` of every row (against its model's chain
 /// reference).
 pub(super) fn fill_reach(rows: &mut [SummaryRow], curves: &[Vec<CurvePoint>]) {
     let refs = chain_references(rows, curves);
     for (r, c) in rows.iter_mut().zip(curves) {
-        let Some(&(level, total)) = refs.get(&r.preset) else {
+        let Some(&(level, total)) = refs.get(&r.model) else {
             continue;
         };
         if let Some(t) = tokens_to_reach(c, level) {
@@ -124,13 +124,13 @@ pub(super) fn fill_reach(rows: &mut [SummaryRow], curves: &[Vec<CurvePoint>]) {
     }
 }
 
-/// The columns that name a run in `curves.csv` and `reach.csv`: env, preset, sampler, branch,
+/// The columns that name a run in `curves.csv` and `reach.csv`: env, model, sampler, branch,
 /// estimator, budget, seed.
 pub(super) fn run_columns(r: &SummaryRow) -> String {
     format!(
         "{},{},{},{},{},{},{}",
         r.env,
-        r.preset,
+        r.model,
         r.sampler,
         r.branch.as_deref().unwrap_or(""),
         r.estimator,
@@ -142,7 +142,7 @@ pub(super) fn run_columns(r: &SummaryRow) -> String {
 /// `curves.csv`: one line per held-out evaluation of every run.
 pub(super) fn curves_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>]) -> String {
     let mut out = String::from(
-        "env,preset,sampler,branch,estimator,budget,seed,rl_step,cumulative_generated_tokens,\
+        "env,model,sampler,branch,estimator,budget,seed,rl_step,cumulative_generated_tokens,\
          success,stderr\n",
     );
     for (r, c) in rows.iter().zip(curves) {
@@ -166,11 +166,11 @@ pub(super) fn curves_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>]) -> Str
 /// reference's mean total RL tokens.
 pub(super) fn reach_csv(rows: &[SummaryRow], curves: &[Vec<CurvePoint>], levels: &[f64]) -> String {
     let mut out = String::from(
-        "env,preset,sampler,branch,estimator,budget,seed,level_name,level,tokens,ratio_to_chain\n",
+        "env,model,sampler,branch,estimator,budget,seed,level_name,level,tokens,ratio_to_chain\n",
     );
     let refs = chain_references(rows, curves);
     for (r, c) in rows.iter().zip(curves) {
-        let reference = refs.get(&r.preset).copied();
+        let reference = refs.get(&r.model).copied();
         let mut named: Vec<(String, f64)> = Vec::new();
         if let Some((level, _)) = reference {
             named.push(("chain_final".into(), level));
@@ -251,14 +251,14 @@ pub(super) fn curve_chart(
         })
         .collect();
     let refs = chain_references(rows, curves);
-    for (preset, &(level, _)) in &refs {
+    for (model, &(level, _)) in &refs {
         let x_max = curves
             .iter()
             .flatten()
             .map(|p| p.tokens as f64)
             .fold(0.0, f64::max);
-        let of = if presets_of(rows).len() > 1 {
-            format!(" [{preset}]")
+        let of = if models_of(rows).len() > 1 {
+            format!(" [{model}]")
         } else {
             String::new()
         };

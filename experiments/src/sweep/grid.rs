@@ -2,10 +2,110 @@
 
 use super::*;
 
+/// One model of the `--models` axis: a preset, a Hugging Face model directory or a GGUF file,
+/// with its own SFT step count when given as `MODEL=STEPS`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct ModelChoice {
+    /// The name in run directories, tables and plots: the preset, or the file or directory
+    /// name without `.gguf` (characters other than `[A-Za-z0-9._-]` become `-`).
+    pub(super) label: String,
+    /// The preset (`None` for a path).
+    pub(super) preset: Option<String>,
+    /// The model directory or GGUF file (`model.dir`).
+    pub(super) dir: Option<PathBuf>,
+    /// `sft.steps` of this model's shared SFT checkpoint (`None`: the base config's).
+    pub(super) sft_steps: Option<usize>,
+}
+
+impl ModelChoice {
+    /// The base config's model.
+    pub(super) fn of_config(base: &TrainConfig) -> ModelChoice {
+        match &base.model.dir {
+            Some(dir) => ModelChoice {
+                label: path_label(dir),
+                preset: None,
+                dir: Some(dir.clone()),
+                sft_steps: None,
+            },
+            None => ModelChoice {
+                label: base.model.preset.clone(),
+                preset: Some(base.model.preset.clone()),
+                dir: None,
+                sft_steps: None,
+            },
+        }
+    }
+
+    /// Parses one `--models` entry: `tiny`, `small`, a path, each optionally `=SFT_STEPS`.
+    pub(super) fn parse(entry: &str) -> anyhow::Result<ModelChoice> {
+        let entry = entry.trim();
+        let (spec, sft_steps) = match entry.rsplit_once('=') {
+            Some((m, n)) => {
+                let n = n.trim().parse::<usize>().map_err(|_| {
+                    anyhow!("'{entry}' is not MODEL or MODEL=SFT_STEPS (SFT_STEPS a whole number)")
+                })?;
+                (m.trim(), Some(n))
+            }
+            None => (entry, None),
+        };
+        if spec.is_empty() {
+            bail!("'{entry}' names no model");
+        }
+        if rollout::engine::ModelConfig::preset(spec).is_ok() {
+            return Ok(ModelChoice {
+                label: spec.to_string(),
+                preset: Some(spec.to_string()),
+                dir: None,
+                sft_steps,
+            });
+        }
+        let path = PathBuf::from(spec);
+        if !path.exists() {
+            bail!(
+                "'{spec}' is neither a preset (tiny, small) nor an existing model directory or \
+                 GGUF file"
+            );
+        }
+        Ok(ModelChoice {
+            label: path_label(&path),
+            preset: None,
+            dir: Some(path),
+            sft_steps,
+        })
+    }
+
+    /// `cfg` with this model (and its SFT step count).
+    pub(super) fn apply(&self, cfg: &mut TrainConfig) {
+        if let Some(p) = &self.preset {
+            cfg.model.preset = p.clone();
+        }
+        cfg.model.dir = self.dir.clone();
+        if let Some(n) = self.sft_steps {
+            cfg.sft.steps = n;
+        }
+    }
+}
+
+/// The label of a model path: its file or directory name without `.gguf`, made safe for
+/// directory names and CSV.
+fn path_label(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let name = name.strip_suffix(".gguf").unwrap_or(&name);
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .collect()
+}
+
 /// One point of the grid.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct GridPoint {
-    pub(super) preset: String,
+    pub(super) model: ModelChoice,
     pub(super) sampler: SamplerKind,
     pub(super) branch: Option<BranchPolicy>,
     pub(super) estimator: Estimator,
@@ -19,7 +119,7 @@ impl GridPoint {
         let branch = self.branch.map(|b| format!("-{b}")).unwrap_or_default();
         format!(
             "{}_{}{branch}_{}_b{}_s{}",
-            self.preset, self.sampler, self.estimator, self.budget, self.seed
+            self.model.label, self.sampler, self.estimator, self.budget, self.seed
         )
     }
 
@@ -35,7 +135,7 @@ impl GridPoint {
         if let Some(&steps) = budget_steps.get(&self.budget) {
             cfg.rl.steps = steps;
         }
-        cfg.model.preset = self.preset.clone();
+        self.model.apply(&mut cfg);
         cfg.sampler.kind = self.sampler;
         if let Some(b) = self.branch {
             cfg.sampler.branch = b;
@@ -94,7 +194,7 @@ pub(super) fn dedup<T: PartialEq + Clone>(values: &[T]) -> Vec<T> {
     out
 }
 
-/// The grid, in run order: preset, seed, estimator, sampler, branch, budget (so the runs of
+/// The grid, in run order: model, seed, estimator, sampler, branch, budget (so the runs of
 /// one seed complete a whole table before the next seed starts).
 pub(super) fn grid(args: &SweepArgs, base: &TrainConfig) -> anyhow::Result<Vec<GridPoint>> {
     let samplers = dedup(&args.samplers);
@@ -108,13 +208,19 @@ pub(super) fn grid(args: &SweepArgs, base: &TrainConfig) -> anyhow::Result<Vec<G
     } else {
         dedup(&args.estimators)
     };
-    let presets = if args.presets.is_empty() {
-        vec![base.model.preset.clone()]
+    let models = if args.models.is_empty() {
+        vec![ModelChoice::of_config(base)]
     } else {
-        axis("presets", &args.presets, |p| {
-            rollout::engine::ModelConfig::preset(p).map(|_| p.to_string())
-        })?
+        axis("models", &args.models, ModelChoice::parse)?
     };
+    for (i, m) in models.iter().enumerate() {
+        if models[..i].iter().any(|o| o.label == m.label) {
+            bail!(
+                "--models: two models are labelled '{}'; rename one of the files",
+                m.label
+            );
+        }
+    }
     let budgets = dedup(&args.budgets);
     let seeds = dedup(&args.seeds);
     for (flag, empty) in [
@@ -127,7 +233,7 @@ pub(super) fn grid(args: &SweepArgs, base: &TrainConfig) -> anyhow::Result<Vec<G
         }
     }
     let mut points = Vec::new();
-    for preset in &presets {
+    for model in &models {
         for &seed in &seeds {
             for &estimator in &estimators {
                 for &sampler in &samplers {
@@ -138,7 +244,7 @@ pub(super) fn grid(args: &SweepArgs, base: &TrainConfig) -> anyhow::Result<Vec<G
                     for branch in branch_axis {
                         for &budget in &budgets {
                             points.push(GridPoint {
-                                preset: preset.clone(),
+                                model: model.clone(),
                                 sampler,
                                 branch,
                                 estimator,

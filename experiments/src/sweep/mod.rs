@@ -97,13 +97,17 @@ pub use summary::{
     write_summary,
 };
 
-/// The config of a preset's shared SFT run: the base config's SFT, environment, model, seed
-/// and evaluation settings, no RL ([`sft_view`]).
-fn sft_config(base: &TrainConfig, preset: &str, sweep_dir: &Path) -> anyhow::Result<TrainConfig> {
+/// The config of a model's shared SFT run: the base config's SFT, environment, seed and
+/// evaluation settings with this model (and its SFT steps), no RL ([`sft_view`]).
+fn sft_config(
+    base: &TrainConfig,
+    model: &ModelChoice,
+    sweep_dir: &Path,
+) -> anyhow::Result<TrainConfig> {
     let mut cfg = sft_view(base);
-    cfg.model.preset = preset.to_string();
+    model.apply(&mut cfg);
     cfg.out = sweep_dir.to_path_buf();
-    cfg.name = format!("sft-{preset}");
+    cfg.name = format!("sft-{}", model.label);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -241,6 +245,103 @@ fn ensure_sft(
     Ok(latest)
 }
 
+/// The row of a test-time point (no RL): the held-out success of its model's shared SFT run
+/// before and after (NaN without SFT), no RL counters; the budget columns are filled by the
+/// caller.
+fn test_time_row(point: &GridPoint, env: &str, sft: &TrainConfig) -> anyhow::Result<SummaryRow> {
+    let sft_dir = sft.out.join(&sft.name);
+    let success = match sft.sft.steps {
+        0 => f64::NAN,
+        _ => Summary::load(&sft_dir)?.success_after,
+    };
+    Ok(SummaryRow {
+        env: env.to_string(),
+        model: point.model.label.clone(),
+        sampler: point.sampler.to_string(),
+        branch: point.branch.map(|b| b.to_string()),
+        estimator: point.estimator.to_string(),
+        budget: point.budget,
+        seed: point.seed,
+        success_before: success,
+        success_after: success,
+        generated_tokens: 0,
+        tokens_per_success: f64::NAN,
+        distinct_per_1k: f64::NAN,
+        cache_read_share: f64::NAN,
+        truncated: 0,
+        wall_s: 0.0,
+        tokens_to_chain_final: f64::NAN,
+        reach_ratio: f64::NAN,
+        budget_success: f64::NAN,
+        budget_tokens_per_solved: f64::NAN,
+        budget_tokens: 0,
+        run_dir: match sft.sft.steps {
+            0 => String::new(),
+            _ => sft_dir.display().to_string(),
+        },
+    })
+}
+
+/// `budget/<run>.json`: a budgeted evaluation and what it was measured with.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BudgetFile {
+    /// The policy and settings (`Debug` text of the checkpoint path, sampler, environment,
+    /// model, episodes and seed): a file with another key is measured again.
+    key: String,
+    result: crate::evaluate::BudgetResult,
+}
+
+/// The held-out tasks solved by `cfg`'s sampler at its budget with the policy in `policy` (a
+/// checkpoint; `None`: the model's initial weights), measured once and kept in `dir`.
+fn budget_eval(
+    cfg: &TrainConfig,
+    policy: Option<&Path>,
+    dir: &Path,
+) -> anyhow::Result<crate::evaluate::BudgetResult> {
+    let key = format!(
+        "{policy:?} {:?} {:?} {:?} {} {}",
+        cfg.sampler, cfg.env, cfg.model, cfg.eval.episodes, cfg.seed
+    );
+    let path = dir.join(format!("{}.json", cfg.name));
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(found) = serde_json::from_str::<BudgetFile>(&text)
+        && found.key == key
+    {
+        return Ok(found.result);
+    }
+    let model = cfg.model.load()?;
+    let spec = cfg.task_spec(&model)?;
+    let (model_config, weights) = match policy {
+        Some(p) => {
+            let ckpt = checkpoint::load(p)
+                .with_context(|| format!("cannot load checkpoint {}", p.display()))?;
+            (ckpt.model_config, ckpt.weights)
+        }
+        None => match &model.weights {
+            Some(w) => (model.config.clone(), w.clone()),
+            None => {
+                let t = trainer::Trainer::new(&model.config, crate::run::trainer_config(cfg))?;
+                (model.config.clone(), t.weights())
+            }
+        },
+    };
+    let mut engine = rollout::engine::Engine::new(model_config, &weights)?;
+    let ids =
+        datasets::TaskSet::new(spec.clone(), datasets::Split::Train).eval_ids(cfg.eval.episodes);
+    let result = crate::evaluate::evaluate_at_budget(
+        &mut engine,
+        model.tokenizer.as_ref(),
+        &spec,
+        &ids,
+        &cfg.sampler,
+        cfg.seed,
+    )?;
+    let file = BudgetFile { key, result };
+    write_atomic(&path, serde_json::to_string_pretty(&file)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(result)
+}
+
 /// Runs `arbor sweep`.
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let targs = TrainArgs {
@@ -275,10 +376,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| p.config(&base, &runs_dir, &budget_steps))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let presets = dedup(&points.iter().map(|p| p.preset.clone()).collect::<Vec<_>>());
-    let sft_configs = presets
+    let models = dedup(&points.iter().map(|p| p.model.clone()).collect::<Vec<_>>());
+    let sft_configs = models
         .iter()
-        .map(|p| sft_config(&base, p, &sweep_dir).map(|c| (p.clone(), c)))
+        .map(|m| sft_config(&base, m, &sweep_dir).map(|c| (m.label.clone(), c)))
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     base.env_spec()?;
     // Every run (and shared SFT run) must be able to run: task set and model, once per
@@ -304,9 +405,14 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
             sft_states.insert(preset.clone(), dir_state(cfg, sft_view)?);
         }
     }
+    // A point without RL steps is test-time only: it measures its model's shared SFT policy
+    // at its budget and has no run directory.
     let states = configs
         .iter()
-        .map(|c| dir_state(c, TrainConfig::clone))
+        .map(|c| match c.rl.steps {
+            0 => Ok(DirState::Done),
+            _ => dir_state(c, TrainConfig::clone),
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(&runs_dir)
         .with_context(|| format!("creating {}", runs_dir.display()))?;
@@ -319,7 +425,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     };
     let done = states.iter().filter(|s| **s == DirState::Done).count();
     say(format!(
-        "arbor sweep: {} runs of {} RL steps{} ({done} already finished) into {}",
+        "arbor sweep: {} points of {} RL steps{} ({done} already finished) into {}",
         points.len(),
         base.rl.steps,
         budget_steps
@@ -329,38 +435,59 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         sweep_dir.display()
     ));
     let mut inits: BTreeMap<String, Option<PathBuf>> = BTreeMap::new();
-    for (preset, cfg) in &sft_configs {
-        let init = match sft_states.get(preset) {
+    for (label, cfg) in &sft_configs {
+        let init = match sft_states.get(label) {
             Some(state) => Some(ensure_sft(cfg, state, &say)?),
             None => None,
         };
-        inits.insert(preset.clone(), init);
+        inits.insert(label.clone(), init);
     }
+    let budget_dir = sweep_dir.join("budget");
+    std::fs::create_dir_all(&budget_dir)
+        .with_context(|| format!("creating {}", budget_dir.display()))?;
 
     let bar = Progress::bar_only(points.len() as u64, "sweep", quiet);
     let mut rows = Vec::with_capacity(points.len());
     let mut curves = Vec::with_capacity(points.len());
     for (i, ((point, cfg), state)) in points.iter().zip(&configs).zip(&states).enumerate() {
-        let init = inits.get(&point.preset).cloned().flatten();
-        let dir = ensure_run(cfg, state, init.as_deref())?;
-        let row = summary_row(point, &base.env.name, &dir)?;
-        curves.push(curve(&dir)?);
+        let init = inits.get(&point.model.label).cloned().flatten();
+        let sft = &sft_configs[&point.model.label];
+        let (mut row, policy) = if cfg.rl.steps == 0 {
+            let row = test_time_row(point, &base.env.name, sft)?;
+            curves.push(Vec::new());
+            (row, init.clone())
+        } else {
+            let dir = ensure_run(cfg, state, init.as_deref())?;
+            curves.push(curve(&dir)?);
+            let latest = checkpoint::latest(&dir.join("checkpoints"))
+                .with_context(|| format!("final checkpoint of {}", dir.display()))?;
+            (summary_row(point, &base.env.name, &dir)?, Some(latest))
+        };
+        let measured = budget_eval(cfg, policy.as_deref(), &budget_dir)?;
+        row.budget_success = measured.success;
+        row.budget_tokens_per_solved = measured.tokens_per_solved();
+        row.budget_tokens = measured.generated_tokens;
         if !quiet {
             let how = match state {
+                _ if cfg.rl.steps == 0 => "test-time",
                 DirState::Done => "reused",
                 DirState::Resume => "resumed",
                 DirState::New | DirState::Restart => "trained",
             };
             bar.suspend(|| {
                 eprintln!(
-                    "[{}/{}] {} ({how}): success {:.3} -> {:.3}, {} tokens, {:.0}s",
+                    "[{}/{}] {} ({how}): success {:.3} -> {:.3}, {} tokens, {:.0}s; within \
+                     the budget {}/{} held-out tasks, {} tokens",
                     i + 1,
                     points.len(),
                     cfg.name,
                     row.success_before,
                     row.success_after,
                     row.generated_tokens,
-                    row.wall_s
+                    row.wall_s,
+                    measured.solved,
+                    measured.tasks,
+                    measured.generated_tokens
                 )
             });
         }
@@ -405,7 +532,7 @@ mod tests {
     fn row(sampler: &str, budget: u32, seed: u64, after: f64) -> SummaryRow {
         SummaryRow {
             env: "multihop".into(),
-            preset: "tiny".into(),
+            model: "tiny".into(),
             sampler: sampler.into(),
             branch: (sampler == "tree").then(|| "random".to_string()),
             estimator: "tree-grpo".into(),
@@ -421,6 +548,9 @@ mod tests {
             wall_s: 3.5,
             tokens_to_chain_final: f64::NAN,
             reach_ratio: f64::NAN,
+            budget_success: 0.5,
+            budget_tokens_per_solved: f64::NAN,
+            budget_tokens: 7,
             run_dir: "sweeps/x/runs/a,b".into(),
         }
     }
@@ -440,7 +570,10 @@ mod tests {
         assert_eq!(back[1].success_after, 0.75);
         let csv = summary_csv(&rows);
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines[0].split(',').count(), 18);
+        assert_eq!(lines[0].split(',').count(), SummaryRow::COLUMNS.len());
+        assert_eq!(SummaryRow::COLUMNS.len(), summary_schema().fields().len());
+        // Every column survives Parquet (NaN included: the CSV texts are equal).
+        assert_eq!(summary_csv(&back), csv);
         assert!(lines[1].starts_with("multihop,tiny,chain,,tree-grpo,256,0,0.25,0.5,1000,NaN,"));
         assert!(lines[1].ends_with(",\"sweeps/x/runs/a,b\""), "{}", lines[1]);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -559,7 +692,7 @@ mod tests {
         assert!(err.contains("BUDGET=STEPS"), "{err}");
         let base = TrainConfig::default();
         let p = GridPoint {
-            preset: "tiny".into(),
+            model: ModelChoice::of_config(&base),
             sampler: SamplerKind::Tree,
             branch: None,
             estimator: Estimator::Grpo,

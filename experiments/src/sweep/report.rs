@@ -7,7 +7,7 @@ pub(super) type SeriesKey = (String, String, Option<String>, String);
 
 pub(super) fn series_key(r: &SummaryRow) -> SeriesKey {
     (
-        r.preset.clone(),
+        r.model.clone(),
         r.sampler.clone(),
         r.branch.clone(),
         r.estimator.clone(),
@@ -23,7 +23,7 @@ pub(super) fn series_label(key: &SeriesKey, rows: &[SummaryRow]) -> String {
         seen.dedup();
         seen.len() > 1
     };
-    let (preset, sampler, branch, estimator) = key;
+    let (model, sampler, branch, estimator) = key;
     let mut label = sampler.clone();
     if let Some(b) = branch
         && varies(|r| r.branch.as_deref())
@@ -33,8 +33,8 @@ pub(super) fn series_label(key: &SeriesKey, rows: &[SummaryRow]) -> String {
     if varies(|r| Some(r.estimator.as_str())) {
         let _ = write!(label, " {estimator}");
     }
-    if varies(|r| Some(r.preset.as_str())) {
-        let _ = write!(label, " [{preset}]");
+    if varies(|r| Some(r.model.as_str())) {
+        let _ = write!(label, " [{model}]");
     }
     label
 }
@@ -79,8 +79,10 @@ pub(super) fn lines(rows: &[SummaryRow], value: fn(&SummaryRow) -> f64) -> Vec<S
         .collect()
 }
 
-/// Writes `success_vs_budget`, `distinct_per_1k_vs_budget` and, when the runs evaluated
-/// during RL, `success_vs_tokens` (SVG and PNG) into `dir`.
+/// Writes `budget_success_vs_budget` and `tokens_per_solved_vs_budget` (the held-out tasks
+/// solved within each budget and their cost) and, for RL runs, `success_vs_budget`,
+/// `distinct_per_1k_vs_budget` and, when the runs evaluated during RL, `success_vs_tokens`
+/// (SVG and PNG) into `dir`.
 pub(super) fn write_plots(
     dir: &Path,
     rows: &[SummaryRow],
@@ -99,20 +101,20 @@ pub(super) fn write_plots(
         String::new()
     };
     let mut success = lines(rows, |r| r.success_after);
-    // The shared SFT policy as a reference line per preset (its runs differ only in the seed
+    // The shared SFT policy as a reference line per model (its runs differ only in the seed
     // of the evaluation stream).
-    let presets = dedup(&rows.iter().map(|r| r.preset.clone()).collect::<Vec<_>>());
-    for preset in &presets {
+    let models = dedup(&rows.iter().map(|r| r.model.clone()).collect::<Vec<_>>());
+    for model in &models {
         let mut by_budget: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-        for r in rows.iter().filter(|r| r.preset == *preset) {
+        for r in rows.iter().filter(|r| r.model == *model) {
             by_budget
                 .entry(r.budget)
                 .or_default()
                 .push(r.success_before);
         }
         success.push(Series {
-            label: if presets.len() > 1 {
-                format!("before RL [{preset}]")
+            label: if models.len() > 1 {
+                format!("before RL [{model}]")
             } else {
                 "before RL (SFT)".into()
             },
@@ -120,7 +122,41 @@ pub(super) fn write_plots(
             reference: true,
         });
     }
-    let mut charts = vec![
+    // Test-time points (no RL) have no training curves or RL counters to draw.
+    let any_rl = rows.iter().any(|r| r.generated_tokens > 0);
+    let mut charts = Vec::new();
+    charts.push((
+        "budget_success_vs_budget",
+        LineChart {
+            title: "held-out tasks solved within the budget (one rollout per task)".into(),
+            x_label: "token budget per task".into(),
+            y_label: "share of tasks solved by any trajectory".into(),
+            log2_x: true,
+            y_range: Some((0.0, 1.0)),
+            band: false,
+            series: lines(rows, |r| r.budget_success),
+        },
+    ));
+    charts.push((
+        "tokens_per_solved_vs_budget",
+        LineChart {
+            title: "generated tokens per solved held-out task".into(),
+            x_label: "token budget per task".into(),
+            y_label: "generated tokens / solved task".into(),
+            log2_x: true,
+            y_range: None,
+            band: false,
+            series: lines(rows, |r| r.budget_tokens_per_solved),
+        },
+    ));
+    if !any_rl {
+        let mut written = Vec::new();
+        for (stem, chart) in &charts {
+            written.extend(write_chart(chart, &dir.join(stem))?);
+        }
+        return Ok(written);
+    }
+    charts.extend([
         (
             "success_vs_budget",
             LineChart {
@@ -145,7 +181,7 @@ pub(super) fn write_plots(
                 series: lines(rows, |r| r.distinct_per_1k),
             },
         ),
-    ];
+    ]);
     if curves.iter().any(|c| c.len() > 2) {
         charts.push(("success_vs_tokens", curve_chart(rows, curves, &over)));
     }

@@ -8,46 +8,180 @@ pub const SUMMARY_FILE: &str = "summary.parquet";
 /// File name of its CSV copy.
 pub const SUMMARY_CSV_FILE: &str = "summary.csv";
 
-/// One row of `summary.parquet`: one run of the grid.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SummaryRow {
+/// A value type of a summary column: its Arrow type, array and CSV cell.
+pub(super) trait Cell: Sized {
+    /// Arrow type of the column.
+    fn data_type() -> DataType;
+    /// Whether the column may hold nulls.
+    fn nullable() -> bool {
+        false
+    }
+    /// The column of `values`.
+    fn array(values: impl Iterator<Item = Self>) -> ArrayRef;
+    /// Row `i` of `column`.
+    fn read(column: &ArrayRef, i: usize) -> Option<Self>;
+    /// The CSV cell (numbers in Rust's shortest round-trip form, `NaN` when undefined).
+    fn csv(&self) -> String;
+}
+
+impl Cell for String {
+    fn data_type() -> DataType {
+        DataType::Utf8
+    }
+    fn array(values: impl Iterator<Item = Self>) -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(values))
+    }
+    fn read(column: &ArrayRef, i: usize) -> Option<Self> {
+        let a = column.as_any().downcast_ref::<StringArray>()?;
+        (!a.is_null(i)).then(|| a.value(i).to_string())
+    }
+    fn csv(&self) -> String {
+        if self.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", self.replace('"', "\"\""))
+        } else {
+            self.clone()
+        }
+    }
+}
+
+impl Cell for Option<String> {
+    fn data_type() -> DataType {
+        DataType::Utf8
+    }
+    fn nullable() -> bool {
+        true
+    }
+    fn array(values: impl Iterator<Item = Self>) -> ArrayRef {
+        Arc::new(StringArray::from_iter(values))
+    }
+    fn read(column: &ArrayRef, i: usize) -> Option<Self> {
+        let a = column.as_any().downcast_ref::<StringArray>()?;
+        Some((!a.is_null(i)).then(|| a.value(i).to_string()))
+    }
+    fn csv(&self) -> String {
+        self.as_ref().map(Cell::csv).unwrap_or_default()
+    }
+}
+
+macro_rules! number_cell {
+    ($ty:ty, $data_type:expr, $array:ty) => {
+        impl Cell for $ty {
+            fn data_type() -> DataType {
+                $data_type
+            }
+            fn array(values: impl Iterator<Item = Self>) -> ArrayRef {
+                Arc::new(<$array>::from_iter_values(values))
+            }
+            fn read(column: &ArrayRef, i: usize) -> Option<Self> {
+                let a = column.as_any().downcast_ref::<$array>()?;
+                (!a.is_null(i)).then(|| a.value(i))
+            }
+            fn csv(&self) -> String {
+                self.to_string()
+            }
+        }
+    };
+}
+number_cell!(u32, DataType::UInt32, UInt32Array);
+number_cell!(u64, DataType::UInt64, UInt64Array);
+number_cell!(f64, DataType::Float64, Float64Array);
+
+/// Declares [`SummaryRow`] and derives everything that lists its columns (schema, Arrow
+/// batch, reading a row back, CSV cells) from the one field list, in its order.
+macro_rules! summary_columns {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty,)*) => {
+        /// One row of `summary.parquet`: one run (or test-time point) of the grid.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct SummaryRow {
+            $($(#[doc = $doc])* pub $name: $ty,)*
+        }
+
+        impl SummaryRow {
+            /// The column names, in file order.
+            pub const COLUMNS: &[&str] = &[$(stringify!($name)),*];
+
+            /// Row `i` of a batch with [`summary_schema`].
+            fn read(batch: &RecordBatch, i: usize) -> anyhow::Result<SummaryRow> {
+                Ok(SummaryRow {
+                    $($name: {
+                        let name = stringify!($name);
+                        let column = batch
+                            .column_by_name(name)
+                            .ok_or_else(|| anyhow!("missing column '{name}'"))?;
+                        <$ty as Cell>::read(column, i)
+                            .ok_or_else(|| anyhow!("column '{name}' has the wrong type or a null"))?
+                    },)*
+                })
+            }
+
+            /// The row's CSV cells.
+            fn csv_cells(&self) -> Vec<String> {
+                vec![$(Cell::csv(&self.$name)),*]
+            }
+        }
+
+        /// The Arrow schema of `summary.parquet`: strings `Utf8` (`branch` nullable),
+        /// `budget` `UInt32`, counts `UInt64`, rates and ratios `Float64`.
+        pub fn summary_schema() -> SchemaRef {
+            Arc::new(Schema::new(vec![
+                $(Field::new(stringify!($name), <$ty as Cell>::data_type(), <$ty as Cell>::nullable()),)*
+            ]))
+        }
+
+        pub(super) fn summary_batch(rows: &[SummaryRow]) -> anyhow::Result<RecordBatch> {
+            let columns: Vec<ArrayRef> = vec![
+                $(<$ty as Cell>::array(rows.iter().map(|r| r.$name.clone())),)*
+            ];
+            Ok(RecordBatch::try_new(summary_schema(), columns)?)
+        }
+    };
+}
+
+summary_columns! {
     /// Environment name.
-    pub env: String,
-    /// Model preset.
-    pub preset: String,
+    env: String,
+    /// The model's label: a preset, or a model file's or directory's name.
+    model: String,
     /// Sampler (`chain` or `tree`).
-    pub sampler: String,
+    sampler: String,
     /// Branching policy of the tree sampler; `None` for chain.
-    pub branch: Option<String>,
+    branch: Option<String>,
     /// Advantage estimator.
-    pub estimator: String,
+    estimator: String,
     /// Per-task token budget.
-    pub budget: u32,
+    budget: u32,
     /// Seed of the run.
-    pub seed: u64,
+    seed: u64,
     /// Held-out success before RL (after the shared SFT).
-    pub success_before: f64,
-    /// Held-out success after RL.
-    pub success_after: f64,
+    success_before: f64,
+    /// Held-out success after RL (equal to `success_before` without RL).
+    success_after: f64,
     /// Tokens generated by RL sampling (sum over steps).
-    pub generated_tokens: u64,
+    generated_tokens: u64,
     /// Generated tokens per solved task group over all RL steps (NaN when none was solved).
-    pub tokens_per_success: f64,
+    tokens_per_success: f64,
     /// Distinct trajectories per 1000 generated tokens over all RL steps.
-    pub distinct_per_1k: f64,
+    distinct_per_1k: f64,
     /// Mean over RL steps of the share of context served from the prefix cache.
-    pub cache_read_share: f64,
+    cache_read_share: f64,
     /// Trajectories cut by the budget (sum over steps).
-    pub truncated: u64,
+    truncated: u64,
     /// Wall time of the run in seconds (SFT excluded: it is shared).
-    pub wall_s: f64,
+    wall_s: f64,
     /// RL tokens generated before the run's first held-out evaluation at or above the chain
     /// reference's final success (module docs); NaN if it never reached it.
-    pub tokens_to_chain_final: f64,
+    tokens_to_chain_final: f64,
     /// `tokens_to_chain_final` over the chain reference's mean total RL tokens.
-    pub reach_ratio: f64,
-    /// The run directory.
-    pub run_dir: String,
+    reach_ratio: f64,
+    /// Share of the held-out tasks the final policy solves with one rollout of this run's
+    /// sampler at this budget (any trajectory solved; [`crate::evaluate::evaluate_at_budget`]).
+    budget_success: f64,
+    /// Tokens that budgeted evaluation generated per solved task (NaN when none was solved).
+    budget_tokens_per_solved: f64,
+    /// Tokens that budgeted evaluation generated over all held-out tasks.
+    budget_tokens: u64,
+    /// The run directory (the shared SFT run's for a test-time point).
+    run_dir: String,
 }
 
 /// Reads the numbers of a finished run from its `summary.json` and `metrics.parquet`.
@@ -66,7 +200,7 @@ pub(super) fn summary_row(point: &GridPoint, env: &str, dir: &Path) -> anyhow::R
     let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { f64::NAN };
     Ok(SummaryRow {
         env: env.to_string(),
-        preset: point.preset.clone(),
+        model: point.model.label.clone(),
         sampler: point.sampler.to_string(),
         branch: point.branch.map(|b| b.to_string()),
         estimator: point.estimator.to_string(),
@@ -82,69 +216,11 @@ pub(super) fn summary_row(point: &GridPoint, env: &str, dir: &Path) -> anyhow::R
         wall_s: summary.wall_s,
         tokens_to_chain_final: f64::NAN,
         reach_ratio: f64::NAN,
+        budget_success: f64::NAN,
+        budget_tokens_per_solved: f64::NAN,
+        budget_tokens: 0,
         run_dir: dir.display().to_string(),
     })
-}
-
-/// The Arrow schema of `summary.parquet`: strings `Utf8` (`branch` nullable), `budget`
-/// `UInt32`, `seed`, `generated_tokens` and `truncated` `UInt64`, the rest `Float64`.
-pub fn summary_schema() -> SchemaRef {
-    let f = |name: &str, ty: DataType| Field::new(name, ty, name == "branch");
-    Arc::new(Schema::new(vec![
-        f("env", DataType::Utf8),
-        f("preset", DataType::Utf8),
-        f("sampler", DataType::Utf8),
-        f("branch", DataType::Utf8),
-        f("estimator", DataType::Utf8),
-        f("budget", DataType::UInt32),
-        f("seed", DataType::UInt64),
-        f("success_before", DataType::Float64),
-        f("success_after", DataType::Float64),
-        f("generated_tokens", DataType::UInt64),
-        f("tokens_per_success", DataType::Float64),
-        f("distinct_per_1k", DataType::Float64),
-        f("cache_read_share", DataType::Float64),
-        f("truncated", DataType::UInt64),
-        f("wall_s", DataType::Float64),
-        f("tokens_to_chain_final", DataType::Float64),
-        f("reach_ratio", DataType::Float64),
-        f("run_dir", DataType::Utf8),
-    ]))
-}
-
-pub(super) fn summary_batch(rows: &[SummaryRow]) -> anyhow::Result<RecordBatch> {
-    let s = |get: fn(&SummaryRow) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(rows.iter().map(get)))
-    };
-    let f = |get: fn(&SummaryRow) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(get)))
-    };
-    let u = |get: fn(&SummaryRow) -> u64| -> ArrayRef {
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(get)))
-    };
-    let columns: Vec<ArrayRef> = vec![
-        s(|r| &r.env),
-        s(|r| &r.preset),
-        s(|r| &r.sampler),
-        Arc::new(StringArray::from(
-            rows.iter().map(|r| r.branch.as_deref()).collect::<Vec<_>>(),
-        )),
-        s(|r| &r.estimator),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.budget))),
-        u(|r| r.seed),
-        f(|r| r.success_before),
-        f(|r| r.success_after),
-        u(|r| r.generated_tokens),
-        f(|r| r.tokens_per_success),
-        f(|r| r.distinct_per_1k),
-        f(|r| r.cache_read_share),
-        u(|r| r.truncated),
-        f(|r| r.wall_s),
-        f(|r| r.tokens_to_chain_final),
-        f(|r| r.reach_ratio),
-        s(|r| &r.run_dir),
-    ];
-    Ok(RecordBatch::try_new(summary_schema(), columns)?)
 }
 
 /// Writes `rows` to `path` as a zstd Parquet file (one row group), atomically.
@@ -169,67 +245,8 @@ pub fn read_summary(path: &Path) -> anyhow::Result<Vec<SummaryRow>> {
         let mut rows = Vec::new();
         for batch in reader {
             let batch = batch?;
-            let col = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .ok_or_else(|| anyhow!("missing column '{name}'"))
-            };
-            let typed = |name: &str| -> anyhow::Result<&dyn Array> { Ok(col(name)?.as_ref()) };
-            macro_rules! get {
-                ($name:literal, $ty:ty) => {
-                    typed($name)?
-                        .as_any()
-                        .downcast_ref::<$ty>()
-                        .ok_or_else(|| anyhow!("column '{}' has the wrong type", $name))?
-                };
-            }
-            let (env, preset, sampler, branch, estimator, run_dir) = (
-                get!("env", StringArray),
-                get!("preset", StringArray),
-                get!("sampler", StringArray),
-                get!("branch", StringArray),
-                get!("estimator", StringArray),
-                get!("run_dir", StringArray),
-            );
-            let (budget, seed, generated, truncated) = (
-                get!("budget", UInt32Array),
-                get!("seed", UInt64Array),
-                get!("generated_tokens", UInt64Array),
-                get!("truncated", UInt64Array),
-            );
-            let (before, after, tps, distinct, cache, wall) = (
-                get!("success_before", Float64Array),
-                get!("success_after", Float64Array),
-                get!("tokens_per_success", Float64Array),
-                get!("distinct_per_1k", Float64Array),
-                get!("cache_read_share", Float64Array),
-                get!("wall_s", Float64Array),
-            );
-            let (to_final, ratio) = (
-                get!("tokens_to_chain_final", Float64Array),
-                get!("reach_ratio", Float64Array),
-            );
             for i in 0..batch.num_rows() {
-                rows.push(SummaryRow {
-                    env: env.value(i).to_string(),
-                    preset: preset.value(i).to_string(),
-                    sampler: sampler.value(i).to_string(),
-                    branch: (!branch.is_null(i)).then(|| branch.value(i).to_string()),
-                    estimator: estimator.value(i).to_string(),
-                    budget: budget.value(i),
-                    seed: seed.value(i),
-                    success_before: before.value(i),
-                    success_after: after.value(i),
-                    generated_tokens: generated.value(i),
-                    tokens_per_success: tps.value(i),
-                    distinct_per_1k: distinct.value(i),
-                    cache_read_share: cache.value(i),
-                    truncated: truncated.value(i),
-                    wall_s: wall.value(i),
-                    tokens_to_chain_final: to_final.value(i),
-                    reach_ratio: ratio.value(i),
-                    run_dir: run_dir.value(i).to_string(),
-                });
+                rows.push(SummaryRow::read(&batch, i)?);
             }
         }
         Ok(rows)
@@ -240,43 +257,11 @@ pub fn read_summary(path: &Path) -> anyhow::Result<Vec<SummaryRow>> {
 /// The CSV text of the sweep table: a header, then one line per run; `branch` is empty for
 /// chain runs, numbers use Rust's shortest round-trip formatting (`NaN` when undefined).
 pub fn summary_csv(rows: &[SummaryRow]) -> String {
-    let quote = |s: &str| {
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    };
-    let names: Vec<String> = summary_schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let mut out = names.join(",");
+    let mut out = SummaryRow::COLUMNS.join(",");
     out.push('\n');
     for r in rows {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            quote(&r.env),
-            quote(&r.preset),
-            r.sampler,
-            r.branch.as_deref().unwrap_or(""),
-            r.estimator,
-            r.budget,
-            r.seed,
-            r.success_before,
-            r.success_after,
-            r.generated_tokens,
-            r.tokens_per_success,
-            r.distinct_per_1k,
-            r.cache_read_share,
-            r.truncated,
-            r.wall_s,
-            r.tokens_to_chain_final,
-            r.reach_ratio,
-            quote(&r.run_dir)
-        );
+        out.push_str(&r.csv_cells().join(","));
+        out.push('\n');
     }
     out
 }
@@ -310,7 +295,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
             .max()
             .unwrap_or(0)
     };
-    let wp = width(|r| &r.preset, "preset");
+    let wp = width(|r| &r.model, "model");
     let ws = width(|r| &r.sampler, "sampler");
     let wb = width(|r| r.branch.as_deref().unwrap_or("-"), "branch");
     let we = width(|r| &r.estimator, "estimator");
@@ -325,7 +310,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
     let _ = writeln!(
         out,
         "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6} {:>6} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7} {:>11}",
-        "preset",
+        "model",
         "sampler",
         "branch",
         "estimator",
@@ -345,7 +330,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
         let _ = writeln!(
             out,
             "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6.3} {:>6.3} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7.1} {:>11}",
-            r.preset,
+            r.model,
             r.sampler,
             r.branch.as_deref().unwrap_or("-"),
             r.estimator,
@@ -370,7 +355,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
         let _ = writeln!(
             out,
             "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>15} {:>15} {:>11} {:>21}",
-            "preset",
+            "model",
             "sampler",
             "branch",
             "estimator",

@@ -8,6 +8,25 @@
 //! - [`byte_level_bpe_json`] and [`sentencepiece_json`] — the two tokenizers: a GPT-2-style
 //!   byte-level BPE (the scheme of Llama 3, Qwen2, SmolLM2) and a Llama 2-style SentencePiece
 //!   BPE with byte fallback.
+//!
+//! Compiled only for arbor's own tests and with the `test-util` feature.
+//!
+//! ```
+//! use rollout::engine::Engine;
+//! use rollout::hf::{fixture::{TinyModel, tiny_config}, load_model_dir};
+//! use rollout::tokenizer::Tokenizer;
+//!
+//! let dir = std::env::temp_dir().join(format!("arbor-hf-doc-{}", std::process::id()));
+//! TinyModel::new(tiny_config()).write(&dir)?;
+//! let model = load_model_dir(&dir)?;
+//! let engine = Engine::new(model.config.clone(), &model.weights)?;
+//! let mut prompt = vec![model.tokenizer.bos()];
+//! prompt.extend(model.tokenizer.encode("search[Kelda]"));
+//! assert_eq!(engine.forward_full(&prompt).nrows(), prompt.len());
+//! // Samplers take `&dyn Tokenizer`: pass `&model.tokenizer`.
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::HashMap;
 use std::fs;

@@ -12,26 +12,9 @@
 //!   `tokenizer_config.json`) → [`HfTokenizer`].
 //! - [`save_model_dir`] / [`HfModel::save`] — `config.json`, `model.safetensors` (f32) and the
 //!   tokenizer files.
-//! - [`fixture`] — tiny random model directories written in code, for tests and examples.
+//! - `fixture` (feature `test-util`) — tiny random model directories written in code, for tests.
 //! - [`HfError`] — one variant per kind of malformed directory, each naming the file, field or
 //!   tensor to fix.
-//!
-//! ```
-//! use rollout::engine::Engine;
-//! use rollout::hf::{fixture::TinyModel, load_model_dir};
-//! use rollout::tokenizer::Tokenizer;
-//!
-//! let dir = std::env::temp_dir().join(format!("arbor-hf-doc-{}", std::process::id()));
-//! TinyModel::new(rollout::hf::fixture::tiny_config()).write(&dir)?;
-//! let model = load_model_dir(&dir)?;
-//! let engine = Engine::new(model.config.clone(), &model.weights)?;
-//! let mut prompt = vec![model.tokenizer.bos()];
-//! prompt.extend(model.tokenizer.encode("search[Kelda]"));
-//! assert_eq!(engine.forward_full(&prompt).nrows(), prompt.len());
-//! // Samplers take `&dyn Tokenizer`: pass `&model.tokenizer`.
-//! # std::fs::remove_dir_all(&dir).unwrap();
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 //!
 //! # `config.json`
 //! | key | arbor | notes |
@@ -87,6 +70,7 @@
 //! config and bit-identical weights (f16/bf16 sources were converted to f32 once, exactly).
 
 mod config;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fixture;
 mod weights;
 
