@@ -69,6 +69,48 @@ pub struct EnvArgs {
     pub tasks: Option<std::path::PathBuf>,
 }
 
+/// The sampling flags of `arbor train` and `arbor rollout`; each replaces its config key
+/// (defaults: `arbor train` the config's, `arbor rollout` the run's).
+#[derive(Debug, Args, Default, Clone)]
+pub struct SamplingArgs {
+    /// `sampler.kind`.
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
+    /// `sampler.branch`: the tree sampler's branching policy.
+    #[arg(long, value_enum)]
+    pub branch: Option<BranchPolicy>,
+    /// `sampler.granularity`: where the tree sampler may fork.
+    #[arg(long, value_enum)]
+    pub granularity: Option<Granularity>,
+    /// `rl.estimator`: the advantage estimator.
+    #[arg(long, value_enum)]
+    pub advantage: Option<Estimator>,
+    /// `sampler.budget`: generated tokens per task group.
+    #[arg(long)]
+    pub budget: Option<u32>,
+}
+
+impl SamplingArgs {
+    /// Lays the given flags over `cfg`.
+    pub fn apply(&self, cfg: &mut crate::config::TrainConfig) {
+        if let Some(s) = self.sampler {
+            cfg.sampler.kind = s;
+        }
+        if let Some(b) = self.branch {
+            cfg.sampler.branch = b;
+        }
+        if let Some(g) = self.granularity {
+            cfg.sampler.granularity = g;
+        }
+        if let Some(a) = self.advantage {
+            cfg.rl.estimator = a;
+        }
+        if let Some(b) = self.budget {
+            cfg.sampler.budget = b;
+        }
+    }
+}
+
 impl EnvArgs {
     /// Lays these flags over `env`: a new environment name starts from that environment's own
     /// knobs, then the given knobs and task file replace their keys.
@@ -293,21 +335,9 @@ pub struct TrainArgs {
     /// from instead of a preset.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
-    /// `sampler.kind` [default: tree].
-    #[arg(long, value_enum)]
-    pub sampler: Option<SamplerKind>,
-    /// `sampler.branch` [default: entropy].
-    #[arg(long, value_enum)]
-    pub branch: Option<BranchPolicy>,
-    /// `sampler.granularity` [default: step].
-    #[arg(long, value_enum)]
-    pub granularity: Option<Granularity>,
-    /// `rl.estimator` [default: tree-grpo].
-    #[arg(long, value_enum)]
-    pub advantage: Option<Estimator>,
-    /// `sampler.budget`: generated tokens per task group [default: 512].
-    #[arg(long)]
-    pub budget: Option<u32>,
+    /// Sampler, branching, estimator and budget.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// `sft.steps` [default: 1500].
     #[arg(long)]
     pub sft_steps: Option<usize>,
@@ -445,18 +475,9 @@ pub struct RolloutArgs {
     /// The environment [default: the run's].
     #[command(flatten)]
     pub env: EnvArgs,
-    /// Sampler [default: the run's].
-    #[arg(long, value_enum)]
-    pub sampler: Option<SamplerKind>,
-    /// Branching policy of the tree sampler [default: the run's].
-    #[arg(long, value_enum)]
-    pub branch: Option<BranchPolicy>,
-    /// Advantage estimator of the exported advantages [default: the run's].
-    #[arg(long, value_enum)]
-    pub advantage: Option<Estimator>,
-    /// Per-task token budget [default: the run's].
-    #[arg(long)]
-    pub budget: Option<u32>,
+    /// Sampler, branching, estimator of the exported advantages and budget.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Task groups per step [default: the run's rl.tasks_per_step].
     #[arg(long)]
     pub tasks_per_step: Option<usize>,

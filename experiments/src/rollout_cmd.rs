@@ -58,18 +58,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     let model = cfg.model.load()?;
     let spec = cfg.task_spec(&model)?;
     let tokenizer = model.tokenizer;
-    if let Some(s) = args.sampler {
-        cfg.sampler.kind = s;
-    }
-    if let Some(b) = args.branch {
-        cfg.sampler.branch = b;
-    }
-    if let Some(a) = args.advantage {
-        cfg.rl.estimator = a;
-    }
-    if let Some(b) = args.budget {
-        cfg.sampler.budget = b;
-    }
+    args.sampling.apply(&mut cfg);
     if let Some(n) = args.tasks_per_step {
         cfg.rl.tasks_per_step = n;
     }

@@ -72,21 +72,7 @@ fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()
     if let Some(d) = &args.model {
         cfg.model.dir = Some(d.clone());
     }
-    if let Some(s) = args.sampler {
-        cfg.sampler.kind = s;
-    }
-    if let Some(b) = args.branch {
-        cfg.sampler.branch = b;
-    }
-    if let Some(g) = args.granularity {
-        cfg.sampler.granularity = g;
-    }
-    if let Some(a) = args.advantage {
-        cfg.rl.estimator = a;
-    }
-    if let Some(b) = args.budget {
-        cfg.sampler.budget = b;
-    }
+    args.sampling.apply(cfg);
     if let Some(s) = args.sft_steps {
         cfg.sft.steps = s;
     }

@@ -1,17 +1,18 @@
 //! `arbor sweep`: one training run per point of a grid of budgets × samplers × branching
-//! policies × estimators × model presets × seeds, a summary table and plots (DESIGN §10).
+//! policies × estimators × models × seeds, a summary table and plots (DESIGN §10).
 //!
 //! # Layout
 //! ```text
-//! <out>/sft-<preset>/        the shared SFT checkpoint of a preset: a run directory made by
+//! <out>/sft-<model>/         the shared SFT checkpoint of a model: a run directory made by
 //!                            the `arbor train` code with `rl.steps = 0`
 //! <out>/runs/<run>/          one ordinary run directory per grid point, named
-//!                            <preset>_<sampler>[-<branch>]_<estimator>_b<budget>_s<seed>
+//!                            <model>_<sampler>[-<branch>]_<estimator>_b<budget>_s<seed>
+//! <out>/budget/<run>.json    the point's budgeted held-out measurement (below)
 //! <out>/summary.parquet      one row per grid point (columns: [`SummaryRow`]); + summary.csv
 //! <out>/curves.csv           every held-out evaluation of every run (the learning curves)
 //! <out>/reach.csv            per run, the RL tokens it needed to first reach each success level
-//! <out>/plots/success_vs_budget.{svg,png}, distinct_per_1k_vs_budget.{svg,png},
-//!             success_vs_tokens.{svg,png}
+//! <out>/plots/budget_success_vs_budget.{svg,png}, tokens_per_solved_vs_budget.{svg,png},
+//!             and with RL success_vs_budget, distinct_per_1k_vs_budget, success_vs_tokens
 //! ```
 //!
 //! # Modules
@@ -21,6 +22,21 @@
 //! - `curves`: learning curves, the chain reference, tokens to reach a level.
 //! - `report`: the plots against the budget.
 //!
+//! # Models and the capability × budget question
+//! `--models tiny,small,DIR,FILE.gguf` puts presets, Hugging Face model directories and GGUF
+//! files on one axis; `MODEL=N` gives a model its own SFT length (a pretrained instruct model
+//! needs a few steps where a random preset needs thousands). A model is named by its *label*:
+//! the preset, or the file or directory name without `.gguf`.
+//!
+//! Every point also measures its final policy (the run's last checkpoint, or the shared SFT
+//! checkpoint) on the held-out tasks with **one rollout of its own sampler at its own budget**
+//! per task, at the training temperature: `budget_success` is the share of tasks that any
+//! trajectory solved, `budget_tokens_per_solved` what a solved task cost. With
+//! `--rl-steps 0` this is the whole point (test-time mode: no run directory, no RL columns),
+//! so one sweep answers whether a more capable model or a bigger budget solves more tasks per
+//! token. Measurements are kept in `budget/` with the policy and settings they used and reused
+//! when those match.
+//!
 //! # Learning curves and the tokens-to-reach question
 //! With `eval.every = K` (`--eval-every K`) each run evaluates the held-out set every K RL
 //! steps; `success_vs_tokens` draws held-out success against cumulative generated RL tokens,
@@ -29,7 +45,7 @@
 //!
 //! The **chain reference** is the chain sampler at the largest budget of the sweep (with the
 //! `grpo` estimator when the sweep has it): its *final* held-out success, averaged over seeds,
-//! is the level every run is measured against, per model preset. For each run,
+//! is the level every run is measured against, per model. For each run,
 //! `tokens_to_chain_final` is the cumulative RL token count at which its curve first reaches
 //! that level (the first evaluation after RL began at or above it, linearly interpolated in
 //! tokens from the evaluation before; NaN if it never gets there), and `reach_ratio` is that
@@ -41,7 +57,7 @@
 //! runs of one budget another number of RL steps (a quarter budget may learn for longer).
 //!
 //! # Decisions
-//! - **One SFT checkpoint per preset**, trained once with the base config (its seed) and reused
+//! - **One SFT checkpoint per model**, trained once with the base config (its seed) and reused
 //!   by every run and every later invocation with the same base settings. Each run continues
 //!   it (`model.init`, [`crate::config::ModelSection::init`]): same weights and optimizer
 //!   moments, its own seed for RL task draws, sampling, mini-batch order and the held-out
@@ -250,35 +266,14 @@ fn ensure_sft(
 /// caller.
 fn test_time_row(point: &GridPoint, env: &str, sft: &TrainConfig) -> anyhow::Result<SummaryRow> {
     let sft_dir = sft.out.join(&sft.name);
-    let success = match sft.sft.steps {
-        0 => f64::NAN,
-        _ => Summary::load(&sft_dir)?.success_after,
+    let (success, dir) = match sft.sft.steps {
+        0 => (f64::NAN, PathBuf::new()),
+        _ => (Summary::load(&sft_dir)?.success_after, sft_dir),
     };
     Ok(SummaryRow {
-        env: env.to_string(),
-        model: point.model.label.clone(),
-        sampler: point.sampler.to_string(),
-        branch: point.branch.map(|b| b.to_string()),
-        estimator: point.estimator.to_string(),
-        budget: point.budget,
-        seed: point.seed,
         success_before: success,
         success_after: success,
-        generated_tokens: 0,
-        tokens_per_success: f64::NAN,
-        distinct_per_1k: f64::NAN,
-        cache_read_share: f64::NAN,
-        truncated: 0,
-        wall_s: 0.0,
-        tokens_to_chain_final: f64::NAN,
-        reach_ratio: f64::NAN,
-        budget_success: f64::NAN,
-        budget_tokens_per_solved: f64::NAN,
-        budget_tokens: 0,
-        run_dir: match sft.sft.steps {
-            0 => String::new(),
-            _ => sft_dir.display().to_string(),
-        },
+        ..point_row(point, env, &dir)
     })
 }
 
@@ -400,9 +395,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     }
     // Check every existing directory before training anything.
     let mut sft_states = BTreeMap::new();
-    for (preset, cfg) in &sft_configs {
+    for (label, cfg) in &sft_configs {
         if cfg.sft.steps > 0 {
-            sft_states.insert(preset.clone(), dir_state(cfg, sft_view)?);
+            sft_states.insert(label.clone(), dir_state(cfg, sft_view)?);
         }
     }
     // A point without RL steps is test-time only: it measures its model's shared SFT policy
@@ -423,9 +418,11 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
             eprintln!("{line}");
         }
     };
-    let done = states.iter().filter(|s| **s == DirState::Done).count();
+    let done = (states.iter().zip(&configs))
+        .filter(|(s, c)| **s == DirState::Done && c.rl.steps > 0)
+        .count();
     say(format!(
-        "arbor sweep: {} points of {} RL steps{} ({done} already finished) into {}",
+        "arbor sweep: {} points of {} RL steps{} ({done} runs already finished) into {}",
         points.len(),
         base.rl.steps,
         budget_steps

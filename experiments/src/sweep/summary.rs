@@ -199,13 +199,6 @@ pub(super) fn summary_row(point: &GridPoint, env: &str, dir: &Path) -> anyhow::R
     let distinct: u64 = rl.iter().map(|m| m.distinct_trajectories).sum();
     let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { f64::NAN };
     Ok(SummaryRow {
-        env: env.to_string(),
-        model: point.model.label.clone(),
-        sampler: point.sampler.to_string(),
-        branch: point.branch.map(|b| b.to_string()),
-        estimator: point.estimator.to_string(),
-        budget: point.budget,
-        seed: point.seed,
         success_before: summary.success_before,
         success_after: summary.success_after,
         generated_tokens: generated,
@@ -214,13 +207,36 @@ pub(super) fn summary_row(point: &GridPoint, env: &str, dir: &Path) -> anyhow::R
         cache_read_share: ratio(rl.iter().map(|m| m.cache_read_share).sum(), rl.len() as f64),
         truncated: rl.iter().map(|m| m.truncated).sum(),
         wall_s: summary.wall_s,
+        ..point_row(point, env, dir)
+    })
+}
+
+/// The row of `point` with its name columns and `run_dir` set and no measurements (NaN rates,
+/// zero counts).
+pub(super) fn point_row(point: &GridPoint, env: &str, run_dir: &Path) -> SummaryRow {
+    SummaryRow {
+        env: env.to_string(),
+        model: point.model.label.clone(),
+        sampler: point.sampler.to_string(),
+        branch: point.branch.map(|b| b.to_string()),
+        estimator: point.estimator.to_string(),
+        budget: point.budget,
+        seed: point.seed,
+        success_before: f64::NAN,
+        success_after: f64::NAN,
+        generated_tokens: 0,
+        tokens_per_success: f64::NAN,
+        distinct_per_1k: f64::NAN,
+        cache_read_share: f64::NAN,
+        truncated: 0,
+        wall_s: 0.0,
         tokens_to_chain_final: f64::NAN,
         reach_ratio: f64::NAN,
         budget_success: f64::NAN,
         budget_tokens_per_solved: f64::NAN,
         budget_tokens: 0,
-        run_dir: dir.display().to_string(),
-    })
+        run_dir: run_dir.display().to_string(),
+    }
 }
 
 /// Writes `rows` to `path` as a zstd Parquet file (one row group), atomically.
