@@ -142,8 +142,11 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             (id, spec.make(id))
         })
         .collect();
-    let (cfg, weights, policy_name) = match &args.checkpoint {
-        Some(dir) => policy_weights(Some(dir))?,
+    let (cfg, weights, tokenizer, policy_name) = match &args.checkpoint {
+        Some(dir) => {
+            let p = bench_policy(Some(dir), None)?;
+            (p.config, p.weights, p.tokenizer, p.label)
+        }
         None => {
             let cfg = ModelConfig::preset(&args.preset)?;
             let weights = Weights::random(&cfg, args.seed);
@@ -151,7 +154,8 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
                 "{} with seeded random weights (seed {})",
                 args.preset, args.seed
             );
-            (cfg, weights, name)
+            let byte: Box<dyn rollout::tokenizer::Tokenizer> = Box::new(ByteTokenizer);
+            (cfg, weights, byte, name)
         }
     };
     let mut base = SamplerConfig::default();
@@ -193,7 +197,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             let stats: SamplerStats = sample(
                 &sc,
                 &mut engine,
-                &ByteTokenizer,
+                tokenizer.as_ref(),
                 &tasks,
                 args.seed,
                 0,
@@ -292,27 +296,106 @@ struct TrainRow {
     padded_len: usize,
     /// `ms_per_step` per 1000 generated tokens of the sampled batch.
     ms_per_1k_generated: f64,
+    /// Tokens of the batch's rows (padding excluded) per second of update.
+    train_tokens_per_s: f64,
+    /// 6 × matmul parameters × those tokens per second, in GFLOP/s.
+    gflops: f64,
+    /// The f32 GEMM peak measured in the same run.
+    peak_gflops: f64,
+    /// Peak resident memory of the process during this mode's updates (MiB; every mode's
+    /// trainer is resident, so use `--packed-only` for one trainer's figure).
+    peak_rss_mib: Option<f64>,
 }
 
-/// Loads a checkpoint's weights, or seeded random tiny weights.
-fn policy_weights(
+/// The policy `arbor bench train` samples its batch with, and trains.
+struct BenchPolicy {
+    config: ModelConfig,
+    weights: Weights,
+    tokenizer: Box<dyn rollout::tokenizer::Tokenizer>,
+    /// The environment as the policy sees it (its chat rendering, if any).
+    spec: EnvSpec,
+    label: String,
+}
+
+/// A checkpoint's policy (with its run's environment, tokenizer and chat rendering when the
+/// checkpoint belongs to a run), a model directory or GGUF file, or seeded random tiny weights;
+/// the last two act in 2-hop multihop.
+fn bench_policy(
     checkpoint: Option<&std::path::Path>,
-) -> anyhow::Result<(ModelConfig, Weights, String)> {
-    match checkpoint {
-        Some(dir) => {
-            let resolved = crate::run::resolve_checkpoint(dir)?;
-            let ckpt = trainer::checkpoint::load(&resolved.checkpoint)?;
-            Ok((
-                ckpt.model_config,
-                ckpt.weights,
-                resolved.checkpoint.display().to_string(),
-            ))
-        }
-        None => {
-            let cfg = ModelConfig::tiny();
-            let w = Weights::random(&cfg, 0);
-            Ok((cfg, w, "tiny with seeded random weights (seed 0)".into()))
-        }
+    model: Option<&std::path::Path>,
+) -> anyhow::Result<BenchPolicy> {
+    let multihop = || EnvSpec::from_name("multihop", &[("hops", "2")]);
+    if let Some(dir) = checkpoint {
+        let resolved = crate::run::resolve_checkpoint(dir)?;
+        let ckpt = trainer::checkpoint::load(&resolved.checkpoint)?;
+        let label = resolved.checkpoint.display().to_string();
+        let (tokenizer, spec) = match &resolved.run_config {
+            Some(cfg) => {
+                let loaded = cfg.model.load()?;
+                let spec = cfg.task_spec(&loaded)?;
+                (loaded.tokenizer, spec)
+            }
+            None => (
+                Box::new(ByteTokenizer) as Box<dyn rollout::tokenizer::Tokenizer>,
+                multihop()?,
+            ),
+        };
+        return Ok(BenchPolicy {
+            config: ckpt.model_config,
+            weights: ckpt.weights,
+            tokenizer,
+            spec,
+            label,
+        });
+    }
+    if let Some(path) = model {
+        let cfg = crate::config::TrainConfig {
+            model: crate::config::ModelSection {
+                dir: Some(path.to_path_buf()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut cfg = cfg;
+        cfg.env.knobs.insert("hops".into(), "2".into());
+        let loaded = cfg.model.load()?;
+        let spec = cfg.task_spec(&loaded)?;
+        let weights = loaded
+            .weights
+            .ok_or_else(|| anyhow::anyhow!("{} carries no weights", path.display()))?;
+        return Ok(BenchPolicy {
+            config: loaded.config,
+            weights,
+            tokenizer: loaded.tokenizer,
+            spec,
+            label: path.display().to_string(),
+        });
+    }
+    let config = ModelConfig::tiny();
+    let weights = Weights::random(&config, 0);
+    Ok(BenchPolicy {
+        config,
+        weights,
+        tokenizer: Box::new(ByteTokenizer),
+        spec: multihop()?,
+        label: "tiny with seeded random weights (seed 0)".into(),
+    })
+}
+
+/// Peak resident memory of this process (Linux: `VmHWM` of `/proc/self/status`), and its reset
+/// (`/proc/self/clear_refs`), so a window of work can be measured; `None` where unavailable.
+mod peak_rss {
+    /// Starts a new window: the peak becomes the current resident size.
+    pub fn reset() -> bool {
+        std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+
+    /// The peak resident size since the last [`reset`], in MiB.
+    pub fn mib() -> Option<f64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
     }
 }
 
@@ -326,8 +409,13 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
 
     check_count("--tasks", args.tasks, MAX_BENCH_TASKS)?;
     check_count("--repeats", args.repeats, MAX_REPEATS)?;
-    let (cfg, weights, policy) = policy_weights(args.checkpoint.as_deref())?;
-    let spec = EnvSpec::from_name("multihop", &[("hops", "2")])?;
+    let BenchPolicy {
+        config: cfg,
+        weights,
+        tokenizer,
+        spec,
+        label: policy,
+    } = bench_policy(args.checkpoint.as_deref(), args.model.as_deref())?;
     let tasks: Vec<(u64, AnyEnv)> = (0..args.tasks as u64).map(|i| (i, spec.make(i))).collect();
     let mut engine = Engine::new(cfg.clone(), &weights)?;
     let sc = SamplerConfig {
@@ -340,12 +428,14 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     let stats = sample(
         &sc,
         &mut engine,
-        &ByteTokenizer,
+        tokenizer.as_ref(),
         &tasks,
         0,
         0,
         &mut rollouts,
     )?;
+    // Only training is measured from here: the engine's weights and KV cache go.
+    drop(engine);
     let advs = estimate(Estimator::TreeGrpo, &rollouts)?;
     let groups: Vec<_> = rollouts.iter().zip(advs.iter()).collect();
     let mut rows = Vec::new();
@@ -383,8 +473,9 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
         };
         if batches.is_empty() {
             anyhow::bail!(
-                "at budget {} every sampled trajectory was cut by the budget (masked): nothing \
-                 to train; use a larger --budget",
+                "at budget {} every sampled trajectory was cut by the budget or the context \
+                 (masked): nothing to train; use a larger --budget, or a --checkpoint of a run \
+                 whose policy finishes its episodes",
                 args.budget
             );
         }
@@ -394,21 +485,35 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
         let mut trainer =
             Trainer::from_weights(&cfg, &weights, TrainerConfig::default(), &default_device())?;
         trainer.rl_step(&batches, 1)?; // warm-up
-        setups.push((mode, batches, trainer, Vec::new()));
+        setups.push((mode, batches, trainer, Vec::new(), None::<f64>));
     }
+    let (_, peak_gflops) = rollout::engine::bench::gemm_peak(512, 3);
     for _ in 0..args.repeats.max(1) {
-        for (_, batches, trainer, times) in &mut setups {
+        for (_, batches, trainer, times, peak) in &mut setups {
+            peak_rss::reset();
             let t0 = std::time::Instant::now();
             trainer.rl_step(batches, 1)?;
             times.push(t0.elapsed().as_secs_f64() * 1000.0);
+            *peak = match (*peak, peak_rss::mib()) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         }
     }
-    for (mode, batches, _, mut times) in setups {
+    for (mode, batches, _, mut times, peak) in setups {
         times.sort_by(f64::total_cmp);
+        let ms = times[times.len() / 2];
+        let tokens: usize = batches.iter().map(|b| b.num_tokens()).sum();
+        // Forward and backward: about 6 FLOPs per matmul parameter and token.
+        let gflops = 6.0 * cfg.matmul_params() as f64 * tokens as f64 / (ms / 1000.0) / 1e9;
         rows.push(TrainRow {
             bench: "train",
             mode,
-            ms_per_step: times[times.len() / 2],
+            train_tokens_per_s: tokens as f64 / (ms / 1000.0),
+            gflops,
+            peak_gflops,
+            peak_rss_mib: peak,
+            ms_per_step: ms,
             total_tokens: batches.iter().map(|b| b.num_tokens()).sum(),
             unique_tokens: 0,
             rows: batches.iter().map(|b| b.rows()).sum(),
@@ -427,9 +532,22 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     let print_rows = |rows: &[TrainRow]| {
         println!("{header}");
         for r in rows {
+            let rss = r
+                .peak_rss_mib
+                .map_or("-".into(), |m| format!("{:.2} GiB", m / 1024.0));
             println!(
-                "{:<15} {:>9.1} ms/update  {:>7.1} ms per 1k generated  rows {:>3}  padded len {:>5}",
-                r.mode, r.ms_per_step, r.ms_per_1k_generated, r.rows, r.padded_len
+                "{:<15} {:>9.1} ms/update  {:>7.1} ms per 1k generated  rows {:>3}  padded len \
+                 {:>5}  {:>8.0} train tok/s  {:>6.1} GFLOP/s ({:>4.1}% of GEMM peak {:.1})  peak \
+                 RSS {rss}",
+                r.mode,
+                r.ms_per_step,
+                r.ms_per_1k_generated,
+                r.rows,
+                r.padded_len,
+                r.train_tokens_per_s,
+                r.gflops,
+                100.0 * r.gflops / r.peak_gflops,
+                r.peak_gflops
             );
         }
     };

@@ -233,10 +233,16 @@ pub struct TrainBenchArgs {
     /// untimed warm-up each).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
-    /// A run or checkpoint directory whose policy samples the trees [default: seeded random
+    /// A run or checkpoint directory whose policy samples the trees and is trained (in its
+    /// run's environment, with its tokenizer and chat rendering) [default: seeded random
     /// weights of the tiny preset].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub checkpoint: Option<std::path::PathBuf>,
+    /// A Hugging Face model directory or GGUF file to sample with and train, in 2-hop
+    /// multihop (an instruct model that was not fine-tuned may fill every budget: then pass a
+    /// --checkpoint of a run that was).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
     /// Branching policy of the sampled trees (`entropy` forks inside actions: many small
     /// token-level nodes).
     #[arg(long, value_enum, default_value = "random")]

@@ -266,7 +266,7 @@ fn row(
 
 /// Fastest of `repeats` square `n × n` f32 GEMMs with ndarray (matrixmultiply): (seconds,
 /// GFLOP/s).
-fn gemm_peak(n: usize, repeats: usize) -> (f64, f64) {
+pub fn gemm_peak(n: usize, repeats: usize) -> (f64, f64) {
     let a = Array2::from_shape_fn((n, n), |(i, j)| ((i * 7 + j * 13) % 31) as f32 * 0.01);
     let b = Array2::from_shape_fn((n, n), |(i, j)| ((i * 11 + j * 5) % 29) as f32 * 0.01);
     let mut c = Array2::<f32>::zeros((n, n));
