@@ -71,7 +71,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::tree::{NodeId, TaskRollout, TreeError};
+use crate::Error;
+use crate::tree::{NodeId, TaskRollout};
 
 /// ε in every z-score and in `treepo`'s whitening: `(x − mean) / (std + ε)`.
 pub const EPSILON: f32 = 1e-6;
@@ -140,40 +141,18 @@ impl fmt::Display for Estimator {
 }
 
 impl FromStr for Estimator {
-    type Err = AdvantageError;
+    type Err = Error;
 
     /// Parses an estimator name (exact, lower case).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Estimator::ALL
             .into_iter()
             .find(|e| e.name() == s)
-            .ok_or_else(|| AdvantageError::UnknownEstimator {
+            .ok_or_else(|| Error::UnknownEstimator {
                 name: s.to_string(),
                 known: Estimator::ALL.map(Estimator::name).join(", "),
             })
     }
-}
-
-/// Errors of the advantage module.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum AdvantageError {
-    /// The estimator name is not one arbor knows.
-    #[error("unknown advantage estimator '{name}' (known: {known})")]
-    UnknownEstimator {
-        /// The name given.
-        name: String,
-        /// The names arbor knows, comma separated.
-        known: String,
-    },
-    /// A task group fails [`TaskRollout::validate`]; estimators need a well-formed tree.
-    #[error("task {task_id}: invalid rollout tree: {source}")]
-    InvalidRollout {
-        /// The task group's id.
-        task_id: u64,
-        /// What is wrong with it.
-        #[source]
-        source: TreeError,
-    },
 }
 
 /// The advantages of one task group, every vector indexed by node id (see the module docs for
@@ -253,7 +232,7 @@ impl Default for EstimateOptions {
 pub fn estimate(
     estimator: Estimator,
     rollouts: &[TaskRollout],
-) -> Result<Vec<AdvantageOutput>, AdvantageError> {
+) -> Result<Vec<AdvantageOutput>, Error> {
     estimate_with(estimator, rollouts, EstimateOptions::default())
 }
 
@@ -262,13 +241,12 @@ pub fn estimate_with(
     estimator: Estimator,
     rollouts: &[TaskRollout],
     opts: EstimateOptions,
-) -> Result<Vec<AdvantageOutput>, AdvantageError> {
+) -> Result<Vec<AdvantageOutput>, Error> {
     for r in rollouts {
-        r.validate()
-            .map_err(|source| AdvantageError::InvalidRollout {
-                task_id: r.task_id,
-                source,
-            })?;
+        r.validate().map_err(|source| Error::InvalidRollout {
+            task_id: r.task_id,
+            source: Box::new(source),
+        })?;
     }
     let mask = opts.mask_truncated;
     Ok(match estimator {
@@ -1211,7 +1189,7 @@ mod tests {
         assert_eq!(names, ["grpo", "tree-grpo", "treerl", "treepo", "rloo"]);
         assert_eq!(
             "ppo".parse::<Estimator>(),
-            Err(AdvantageError::UnknownEstimator {
+            Err(crate::Error::UnknownEstimator {
                 name: "ppo".into(),
                 known: "grpo, tree-grpo, treerl, treepo, rloo".into(),
             })
@@ -1225,9 +1203,9 @@ mod tests {
         g.nodes[3].leaf = None; // a dropped trajectory
         assert_eq!(
             estimate(Estimator::Grpo, &[reference(), g]),
-            Err(AdvantageError::InvalidRollout {
+            Err(Error::InvalidRollout {
                 task_id: 5,
-                source: TreeError::Dangling { node: 3 },
+                source: Box::new(Error::Dangling { node: 3 }),
             })
         );
     }

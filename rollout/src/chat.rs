@@ -22,6 +22,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 // `DynEnv` is named by path, not imported: in scope, its methods would shadow `Env`'s.
+use crate::Error;
 use envs::registry::Family;
 use envs::{AnyEnv, Env, EnvSpec, Expert, Step};
 
@@ -37,11 +38,6 @@ pub struct ChatFormat {
     observation: (String, String),
 }
 
-/// A chat template that cannot be used, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("chat template: {0}")]
-pub struct ChatError(String);
-
 const TASK: &str = "\u{1}TASK\u{1}";
 const ACTION: &str = "\u{2}ACTION\u{2}";
 const OBSERVATION: &str = "\u{3}OBS\u{3}";
@@ -49,7 +45,7 @@ const OBSERVATION: &str = "\u{3}OBS\u{3}";
 impl ChatFormat {
     /// Learns the format from `template`; `bos` and `eos` are the tokenizer's special token
     /// texts (`eos` ends an assistant turn).
-    pub fn new(template: &str, bos: &str, eos: &str) -> Result<ChatFormat, ChatError> {
+    pub fn new(template: &str, bos: &str, eos: &str) -> Result<ChatFormat, Error> {
         let mut env = minijinja::Environment::new();
         // Hugging Face templates reject unsupported conversations with this function.
         env.add_function(
@@ -62,7 +58,7 @@ impl ChatFormat {
             },
         );
         env.add_template("chat", template)
-            .map_err(|e| ChatError(e.to_string()))?;
+            .map_err(|e| Error::ChatTemplate(e.to_string()))?;
         let tmpl = env.get_template("chat").expect("just added");
         let msg =
             |role: &str, content: &str| minijinja::context! { role => role, content => content };
@@ -73,12 +69,12 @@ impl ChatFormat {
                 bos_token => bos,
                 eos_token => eos,
             })
-            .map_err(|e| ChatError(e.to_string()))
+            .map_err(|e| Error::ChatTemplate(e.to_string()))
         };
-        let split = |text: &str, at: &str| -> Result<(String, String), ChatError> {
+        let split = |text: &str, at: &str| -> Result<(String, String), Error> {
             let (a, b) = text
                 .split_once(at)
-                .ok_or_else(|| ChatError("it drops message contents".into()))?;
+                .ok_or_else(|| Error::ChatTemplate("it drops message contents".into()))?;
             Ok((a.to_string(), b.to_string()))
         };
         let prompt = split(
@@ -104,11 +100,13 @@ impl ChatFormat {
         )?;
         let (before, _) = split(&turn, ACTION)?;
         if !with_obs.starts_with(&before) {
-            return Err(ChatError("a later turn changes the earlier ones".into()));
+            return Err(Error::ChatTemplate(
+                "a later turn changes the earlier ones".into(),
+            ));
         }
         let (_, after_action) = split(&with_obs, ACTION)?;
         let Some(rest) = after_action.strip_prefix(eos) else {
-            return Err(ChatError(format!(
+            return Err(Error::ChatTemplate(format!(
                 "an assistant turn does not end with the EOS token {eos:?}"
             )));
         };

@@ -15,7 +15,7 @@
 //! Dequantized to f32 at load, block by block (32 values per block): `F32`, `F16`, `BF16`,
 //! `Q8_0` (f16 scale `d`, 32 × i8: `d·q`), `Q4_0` (f16 `d`, 16 bytes of nibbles, low nibbles
 //! first: `d·(q − 8)`) and `Q4_1` (f16 `d`, f16 `m`, nibbles: `d·q + m`). Any other type
-//! (K-quants, IQ types) is [`GgufError::UnsupportedType`], naming the tensor and the type.
+//! (K-quants, IQ types) is [`Error::UnsupportedType`], naming the tensor and the type.
 //!
 //! # Weights
 //! `token_embd` → `model.embed_tokens`, `blk.N.attn_{q,k,v,output}` → `self_attn.{q,k,v,o}_proj`,
@@ -32,74 +32,16 @@
 //! tokens. BOS, EOS and padding come from `tokenizer.ggml.{bos,eos,padding}_token_id`.
 //! `tokenizer.ggml.add_bos_token` (true when absent) decides whether transcripts start with the
 //! BOS ([`crate::tokenizer::Tokenizer::add_bos`]; SmolLM2's is false). Other tokenizer models
-//! (`llama` SentencePiece and the like) are [`GgufError::Unsupported`].
+//! (`llama` SentencePiece and the like) are [`Error::Unsupported`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
 
+use crate::Error;
 use crate::engine::{ModelConfig, Weights};
 use crate::tokenizer::{HfTokenizer, SpecialTokens};
-
-/// A GGUF file that cannot be loaded, naming what is wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum GgufError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The bytes are not a well-formed GGUF file.
-    #[error("{path}: not a readable GGUF file: {reason}")]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, and where.
-        reason: String,
-    },
-    /// A tensor type this reader does not dequantize.
-    #[error(
-        "{path}: tensor {tensor} has type {kind}, which arbor does not read (F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
-    )]
-    UnsupportedType {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// The ggml type name (or number).
-        kind: String,
-    },
-    /// An architecture, tokenizer or option this reader does not support.
-    #[error("{path}: {what} is not supported")]
-    Unsupported {
-        /// The file.
-        path: PathBuf,
-        /// What.
-        what: String,
-    },
-    /// A metadata key the model needs is missing or has the wrong type.
-    #[error("{path}: metadata {key} is missing or not a {expected}")]
-    MissingKey {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// The type it must have.
-        expected: &'static str,
-    },
-    /// The weights do not match the architecture, or the tokenizer does not build.
-    #[error("{path}: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What.
-        reason: String,
-    },
-}
 
 /// A loaded GGUF model.
 #[derive(Debug, Clone)]
@@ -144,7 +86,7 @@ impl GgufModel {
 
     /// Writes this model as a Hugging Face directory ([`GgufModel::hf_meta`]), with `weights`
     /// (this model's or fine-tuned ones of the same architecture).
-    pub fn save_hf(&self, dir: &Path, weights: &Weights) -> Result<(), crate::hf::HfError> {
+    pub fn save_hf(&self, dir: &Path, weights: &Weights) -> Result<(), crate::Error> {
         crate::hf::save_model_dir(dir, &self.hf_meta(), &self.config, weights, &self.tokenizer)
     }
 }
@@ -342,12 +284,9 @@ fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
 }
 
 /// Reads a GGUF file: see the module docs.
-pub fn load_gguf(path: &Path) -> Result<GgufModel, GgufError> {
-    let bytes = std::fs::read(path).map_err(|source| GgufError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let malformed = |reason: String| GgufError::Malformed {
+pub fn load_gguf(path: &Path) -> Result<GgufModel, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::io(path, source))?;
+    let malformed = |reason: String| Error::Malformed {
         path: path.to_path_buf(),
         reason,
     };
@@ -360,7 +299,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, GgufError> {
     }
     let version = r.u32().map_err(&malformed)?;
     if !(2..=3).contains(&version) {
-        return Err(GgufError::Unsupported {
+        return Err(Error::Unsupported {
             path: path.to_path_buf(),
             what: format!("GGUF version {version}"),
         });
@@ -405,7 +344,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, GgufError> {
     let file = MetaView { meta: &meta, path };
     let arch = file.string("general.architecture")?;
     if arch != "llama" {
-        return Err(GgufError::Unsupported {
+        return Err(Error::Unsupported {
             path: path.to_path_buf(),
             what: format!("architecture {arch} (arbor reads llama)"),
         });
@@ -427,7 +366,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, GgufError> {
         rope_scaling: None,
     };
     if meta.contains_key("llama.rope.scaling.type") {
-        return Err(GgufError::Unsupported {
+        return Err(Error::Unsupported {
             path: path.to_path_buf(),
             what: "llama.rope.scaling.type".into(),
         });
@@ -439,18 +378,18 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, GgufError> {
     for t in &infos {
         let Some(name) = hf_name(&t.name) else {
             if t.name.ends_with("rope_freqs.weight") {
-                return Err(GgufError::Unsupported {
+                return Err(Error::Unsupported {
                     path: path.to_path_buf(),
                     what: "rope_freqs (RoPE scaling factors)".into(),
                 });
             }
-            return Err(GgufError::Invalid {
+            return Err(Error::Invalid {
                 path: path.to_path_buf(),
                 reason: format!("unexpected tensor {}", t.name),
             });
         };
         let Some((block_bytes, block_len)) = block_layout(t.kind) else {
-            return Err(GgufError::UnsupportedType {
+            return Err(Error::UnsupportedType {
                 path: path.to_path_buf(),
                 tensor: t.name.clone(),
                 kind: type_name(t.kind),
@@ -494,14 +433,14 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, GgufError> {
             data = unpermute(&data, *rows, *cols, heads);
         }
         if data.iter().any(|x| !x.is_finite()) {
-            return Err(GgufError::Invalid {
+            return Err(Error::Invalid {
                 path: path.to_path_buf(),
                 reason: format!("tensor {} holds a non-finite value", t.name),
             });
         }
         weights
             .insert(&name, shape, data)
-            .map_err(|e| GgufError::Invalid {
+            .map_err(|e| Error::Invalid {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
@@ -510,7 +449,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, GgufError> {
         vocab_size,
         ..config
     };
-    let invalid = |reason: String| GgufError::Invalid {
+    let invalid = |reason: String| Error::Invalid {
         path: path.to_path_buf(),
         reason,
     };
@@ -570,33 +509,33 @@ struct MetaView<'a> {
 }
 
 impl MetaView<'_> {
-    fn missing(&self, key: &str, expected: &'static str) -> GgufError {
-        GgufError::MissingKey {
+    fn missing(&self, key: &str, expected: &'static str) -> Error {
+        Error::MissingKey {
             path: self.path.to_path_buf(),
             key: key.to_string(),
             expected,
         }
     }
-    fn int(&self, key: &str) -> Result<usize, GgufError> {
+    fn int(&self, key: &str) -> Result<usize, Error> {
         match self.meta.get(key) {
             Some(Meta::Int(v)) if *v >= 0 && *v <= 1 << 40 => Ok(*v as usize),
             _ => Err(self.missing(key, "non-negative integer")),
         }
     }
-    fn float(&self, key: &str) -> Result<f64, GgufError> {
+    fn float(&self, key: &str) -> Result<f64, Error> {
         match self.meta.get(key) {
             Some(Meta::Float(v)) if v.is_finite() => Ok(*v),
             Some(Meta::Int(v)) => Ok(*v as f64),
             _ => Err(self.missing(key, "number")),
         }
     }
-    fn string(&self, key: &str) -> Result<String, GgufError> {
+    fn string(&self, key: &str) -> Result<String, Error> {
         match self.meta.get(key) {
             Some(Meta::Str(s)) => Ok(s.clone()),
             _ => Err(self.missing(key, "string")),
         }
     }
-    fn strings(&self, key: &str) -> Result<Vec<String>, GgufError> {
+    fn strings(&self, key: &str) -> Result<Vec<String>, Error> {
         match self.meta.get(key) {
             Some(Meta::Array(items)) => items
                 .iter()
@@ -608,7 +547,7 @@ impl MetaView<'_> {
             _ => Err(self.missing(key, "array of strings")),
         }
     }
-    fn ints(&self, key: &str) -> Result<Vec<i128>, GgufError> {
+    fn ints(&self, key: &str) -> Result<Vec<i128>, Error> {
         match self.meta.get(key) {
             Some(Meta::Array(items)) => items
                 .iter()
@@ -636,11 +575,11 @@ fn pre_tokenizer(name: &str) -> Option<Value> {
 }
 
 /// The tokenizer of the file's vocabulary (module docs).
-fn tokenizer(file: &MetaView<'_>, vocab_size: usize) -> Result<HfTokenizer, GgufError> {
+fn tokenizer(file: &MetaView<'_>, vocab_size: usize) -> Result<HfTokenizer, Error> {
     let path = file.path;
     let model = file.string("tokenizer.ggml.model")?;
     if model != "gpt2" {
-        return Err(GgufError::Unsupported {
+        return Err(Error::Unsupported {
             path: path.to_path_buf(),
             what: format!("tokenizer model {model} (arbor reads gpt2 byte-level BPE)"),
         });
@@ -649,7 +588,7 @@ fn tokenizer(file: &MetaView<'_>, vocab_size: usize) -> Result<HfTokenizer, Gguf
         .string("tokenizer.ggml.pre")
         .unwrap_or_else(|_| "default".into());
     let Some(pre) = pre_tokenizer(&pre_name) else {
-        return Err(GgufError::Unsupported {
+        return Err(Error::Unsupported {
             path: path.to_path_buf(),
             what: format!("pre-tokenizer {pre_name} (arbor knows gpt2, default, smollm)"),
         });
@@ -658,7 +597,7 @@ fn tokenizer(file: &MetaView<'_>, vocab_size: usize) -> Result<HfTokenizer, Gguf
     let merges = file.strings("tokenizer.ggml.merges")?;
     let types = file.ints("tokenizer.ggml.token_type").unwrap_or_default();
     if tokens.len() > vocab_size {
-        return Err(GgufError::Invalid {
+        return Err(Error::Invalid {
             path: path.to_path_buf(),
             reason: format!(
                 "{} tokens but an embedding of {vocab_size} rows",
@@ -694,7 +633,7 @@ fn tokenizer(file: &MetaView<'_>, vocab_size: usize) -> Result<HfTokenizer, Gguf
                   "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": merges},
     });
-    let id = |key: &str| -> Result<u32, GgufError> {
+    let id = |key: &str| -> Result<u32, Error> {
         let v = file.int(key)?;
         u32::try_from(v)
             .ok()
@@ -713,7 +652,7 @@ fn tokenizer(file: &MetaView<'_>, vocab_size: usize) -> Result<HfTokenizer, Gguf
     );
     HfTokenizer::from_json(&spec.to_string(), special, path)
         .map(|t| t.with_add_bos(add_bos))
-        .map_err(|e| GgufError::Invalid {
+        .map_err(|e| Error::Invalid {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })

@@ -16,10 +16,14 @@
 //!   reference-counted, prefix-shared KV cache.
 //! - [`hf`] — Hugging Face model directories (Llama, Qwen2, Mistral): `config.json`,
 //!   safetensors weights and `tokenizer.json` in, the same layout out.
+//! - [`gguf`] and [`chat`] — GGUF model files and chat-template rendering.
+//! - [`error`] — [`Error`], the crate's one error enum (every fallible function returns it), and
+//!   [`Result`].
 
 pub mod advantage;
 pub mod chat;
 pub mod engine;
+pub mod error;
 pub mod gguf;
 pub mod hf;
 pub mod policy;
@@ -27,3 +31,5 @@ pub mod sampler;
 pub mod scripted;
 pub mod tokenizer;
 pub mod tree;
+
+pub use error::{Error, Result};

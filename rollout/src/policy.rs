@@ -4,7 +4,9 @@
 //! observation tokens, decode a batch of next tokens. The in-process ndarray engine
 //! ([`crate::engine::Engine`]) is one implementation; an OpenAI-compatible inference server with
 //! prefix caching is the planned second one. Nothing here assumes the model is in-process: handles
-//! are opaque ids, and every call can fail with a [`PolicyError`].
+//! are opaque ids, and every call can fail with a [`Error`].
+
+use crate::Error;
 
 /// An opaque handle to a live sequence (a context the policy can extend).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,54 +85,19 @@ pub struct PolicyStats {
     pub kv_bytes: u64,
 }
 
-/// Errors a policy backend can return.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PolicyError {
-    /// The sequence would grow past the model's context window.
-    #[error("context overflow: sequence would reach {len} tokens, the model allows {max}")]
-    ContextOverflow {
-        /// The length the sequence would have reached.
-        len: usize,
-        /// The model's context window.
-        max: usize,
-    },
-    /// The handle does not name a live sequence.
-    #[error("unknown sequence handle {0:?}")]
-    UnknownSequence(SeqHandle),
-    /// `start` was given no tokens, or `fork_at` a length outside `1..=len`.
-    #[error("bad sequence length {len} (sequence has {have})")]
-    BadLength {
-        /// The length asked for.
-        len: usize,
-        /// The sequence's length.
-        have: usize,
-    },
-    /// A token id outside the vocabulary.
-    #[error("token id {token} is outside the vocabulary of {vocab}")]
-    BadToken {
-        /// The id.
-        token: u32,
-        /// The vocabulary size.
-        vocab: usize,
-    },
-    /// A remote backend failed (reserved for server-backed policies).
-    #[error("policy backend error: {0}")]
-    Backend(String),
-}
-
 /// A policy the samplers can drive. See the module docs.
 pub trait Policy: Send {
     /// The context window in tokens.
     fn max_len(&self) -> usize;
     /// Starts a sequence from `tokens` (non-empty, usually `<bos>` + prompt) and computes the
     /// distribution of its next token.
-    fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, PolicyError>;
+    fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, Error>;
     /// A new sequence with the same context as `seq`; both can be extended independently.
-    fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, PolicyError>;
+    fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, Error>;
     /// A new sequence whose context is the first `len` tokens of `seq` (`1 <= len <= len(seq)`).
-    fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, PolicyError>;
+    fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, Error>;
     /// Appends tokens that were not sampled (observations) to `seq` (chunked prefill).
-    fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), PolicyError>;
+    fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), Error>;
     /// For each request, samples the next token of its sequence, appends it, and computes the
     /// distribution after it. All requests are served in one batch; results are in request order.
     /// A sequence may appear at most once per call.
@@ -138,9 +105,9 @@ pub trait Policy: Send {
         &mut self,
         requests: &[DecodeRequest],
         params: &SamplingParams,
-    ) -> Result<Vec<Sampled>, PolicyError>;
+    ) -> Result<Vec<Sampled>, Error>;
     /// The number of tokens in `seq`.
-    fn seq_len(&self, seq: SeqHandle) -> Result<usize, PolicyError>;
+    fn seq_len(&self, seq: SeqHandle) -> Result<usize, Error>;
     /// Frees `seq` (its shared KV blocks stay alive while other sequences use them).
     fn release(&mut self, seq: SeqHandle);
     /// Counters since creation or the last reset.

@@ -10,9 +10,8 @@
 
 use std::collections::HashMap;
 
-use crate::policy::{
-    DecodeRequest, Policy, PolicyError, PolicyStats, Sampled, SamplingParams, SeqHandle,
-};
+use crate::Error;
+use crate::policy::{DecodeRequest, Policy, PolicyStats, Sampled, SamplingParams, SeqHandle};
 use crate::tokenizer::{ByteTokenizer, Tokenizer};
 
 /// A phrase-emitting policy over the byte tokenizer (see the module docs).
@@ -91,13 +90,13 @@ impl ScriptedPolicy {
         h
     }
 
-    fn get(&self, seq: SeqHandle) -> Result<&Vec<u32>, PolicyError> {
-        self.seqs.get(&seq).ok_or(PolicyError::UnknownSequence(seq))
+    fn get(&self, seq: SeqHandle) -> Result<&Vec<u32>, Error> {
+        self.seqs.get(&seq).ok_or(Error::UnknownSequence(seq))
     }
 
-    fn check_tokens(&self, tokens: &[u32]) -> Result<(), PolicyError> {
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), Error> {
         match tokens.iter().find(|&&t| t as usize >= ByteTokenizer::VOCAB) {
-            Some(&token) => Err(PolicyError::BadToken {
+            Some(&token) => Err(Error::BadToken {
                 token,
                 vocab: ByteTokenizer::VOCAB,
             }),
@@ -111,12 +110,12 @@ impl Policy for ScriptedPolicy {
         self.max_len
     }
 
-    fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, PolicyError> {
+    fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, Error> {
         if tokens.is_empty() {
-            return Err(PolicyError::BadLength { len: 0, have: 0 });
+            return Err(Error::BadLength { len: 0, have: 0 });
         }
         if tokens.len() > self.max_len {
-            return Err(PolicyError::ContextOverflow {
+            return Err(Error::ContextOverflow {
                 len: tokens.len(),
                 max: self.max_len,
             });
@@ -126,16 +125,16 @@ impl Policy for ScriptedPolicy {
         Ok(self.handle(tokens.to_vec()))
     }
 
-    fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, PolicyError> {
+    fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, Error> {
         let tokens = self.get(seq)?.clone();
         self.stats.cached_tokens += tokens.len() as u64;
         Ok(self.handle(tokens))
     }
 
-    fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, PolicyError> {
+    fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, Error> {
         let tokens = self.get(seq)?;
         if len == 0 || len > tokens.len() {
-            return Err(PolicyError::BadLength {
+            return Err(Error::BadLength {
                 len,
                 have: tokens.len(),
             });
@@ -147,12 +146,12 @@ impl Policy for ScriptedPolicy {
         Ok(self.handle(prefix))
     }
 
-    fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), PolicyError> {
+    fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), Error> {
         self.check_tokens(tokens)?;
         let max = self.max_len;
         let have = self.get(seq)?.len();
         if have + tokens.len() > max {
-            return Err(PolicyError::ContextOverflow {
+            return Err(Error::ContextOverflow {
                 len: have + tokens.len(),
                 max,
             });
@@ -169,12 +168,12 @@ impl Policy for ScriptedPolicy {
         &mut self,
         requests: &[DecodeRequest],
         params: &SamplingParams,
-    ) -> Result<Vec<Sampled>, PolicyError> {
+    ) -> Result<Vec<Sampled>, Error> {
         let mut out = Vec::with_capacity(requests.len());
         for r in requests {
             let context = self.get(r.seq)?;
             if context.len() >= self.max_len {
-                return Err(PolicyError::ContextOverflow {
+                return Err(Error::ContextOverflow {
                     len: context.len() + 1,
                     max: self.max_len,
                 });
@@ -224,7 +223,7 @@ impl Policy for ScriptedPolicy {
         Ok(out)
     }
 
-    fn seq_len(&self, seq: SeqHandle) -> Result<usize, PolicyError> {
+    fn seq_len(&self, seq: SeqHandle) -> Result<usize, Error> {
         Ok(self.get(seq)?.len())
     }
 

@@ -177,14 +177,14 @@ impl HfTokenizer {
     }
 
     /// Builds a tokenizer from the text of a `tokenizer.json` file with the given special ids.
-    /// `origin` names the file in errors. Fails ([`crate::hf::HfError::Tokenizer`]) when the
+    /// `origin` names the file in errors. Fails ([`crate::Error::Tokenizer`]) when the
     /// text is not a tokenizer the `tokenizers` crate reads.
     pub fn from_json(
         json: &str,
         special: SpecialTokens,
         origin: &std::path::Path,
-    ) -> Result<Self, crate::hf::HfError> {
-        let fail = |reason: String| crate::hf::HfError::Tokenizer {
+    ) -> Result<Self, crate::Error> {
+        let fail = |reason: String| crate::Error::Tokenizer {
             path: origin.to_path_buf(),
             reason,
         };
@@ -243,14 +243,9 @@ impl HfTokenizer {
     }
 
     /// Reads `path` (a `tokenizer.json`) and builds the tokenizer ([`HfTokenizer::from_json`]).
-    pub fn from_file(
-        path: &std::path::Path,
-        special: SpecialTokens,
-    ) -> Result<Self, crate::hf::HfError> {
-        let json = std::fs::read_to_string(path).map_err(|source| crate::hf::HfError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    pub fn from_file(path: &std::path::Path, special: SpecialTokens) -> Result<Self, crate::Error> {
+        let json =
+            std::fs::read_to_string(path).map_err(|source| crate::Error::io(path, source))?;
         Self::from_json(&json, special, path)
     }
 
@@ -703,6 +698,6 @@ mod hf_tests {
         assert!((0..5).all(|t| !tok.can_split_before(t)));
         // Not a tokenizer at all.
         let err = HfTokenizer::from_json("{}", special, Path::new("x.json")).unwrap_err();
-        assert!(matches!(err, crate::hf::HfError::Tokenizer { .. }), "{err}");
+        assert!(matches!(err, crate::Error::Tokenizer { .. }), "{err}");
     }
 }

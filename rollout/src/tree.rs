@@ -43,11 +43,12 @@
 //! assert_eq!(group.leaves(), vec![b]);
 //! assert_eq!(group.transcript(b), "Q: 2+2?\nsearch[x]x is 4\nanswer[4]");
 //! assert_eq!(group.action_tokens_unique(), 3);
-//! # Ok::<(), rollout::tree::TreeError>(())
+//! # Ok::<(), rollout::Error>(())
 //! ```
 
 use std::collections::HashSet;
 
+use crate::Error;
 use envs::Outcome;
 
 /// Index of a node in its [`TaskRollout::nodes`], unique within the task group.
@@ -179,146 +180,6 @@ pub struct TaskRollout {
     pub num_trees: u32,
 }
 
-/// What is wrong with a tree, or with a request to grow it.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum TreeError {
-    /// A node id that is not in the arena.
-    #[error("node {node} does not exist (the group has {len} nodes)")]
-    UnknownNode {
-        /// The id given.
-        node: NodeId,
-        /// Number of nodes in the arena.
-        len: usize,
-    },
-    /// A node's parent does not exist or does not precede it.
-    #[error("node {node} names parent {parent}, which does not precede it in the arena")]
-    BadParent {
-        /// The node.
-        node: NodeId,
-        /// Its parent id.
-        parent: NodeId,
-    },
-    /// `nodes[index].id != index`.
-    #[error("node at index {index} carries id {id}")]
-    IdMismatch {
-        /// Position in the arena.
-        index: usize,
-        /// The id stored there.
-        id: NodeId,
-    },
-    /// A node's tree index is not below `num_trees`.
-    #[error("node {node} is in tree {tree}, but the group has {num_trees} trees")]
-    TreeOutOfRange {
-        /// The node (or the node being added).
-        node: NodeId,
-        /// Its tree index.
-        tree: u32,
-        /// The group's number of trees.
-        num_trees: u32,
-    },
-    /// A node's tree differs from its parent's.
-    #[error("node {node} is in tree {tree}, its parent in tree {parent_tree}")]
-    TreeMismatch {
-        /// The node (or the node being added).
-        node: NodeId,
-        /// Its tree index.
-        tree: u32,
-        /// The parent's tree index.
-        parent_tree: u32,
-    },
-    /// A tree with no top node.
-    #[error("tree {tree} has no nodes")]
-    EmptyTree {
-        /// The tree index.
-        tree: u32,
-    },
-    /// A node's depth is not its parent's depth + 1 (or 0 at the top).
-    #[error("node {node} has depth {depth}, expected {expected}")]
-    BadDepth {
-        /// The node.
-        node: NodeId,
-        /// Its stored depth.
-        depth: u32,
-        /// Its number of ancestors.
-        expected: u32,
-    },
-    /// A node's `children` list does not list exactly the nodes naming it as parent, in order.
-    #[error("node {node}'s children list does not match the nodes that name it as parent")]
-    BadChildren {
-        /// The node.
-        node: NodeId,
-    },
-    /// An observation directly under the prompt.
-    #[error("observation node {node} has no parent action (observations follow actions)")]
-    ObservationAtTop {
-        /// The node.
-        node: NodeId,
-    },
-    /// An observation whose parent is an observation.
-    #[error("observation node {node} follows observation {parent} (observations follow actions)")]
-    ObservationAfterObservation {
-        /// The node.
-        node: NodeId,
-        /// Its parent.
-        parent: NodeId,
-    },
-    /// Logprobs or entropies whose length does not fit the node's tokens.
-    #[error(
-        "{kind} node {node} has {tokens} tokens but {logprobs} logprobs and {entropies} entropies"
-    )]
-    LengthMismatch {
-        /// The node (or the node being added).
-        node: NodeId,
-        /// Its kind (observations must have none).
-        kind: NodeKind,
-        /// Number of tokens.
-        tokens: usize,
-        /// Number of logprobs.
-        logprobs: usize,
-        /// Number of entropies.
-        entropies: usize,
-    },
-    /// Leaf information on an observation node.
-    #[error("observation node {node} is marked as a leaf (only actions end trajectories)")]
-    LeafNotAction {
-        /// The node.
-        node: NodeId,
-    },
-    /// A leaf with children, or a child added under a leaf.
-    #[error("node {node} is a leaf but has (or would get) children")]
-    LeafWithChildren {
-        /// The leaf.
-        node: NodeId,
-    },
-    /// `set_leaf` on a node that already is a leaf.
-    #[error("node {node} is already a leaf")]
-    AlreadyLeaf {
-        /// The node.
-        node: NodeId,
-    },
-    /// A childless node that is not a leaf: a trajectory that was dropped instead of being
-    /// reported as truncated.
-    #[error("node {node} has no children and is not a leaf (a dropped trajectory)")]
-    Dangling {
-        /// The node.
-        node: NodeId,
-    },
-    /// A leaf whose reward is NaN or infinite, or a truncated leaf with a reward or a success.
-    #[error("leaf {node} has an invalid outcome: {reason}")]
-    BadLeaf {
-        /// The leaf.
-        node: NodeId,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// The arena would outgrow [`NodeId`].
-    #[error("a task group holds at most {max} nodes")]
-    TooManyNodes {
-        /// The most nodes a group can hold.
-        max: u64,
-    },
-}
-
 impl TaskRollout {
     /// An empty group (no trees yet) for `task_id` with its prompt.
     pub fn new(task_id: u64, prompt: impl Into<String>, prompt_tokens: Vec<u32>) -> Self {
@@ -353,10 +214,10 @@ impl TaskRollout {
         text: impl Into<String>,
         logprobs: Vec<f32>,
         entropies: Vec<f32>,
-    ) -> Result<NodeId, TreeError> {
+    ) -> Result<NodeId, Error> {
         let id = self.next_id()?;
         if tokens.len() != logprobs.len() || tokens.len() != entropies.len() {
-            return Err(TreeError::LengthMismatch {
+            return Err(Error::LengthMismatch {
                 node: id,
                 kind: NodeKind::Action,
                 tokens: tokens.len(),
@@ -367,7 +228,7 @@ impl TaskRollout {
         let depth = match parent {
             None => {
                 if tree >= self.num_trees {
-                    return Err(TreeError::TreeOutOfRange {
+                    return Err(Error::TreeOutOfRange {
                         node: id,
                         tree,
                         num_trees: self.num_trees,
@@ -378,7 +239,7 @@ impl TaskRollout {
             Some(p) => {
                 let pn = self.growable_parent(p)?;
                 if pn.tree != tree {
-                    return Err(TreeError::TreeMismatch {
+                    return Err(Error::TreeMismatch {
                         node: id,
                         tree,
                         parent_tree: pn.tree,
@@ -409,11 +270,11 @@ impl TaskRollout {
         parent: NodeId,
         tokens: Vec<u32>,
         text: impl Into<String>,
-    ) -> Result<NodeId, TreeError> {
+    ) -> Result<NodeId, Error> {
         let id = self.next_id()?;
         let pn = self.growable_parent(parent)?;
         if pn.kind == NodeKind::Observation {
-            return Err(TreeError::ObservationAfterObservation { node: id, parent });
+            return Err(Error::ObservationAfterObservation { node: id, parent });
         }
         let (tree, depth) = (pn.tree, pn.depth + 1);
         Ok(self.push(Node {
@@ -435,20 +296,20 @@ impl TaskRollout {
     ///
     /// Fails if `id` is unknown, an observation, has children, is already a leaf, or if `info`
     /// is inconsistent (non-finite reward; truncated with a reward or a success).
-    pub fn set_leaf(&mut self, id: NodeId, info: LeafInfo) -> Result<(), TreeError> {
+    pub fn set_leaf(&mut self, id: NodeId, info: LeafInfo) -> Result<(), Error> {
         let len = self.nodes.len();
         let node = self
             .nodes
             .get_mut(id as usize)
-            .ok_or(TreeError::UnknownNode { node: id, len })?;
+            .ok_or(Error::UnknownNode { node: id, len })?;
         if node.kind != NodeKind::Action {
-            return Err(TreeError::LeafNotAction { node: id });
+            return Err(Error::LeafNotAction { node: id });
         }
         if !node.children.is_empty() {
-            return Err(TreeError::LeafWithChildren { node: id });
+            return Err(Error::LeafWithChildren { node: id });
         }
         if node.leaf.is_some() {
-            return Err(TreeError::AlreadyLeaf { node: id });
+            return Err(Error::AlreadyLeaf { node: id });
         }
         check_leaf_info(id, &info)?;
         node.leaf = Some(info);
@@ -655,17 +516,17 @@ impl TaskRollout {
     /// ancestors; observations follow actions; action logprobs/entropies have one entry per token
     /// and observations have none; leaves are childless actions with a finite reward, and a
     /// truncated leaf has reward 0 and no success; every childless node is a leaf.
-    pub fn validate(&self) -> Result<(), TreeError> {
+    pub fn validate(&self) -> Result<(), Error> {
         let len = self.nodes.len();
         let mut expected_children: Vec<Vec<NodeId>> = vec![Vec::new(); len];
         let mut tree_has_top = vec![false; self.num_trees as usize];
         for (index, node) in self.nodes.iter().enumerate() {
             if node.id as usize != index {
-                return Err(TreeError::IdMismatch { index, id: node.id });
+                return Err(Error::IdMismatch { index, id: node.id });
             }
             let id = node.id;
             if node.tree >= self.num_trees {
-                return Err(TreeError::TreeOutOfRange {
+                return Err(Error::TreeOutOfRange {
                     node: id,
                     tree: node.tree,
                     num_trees: self.num_trees,
@@ -674,28 +535,28 @@ impl TaskRollout {
             let expected_depth = match node.parent {
                 None => {
                     if node.kind == NodeKind::Observation {
-                        return Err(TreeError::ObservationAtTop { node: id });
+                        return Err(Error::ObservationAtTop { node: id });
                     }
                     tree_has_top[node.tree as usize] = true;
                     0
                 }
                 Some(p) => {
                     if p >= id {
-                        return Err(TreeError::BadParent {
+                        return Err(Error::BadParent {
                             node: id,
                             parent: p,
                         });
                     }
                     let pn = &self.nodes[p as usize];
                     if pn.tree != node.tree {
-                        return Err(TreeError::TreeMismatch {
+                        return Err(Error::TreeMismatch {
                             node: id,
                             tree: node.tree,
                             parent_tree: pn.tree,
                         });
                     }
                     if node.kind == NodeKind::Observation && pn.kind == NodeKind::Observation {
-                        return Err(TreeError::ObservationAfterObservation {
+                        return Err(Error::ObservationAfterObservation {
                             node: id,
                             parent: p,
                         });
@@ -705,7 +566,7 @@ impl TaskRollout {
                 }
             };
             if node.depth != expected_depth {
-                return Err(TreeError::BadDepth {
+                return Err(Error::BadDepth {
                     node: id,
                     depth: node.depth,
                     expected: expected_depth,
@@ -716,7 +577,7 @@ impl TaskRollout {
                 NodeKind::Observation => 0,
             };
             if node.logprobs.len() != want || node.entropies.len() != want {
-                return Err(TreeError::LengthMismatch {
+                return Err(Error::LengthMismatch {
                     node: id,
                     kind: node.kind,
                     tokens: node.tokens.len(),
@@ -726,24 +587,24 @@ impl TaskRollout {
             }
         }
         if let Some(tree) = tree_has_top.iter().position(|&has| !has) {
-            return Err(TreeError::EmptyTree { tree: tree as u32 });
+            return Err(Error::EmptyTree { tree: tree as u32 });
         }
         for (node, expected) in self.nodes.iter().zip(&expected_children) {
             if node.children != *expected {
-                return Err(TreeError::BadChildren { node: node.id });
+                return Err(Error::BadChildren { node: node.id });
             }
             match &node.leaf {
                 Some(info) => {
                     if node.kind != NodeKind::Action {
-                        return Err(TreeError::LeafNotAction { node: node.id });
+                        return Err(Error::LeafNotAction { node: node.id });
                     }
                     if !node.children.is_empty() {
-                        return Err(TreeError::LeafWithChildren { node: node.id });
+                        return Err(Error::LeafWithChildren { node: node.id });
                     }
                     check_leaf_info(node.id, info)?;
                 }
                 None if node.children.is_empty() => {
-                    return Err(TreeError::Dangling { node: node.id });
+                    return Err(Error::Dangling { node: node.id });
                 }
                 None => {}
             }
@@ -751,23 +612,20 @@ impl TaskRollout {
         Ok(())
     }
 
-    fn next_id(&self) -> Result<NodeId, TreeError> {
-        NodeId::try_from(self.nodes.len()).map_err(|_| TreeError::TooManyNodes {
+    fn next_id(&self) -> Result<NodeId, Error> {
+        NodeId::try_from(self.nodes.len()).map_err(|_| Error::TooManyNodes {
             max: u64::from(NodeId::MAX),
         })
     }
 
     /// The parent a new node may be attached to: it exists and is not a leaf.
-    fn growable_parent(&self, parent: NodeId) -> Result<&Node, TreeError> {
-        let pn = self
-            .nodes
-            .get(parent as usize)
-            .ok_or(TreeError::UnknownNode {
-                node: parent,
-                len: self.nodes.len(),
-            })?;
+    fn growable_parent(&self, parent: NodeId) -> Result<&Node, Error> {
+        let pn = self.nodes.get(parent as usize).ok_or(Error::UnknownNode {
+            node: parent,
+            len: self.nodes.len(),
+        })?;
         if pn.is_leaf() {
-            return Err(TreeError::LeafWithChildren { node: parent });
+            return Err(Error::LeafWithChildren { node: parent });
         }
         Ok(pn)
     }
@@ -782,7 +640,7 @@ impl TaskRollout {
     }
 }
 
-fn check_leaf_info(node: NodeId, info: &LeafInfo) -> Result<(), TreeError> {
+fn check_leaf_info(node: NodeId, info: &LeafInfo) -> Result<(), Error> {
     let reason = if !info.reward.is_finite() {
         "reward is not finite"
     } else if info.truncated && info.reward != 0.0 {
@@ -792,7 +650,7 @@ fn check_leaf_info(node: NodeId, info: &LeafInfo) -> Result<(), TreeError> {
     } else {
         return Ok(());
     };
-    Err(TreeError::BadLeaf { node, reason })
+    Err(Error::BadLeaf { node, reason })
 }
 
 /// Receives finished task groups from a sampler (STYLE §10): a Parquet writer, a metrics
@@ -964,11 +822,11 @@ mod tests {
         let mut g = sample();
         assert_eq!(
             g.add_action(Some(9), 0, vec![], "", vec![], vec![]),
-            Err(TreeError::UnknownNode { node: 9, len: 5 })
+            Err(Error::UnknownNode { node: 9, len: 5 })
         );
         assert_eq!(
             g.add_action(None, 2, vec![], "", vec![], vec![]),
-            Err(TreeError::TreeOutOfRange {
+            Err(Error::TreeOutOfRange {
                 node: 5,
                 tree: 2,
                 num_trees: 2
@@ -976,7 +834,7 @@ mod tests {
         );
         assert_eq!(
             g.add_action(Some(1), 1, vec![], "", vec![], vec![]),
-            Err(TreeError::TreeMismatch {
+            Err(Error::TreeMismatch {
                 node: 5,
                 tree: 1,
                 parent_tree: 0
@@ -984,7 +842,7 @@ mod tests {
         );
         assert_eq!(
             g.add_action(Some(1), 0, vec![1, 2], "", vec![0.0], vec![0.0, 0.0]),
-            Err(TreeError::LengthMismatch {
+            Err(Error::LengthMismatch {
                 node: 5,
                 kind: NodeKind::Action,
                 tokens: 2,
@@ -994,23 +852,23 @@ mod tests {
         );
         assert_eq!(
             g.add_action(Some(2), 0, vec![], "", vec![], vec![]),
-            Err(TreeError::LeafWithChildren { node: 2 })
+            Err(Error::LeafWithChildren { node: 2 })
         );
         assert_eq!(
             g.add_observation(1, vec![], ""),
-            Err(TreeError::ObservationAfterObservation { node: 5, parent: 1 })
+            Err(Error::ObservationAfterObservation { node: 5, parent: 1 })
         );
         assert_eq!(
             g.set_leaf(1, LeafInfo::finished(1.0, Outcome::Solved)),
-            Err(TreeError::LeafNotAction { node: 1 })
+            Err(Error::LeafNotAction { node: 1 })
         );
         assert_eq!(
             g.set_leaf(0, LeafInfo::finished(1.0, Outcome::Solved)),
-            Err(TreeError::LeafWithChildren { node: 0 })
+            Err(Error::LeafWithChildren { node: 0 })
         );
         assert_eq!(
             g.set_leaf(2, LeafInfo::finished(1.0, Outcome::Solved)),
-            Err(TreeError::AlreadyLeaf { node: 2 })
+            Err(Error::AlreadyLeaf { node: 2 })
         );
         // Nothing was added by the failed calls.
         assert_eq!(g.nodes.len(), 5);
@@ -1020,29 +878,29 @@ mod tests {
         let a = act(&mut g, None, 1, &[8], "");
         assert!(matches!(
             g.set_leaf(a, bad),
-            Err(TreeError::BadLeaf { node: 5, .. })
+            Err(Error::BadLeaf { node: 5, .. })
         ));
     }
 
     #[test]
     fn validate_detects_broken_trees() {
-        let check = |edit: &dyn Fn(&mut TaskRollout), want: TreeError| {
+        let check = |edit: &dyn Fn(&mut TaskRollout), want: Error| {
             let mut g = sample();
             edit(&mut g);
             assert_eq!(g.validate(), Err(want));
         };
         check(
             &|g| g.nodes[2].id = 7,
-            TreeError::IdMismatch { index: 2, id: 7 },
+            Error::IdMismatch { index: 2, id: 7 },
         );
         // Parent after child: point a2 at a later node.
         check(
             &|g| g.nodes[2].parent = Some(3),
-            TreeError::BadParent { node: 2, parent: 3 },
+            Error::BadParent { node: 2, parent: 3 },
         );
         check(
             &|g| g.nodes[3].depth = 5,
-            TreeError::BadDepth {
+            Error::BadDepth {
                 node: 3,
                 depth: 5,
                 expected: 2,
@@ -1050,11 +908,11 @@ mod tests {
         );
         check(
             &|g| g.nodes[1].children = vec![2],
-            TreeError::BadChildren { node: 1 },
+            Error::BadChildren { node: 1 },
         );
         check(
             &|g| g.nodes[3].logprobs.pop().map(|_| ()).unwrap(),
-            TreeError::LengthMismatch {
+            Error::LengthMismatch {
                 node: 3,
                 kind: NodeKind::Action,
                 tokens: 2,
@@ -1064,7 +922,7 @@ mod tests {
         );
         check(
             &|g| g.nodes[1].logprobs = vec![0.0],
-            TreeError::LengthMismatch {
+            Error::LengthMismatch {
                 node: 1,
                 kind: NodeKind::Observation,
                 tokens: 1,
@@ -1076,21 +934,21 @@ mod tests {
             &|g| {
                 g.nodes[1].leaf = Some(LeafInfo::finished(0.0, Outcome::Failed));
             },
-            TreeError::LeafNotAction { node: 1 },
+            Error::LeafNotAction { node: 1 },
         );
         check(
             &|g| g.nodes[0].leaf = Some(LeafInfo::finished(0.0, Outcome::Failed)),
-            TreeError::LeafWithChildren { node: 0 },
+            Error::LeafWithChildren { node: 0 },
         );
-        check(&|g| g.nodes[3].leaf = None, TreeError::Dangling { node: 3 });
+        check(&|g| g.nodes[3].leaf = None, Error::Dangling { node: 3 });
         check(
             &|g| g.nodes[4].kind = NodeKind::Observation,
-            TreeError::ObservationAtTop { node: 4 },
+            Error::ObservationAtTop { node: 4 },
         );
-        check(&|g| g.nodes[4].tree = 0, TreeError::EmptyTree { tree: 1 });
+        check(&|g| g.nodes[4].tree = 0, Error::EmptyTree { tree: 1 });
         check(
             &|g| g.num_trees = 1,
-            TreeError::TreeOutOfRange {
+            Error::TreeOutOfRange {
                 node: 4,
                 tree: 1,
                 num_trees: 1,
@@ -1098,7 +956,7 @@ mod tests {
         );
         check(
             &|g| g.nodes[2].tree = 1,
-            TreeError::TreeMismatch {
+            Error::TreeMismatch {
                 node: 2,
                 tree: 1,
                 parent_tree: 0,
@@ -1106,14 +964,14 @@ mod tests {
         );
         check(
             &|g| g.nodes[4].leaf.as_mut().unwrap().reward = f32::NAN,
-            TreeError::BadLeaf {
+            Error::BadLeaf {
                 node: 4,
                 reason: "reward is not finite",
             },
         );
         check(
             &|g| g.nodes[4].leaf.as_mut().unwrap().success = true,
-            TreeError::BadLeaf {
+            Error::BadLeaf {
                 node: 4,
                 reason: "a truncated trajectory cannot be a success",
             },
@@ -1121,7 +979,7 @@ mod tests {
         // a2 turned into an observation directly after the observation o1.
         check(
             &|g| g.nodes[2].kind = NodeKind::Observation,
-            TreeError::ObservationAfterObservation { node: 2, parent: 1 },
+            Error::ObservationAfterObservation { node: 2, parent: 1 },
         );
     }
 

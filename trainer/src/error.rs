@@ -13,7 +13,7 @@ pub enum TrainerError {
     },
     /// The engine rejected a configuration or weight set.
     #[error(transparent)]
-    Engine(#[from] rollout::engine::EngineError),
+    Engine(#[from] rollout::Error),
     /// A named weight is missing from a weight set or checkpoint.
     #[error("missing tensor `{name}`")]
     MissingTensor {

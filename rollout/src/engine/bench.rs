@@ -8,7 +8,8 @@ use std::time::Instant;
 use ndarray::{Array2, linalg::general_mat_mul};
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, EngineError, ModelConfig, Weights};
+use super::{Engine, ModelConfig, Weights};
+use crate::Error;
 use crate::policy::{DecodeRequest, Policy, SamplingParams};
 
 /// What to measure.
@@ -91,7 +92,7 @@ pub struct EngineBenchRow {
 
 /// Runs the benchmark. Rows: `gemm_peak` first, then per preset one `prefill` row and per
 /// batch size a `decode` row and (batch > 1) a `decode_shared` row.
-pub fn run(opts: &BenchOptions) -> Result<Vec<EngineBenchRow>, EngineError> {
+pub fn run(opts: &BenchOptions) -> Result<Vec<EngineBenchRow>, Error> {
     let models = opts
         .presets
         .iter()
@@ -111,7 +112,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<EngineBenchRow>, EngineError> {
 pub fn run_models(
     opts: &BenchOptions,
     models: Vec<(String, ModelConfig, Weights)>,
-) -> Result<Vec<EngineBenchRow>, EngineError> {
+) -> Result<Vec<EngineBenchRow>, Error> {
     let repeats = opts.repeats.max(1);
     let (gemm_s, peak) = gemm_peak(opts.gemm_size.max(1), repeats);
     let mut rows = vec![EngineBenchRow {

@@ -1,8 +1,7 @@
 //! [`ModelConfig`]: the architecture of the policy transformer, shared with the burn trainer.
 
+use crate::Error;
 use serde::{Deserialize, Serialize};
-
-use super::EngineError;
 
 /// Architecture of a Llama-style decoder-only transformer (pre-norm RMSNorm, RoPE, grouped-query
 /// causal attention with optional q/k/v biases, SwiGLU MLP, final norm, LM head): the
@@ -117,11 +116,11 @@ impl ModelConfig {
     pub const PRESETS: [&'static str; 2] = ["tiny", "small"];
 
     /// A preset by name (`tiny` or `small`).
-    pub fn preset(name: &str) -> Result<Self, EngineError> {
+    pub fn preset(name: &str) -> Result<Self, Error> {
         match name {
             "tiny" => Ok(Self::tiny()),
             "small" => Ok(Self::small()),
-            _ => Err(EngineError::UnknownPreset {
+            _ => Err(Error::UnknownPreset {
                 name: name.to_string(),
             }),
         }
@@ -135,9 +134,8 @@ impl ModelConfig {
     /// Checks that the sizes fit together: everything positive, `d_model` divisible by
     /// `n_heads` into an even head dimension, `n_heads` divisible by `n_kv_heads`, finite
     /// positive `rope_theta` and `norm_eps`, consistent `rope_scaling` parameters.
-    pub fn validate(&self) -> Result<(), EngineError> {
-        let bad =
-            |field: &'static str, reason: String| Err(EngineError::InvalidConfig { field, reason });
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |field: &'static str, reason: String| Err(Error::InvalidConfig { field, reason });
         for (field, v) in [
             ("vocab_size", self.vocab_size),
             ("d_model", self.d_model),

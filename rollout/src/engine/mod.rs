@@ -10,8 +10,8 @@
 //!   cache-free reference forward pass.
 //! - [`sample_from_logits`] — temperature / top-k / top-p sampling keyed by one `rng_key`.
 //! - [`bench`](mod@bench) — decode / prefill throughput and the GEMM peak, returned as rows.
-//! - [`EngineError`] — configuration and weight errors. Runtime errors of the policy calls are
-//!   [`crate::policy::PolicyError`]s.
+//! - [`Error`] — configuration and weight errors. Runtime errors of the policy calls are
+//!   [`crate::Error`]s.
 //!
 //! ```
 //! use rollout::engine::{Engine, ModelConfig, Weights};
@@ -106,66 +106,3 @@ pub use kv::BLOCK_SIZE;
 pub use runtime::Engine;
 pub use sampling::{argmax, log_partition_and_entropy, sample_from_logits};
 pub use weights::{INIT_STD, WeightTensor, Weights};
-
-/// Configuration and weight errors of the engine.
-#[derive(Debug, PartialEq, thiserror::Error)]
-pub enum EngineError {
-    /// A [`ModelConfig`] field is out of range or inconsistent with another.
-    #[error("invalid model config: {field}: {reason}")]
-    InvalidConfig {
-        /// The field to fix.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// [`ModelConfig::preset`] got a name it does not know.
-    #[error("unknown model preset {name:?} (known: tiny, small)")]
-    UnknownPreset {
-        /// The name asked for.
-        name: String,
-    },
-    /// A tensor the config needs is not in the weights.
-    #[error("weight tensor {name} is missing")]
-    MissingTensor {
-        /// The Hugging Face tensor name.
-        name: String,
-    },
-    /// The weights hold a tensor the config does not use (e.g. `lm_head.weight` with tied
-    /// embeddings, or a layer beyond `n_layers`).
-    #[error("weight tensor {name} is not used by this model config")]
-    UnexpectedTensor {
-        /// The tensor name.
-        name: String,
-    },
-    /// A tensor has the wrong shape.
-    #[error("weight tensor {name} has shape {got:?}, the config needs {expected:?}")]
-    BadShape {
-        /// The tensor name.
-        name: String,
-        /// The shape the config needs.
-        expected: Vec<usize>,
-        /// The shape found.
-        got: Vec<usize>,
-    },
-    /// A tensor's data length does not match its shape.
-    #[error("weight tensor {name} has shape {shape:?} but {got} values")]
-    DataLength {
-        /// The tensor name.
-        name: String,
-        /// Its declared shape.
-        shape: Vec<usize>,
-        /// The number of values given.
-        got: usize,
-    },
-    /// A policy call made by engine tooling (the benchmark) failed.
-    #[error("policy call failed: {0}")]
-    Policy(#[from] crate::policy::PolicyError),
-    /// A tensor holds NaN or infinity.
-    #[error("weight tensor {name} holds a non-finite value at flat index {index}")]
-    NonFinite {
-        /// The tensor name.
-        name: String,
-        /// Flat index of the first non-finite value.
-        index: usize,
-    },
-}

@@ -6,7 +6,8 @@ use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Slice, linalg::general_mat_m
 use rayon::prelude::*;
 
 use super::kv::{self, BLOCK_SIZE, Block, KvDims};
-use super::{EngineError, ModelConfig, Weights};
+use super::{ModelConfig, Weights};
+use crate::Error;
 
 /// One layer's weights, transposed to `[in, out]` and fused where inputs are shared.
 #[derive(Debug, Clone)]
@@ -58,21 +59,21 @@ pub(crate) struct RowGroup<'a> {
     pub tokens: &'a [u32],
 }
 
-fn matrix<'w>(w: &'w Weights, name: &str) -> Result<ArrayView2<'w, f32>, EngineError> {
-    let t = w.get(name).ok_or_else(|| EngineError::MissingTensor {
+fn matrix<'w>(w: &'w Weights, name: &str) -> Result<ArrayView2<'w, f32>, Error> {
+    let t = w.get(name).ok_or_else(|| Error::MissingTensor {
         name: name.to_string(),
     })?;
-    ArrayView2::from_shape((t.shape[0], t.shape[1]), &t.data).map_err(|_| EngineError::BadShape {
+    ArrayView2::from_shape((t.shape[0], t.shape[1]), &t.data).map_err(|_| Error::BadShape {
         name: name.to_string(),
         expected: vec![],
         got: t.shape.clone(),
     })
 }
 
-fn vector(w: &Weights, name: &str) -> Result<Vec<f32>, EngineError> {
+fn vector(w: &Weights, name: &str) -> Result<Vec<f32>, Error> {
     w.get(name)
         .map(|t| t.data.clone())
-        .ok_or_else(|| EngineError::MissingTensor {
+        .ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
         })
 }
@@ -84,7 +85,7 @@ fn transposed(w: ArrayView2<'_, f32>) -> Array2<f32> {
 
 impl Model {
     /// Validates `w` against `cfg` and packs it.
-    pub fn new(cfg: &ModelConfig, w: &Weights) -> Result<Self, EngineError> {
+    pub fn new(cfg: &ModelConfig, w: &Weights) -> Result<Self, Error> {
         w.validate(cfg)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
@@ -98,7 +99,7 @@ impl Model {
                     m("self_attn.v_proj")?.t(),
                 ],
             )
-            .map_err(|_| EngineError::BadShape {
+            .map_err(|_| Error::BadShape {
                 name: format!("{p}.self_attn.k_proj.weight"),
                 expected: vec![],
                 got: vec![],
@@ -115,7 +116,7 @@ impl Model {
             };
             let wgu_t =
                 ndarray::concatenate(Axis(1), &[m("mlp.gate_proj")?.t(), m("mlp.up_proj")?.t()])
-                    .map_err(|_| EngineError::BadShape {
+                    .map_err(|_| Error::BadShape {
                         name: format!("{p}.mlp.up_proj.weight"),
                         expected: vec![],
                         got: vec![],

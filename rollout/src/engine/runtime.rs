@@ -8,10 +8,9 @@ use rayon::prelude::*;
 use super::kv::{self, SeqState};
 use super::model::{Model, RowGroup};
 use super::sampling::sample_from_logits;
-use super::{EngineError, ModelConfig, Weights};
-use crate::policy::{
-    DecodeRequest, Policy, PolicyError, PolicyStats, Sampled, SamplingParams, SeqHandle,
-};
+use super::{ModelConfig, Weights};
+use crate::Error;
+use crate::policy::{DecodeRequest, Policy, PolicyStats, Sampled, SamplingParams, SeqHandle};
 
 /// Default prefill chunk length in tokens.
 const DEFAULT_PREFILL_CHUNK: usize = 64;
@@ -33,7 +32,7 @@ pub struct Engine {
 
 impl Engine {
     /// An engine for `cfg` with `weights` (validated against `cfg`).
-    pub fn new(cfg: ModelConfig, weights: &Weights) -> Result<Self, EngineError> {
+    pub fn new(cfg: ModelConfig, weights: &Weights) -> Result<Self, Error> {
         Ok(Engine {
             model: Model::new(&cfg, weights)?,
             seqs: HashMap::new(),
@@ -52,9 +51,9 @@ impl Engine {
     /// Replaces the weights (the in-memory weight sync from the trainer after each update).
     ///
     /// On success every live sequence is dropped: its cached keys and values came from the old
-    /// weights, so its handle now answers [`PolicyError::UnknownSequence`]. Samplers sync weights
+    /// weights, so its handle now answers [`Error::UnknownSequence`]. Samplers sync weights
     /// between steps, when no sequence is live. On error nothing changes.
-    pub fn load_weights(&mut self, weights: &Weights) -> Result<(), EngineError> {
+    pub fn load_weights(&mut self, weights: &Weights) -> Result<(), Error> {
         self.model = Model::new(&self.model.cfg, weights)?;
         self.seqs.clear();
         Ok(())
@@ -98,12 +97,12 @@ impl Engine {
     ///
     /// # Shapes
     /// Returns `[vocab]`.
-    pub fn next_logits(&self, seq: SeqHandle) -> Result<ArrayView1<'_, f32>, PolicyError> {
+    pub fn next_logits(&self, seq: SeqHandle) -> Result<ArrayView1<'_, f32>, Error> {
         Ok(ArrayView1::from(self.state(seq)?.logits.as_slice()))
     }
 
     /// The tokens of a live sequence.
-    pub fn tokens(&self, seq: SeqHandle) -> Result<&[u32], PolicyError> {
+    pub fn tokens(&self, seq: SeqHandle) -> Result<&[u32], Error> {
         Ok(&self.state(seq)?.tokens)
     }
 
@@ -122,24 +121,22 @@ impl Engine {
         kv::unique_blocks(self.seqs.values().map(|s| s.blocks.as_slice()))
     }
 
-    fn state(&self, seq: SeqHandle) -> Result<&SeqState, PolicyError> {
-        self.seqs
-            .get(&seq.0)
-            .ok_or(PolicyError::UnknownSequence(seq))
+    fn state(&self, seq: SeqHandle) -> Result<&SeqState, Error> {
+        self.seqs.get(&seq.0).ok_or(Error::UnknownSequence(seq))
     }
 
-    fn check_tokens(&self, tokens: &[u32]) -> Result<(), PolicyError> {
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), Error> {
         let vocab = self.model.cfg.vocab_size;
         match tokens.iter().find(|&&t| t as usize >= vocab) {
-            Some(&token) => Err(PolicyError::BadToken { token, vocab }),
+            Some(&token) => Err(Error::BadToken { token, vocab }),
             None => Ok(()),
         }
     }
 
-    fn check_room(&self, len: usize) -> Result<(), PolicyError> {
+    fn check_room(&self, len: usize) -> Result<(), Error> {
         let max = self.model.cfg.max_seq_len;
         if len > max {
-            Err(PolicyError::ContextOverflow { len, max })
+            Err(Error::ContextOverflow { len, max })
         } else {
             Ok(())
         }
@@ -173,9 +170,9 @@ impl Policy for Engine {
         self.model.cfg.max_seq_len
     }
 
-    fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, PolicyError> {
+    fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, Error> {
         if tokens.is_empty() {
-            return Err(PolicyError::BadLength { len: 0, have: 0 });
+            return Err(Error::BadLength { len: 0, have: 0 });
         }
         self.check_room(tokens.len())?;
         self.check_tokens(tokens)?;
@@ -189,17 +186,17 @@ impl Policy for Engine {
         Ok(self.insert(state))
     }
 
-    fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, PolicyError> {
+    fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, Error> {
         let state = self.state(seq)?.clone();
         self.cached += state.tokens.len() as u64;
         Ok(self.insert(state))
     }
 
-    fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, PolicyError> {
+    fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, Error> {
         let parent = self.state(seq)?;
         let have = parent.tokens.len();
         if len == 0 || len > have {
-            return Err(PolicyError::BadLength { len, have });
+            return Err(Error::BadLength { len, have });
         }
         if len == have {
             return self.fork(seq);
@@ -217,7 +214,7 @@ impl Policy for Engine {
         Ok(self.insert(state))
     }
 
-    fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), PolicyError> {
+    fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), Error> {
         let have = self.state(seq)?.tokens.len();
         if tokens.is_empty() {
             return Ok(());
@@ -227,7 +224,7 @@ impl Policy for Engine {
         let state = self
             .seqs
             .get_mut(&seq.0)
-            .ok_or(PolicyError::UnknownSequence(seq))?;
+            .ok_or(Error::UnknownSequence(seq))?;
         prefill(&self.model, self.prefill_chunk, state, tokens);
         self.computed += tokens.len() as u64;
         Ok(())
@@ -237,14 +234,14 @@ impl Policy for Engine {
         &mut self,
         requests: &[DecodeRequest],
         params: &SamplingParams,
-    ) -> Result<Vec<Sampled>, PolicyError> {
+    ) -> Result<Vec<Sampled>, Error> {
         // Validate everything before changing anything.
         let mut seen = HashSet::with_capacity(requests.len());
         for r in requests {
             let len = self.state(r.seq)?.tokens.len();
             self.check_room(len + 1)?;
             if !seen.insert(r.seq) {
-                return Err(PolicyError::Backend(format!(
+                return Err(Error::Backend(format!(
                     "sequence {:?} appears more than once in one decode batch",
                     r.seq
                 )));
@@ -290,7 +287,7 @@ impl Policy for Engine {
         Ok(sampled)
     }
 
-    fn seq_len(&self, seq: SeqHandle) -> Result<usize, PolicyError> {
+    fn seq_len(&self, seq: SeqHandle) -> Result<usize, Error> {
         Ok(self.state(seq)?.tokens.len())
     }
 

@@ -3,7 +3,8 @@
 
 use super::model::exp_fast;
 use super::*;
-use crate::policy::{DecodeRequest, Policy, PolicyError, SamplingParams, SeqHandle};
+use crate::Error;
+use crate::policy::{DecodeRequest, Policy, SamplingParams, SeqHandle};
 use crate::tokenizer::ByteTokenizer;
 
 /// Cached path vs reference: both are f32 with different summation orders (GEMM orientation,
@@ -71,7 +72,7 @@ fn presets_validate_and_count_params() {
     assert_eq!(ModelConfig::preset("small").unwrap(), small);
     assert!(matches!(
         ModelConfig::preset("huge"),
-        Err(EngineError::UnknownPreset { .. })
+        Err(Error::UnknownPreset { .. })
     ));
     assert_eq!(tiny.num_params(), 1_116_032);
     assert_eq!(small.num_params(), 6_427_392);
@@ -91,7 +92,7 @@ fn presets_validate_and_count_params() {
 #[test]
 fn config_validation_names_the_field() {
     let field = |c: ModelConfig| match c.validate() {
-        Err(EngineError::InvalidConfig { field, .. }) => field,
+        Err(Error::InvalidConfig { field, .. }) => field,
         other => panic!("expected InvalidConfig, got {other:?}"),
     };
     let t = ModelConfig::tiny;
@@ -159,7 +160,7 @@ fn random_weights_are_seeded_and_validated() {
     w.remove("model.layers.2.mlp.up_proj.weight");
     assert_eq!(
         w.validate(&cfg),
-        Err(EngineError::MissingTensor {
+        Err(Error::MissingTensor {
             name: "model.layers.2.mlp.up_proj.weight".into()
         })
     );
@@ -168,7 +169,7 @@ fn random_weights_are_seeded_and_validated() {
         .unwrap();
     assert_eq!(
         w.validate(&cfg),
-        Err(EngineError::UnexpectedTensor {
+        Err(Error::UnexpectedTensor {
             name: "model.layers.4.mlp.up_proj.weight".into()
         })
     );
@@ -180,19 +181,17 @@ fn random_weights_are_seeded_and_validated() {
         vec![0.0; 64 * 256],
     )
     .unwrap();
-    assert!(
-        matches!(w.validate(&cfg), Err(EngineError::BadShape { name, .. })
-        if name == "model.layers.1.self_attn.o_proj.weight")
-    );
+    assert!(matches!(w.validate(&cfg), Err(Error::BadShape { name, .. })
+        if name == "model.layers.1.self_attn.o_proj.weight"));
     let mut w = a.clone();
     w.get_mut("lm_head.weight").unwrap().data[5] = f32::NAN;
     assert!(matches!(
         w.validate(&cfg),
-        Err(EngineError::NonFinite { index: 5, .. })
+        Err(Error::NonFinite { index: 5, .. })
     ));
     assert!(matches!(
         a.clone().insert("x", vec![2, 2], vec![0.0; 3]),
-        Err(EngineError::DataLength { got: 3, .. })
+        Err(Error::DataLength { got: 3, .. })
     ));
     // Tied embeddings: lm_head must be absent.
     let tied = ModelConfig {
@@ -201,7 +200,7 @@ fn random_weights_are_seeded_and_validated() {
     };
     assert_eq!(
         a.validate(&tied),
-        Err(EngineError::UnexpectedTensor {
+        Err(Error::UnexpectedTensor {
             name: "lm_head.weight".into()
         })
     );
@@ -248,13 +247,13 @@ fn qkv_biases_are_named_shaped_and_checked() {
     }
     assert_eq!(
         wp.validate(&biased),
-        Err(EngineError::MissingTensor {
+        Err(Error::MissingTensor {
             name: "model.layers.0.self_attn.q_proj.bias".into()
         })
     );
     assert!(matches!(
         wb.validate(&plain),
-        Err(EngineError::UnexpectedTensor { name }) if name.ends_with(".bias")
+        Err(Error::UnexpectedTensor { name }) if name.ends_with(".bias")
     ));
     Engine::new(biased, &wb).unwrap();
 }
@@ -676,13 +675,10 @@ fn fork_at_block_boundaries_and_mid_block() {
         assert_eq!(out, twin);
         assert_eq!(bits(&logits(&e, c)), bits(&logits(&e, fresh)));
     }
-    assert_eq!(
-        e.fork_at(p, 0),
-        Err(PolicyError::BadLength { len: 0, have: 60 })
-    );
+    assert_eq!(e.fork_at(p, 0), Err(Error::BadLength { len: 0, have: 60 }));
     assert_eq!(
         e.fork_at(p, 61),
-        Err(PolicyError::BadLength { len: 61, have: 60 })
+        Err(Error::BadLength { len: 61, have: 60 })
     );
 }
 
@@ -940,34 +936,25 @@ fn policy_errors() {
     let mut e = engine_for(&cfg, 6);
     let ghost = SeqHandle(999);
     let params = SamplingParams::default();
-    assert_eq!(
-        e.start(&[]),
-        Err(PolicyError::BadLength { len: 0, have: 0 })
-    );
+    assert_eq!(e.start(&[]), Err(Error::BadLength { len: 0, have: 0 }));
     assert_eq!(
         e.start(&[1, 259]),
-        Err(PolicyError::BadToken {
+        Err(Error::BadToken {
             token: 259,
             vocab: 259
         })
     );
     assert_eq!(
         e.start(&toks(1, 21)),
-        Err(PolicyError::ContextOverflow { len: 21, max: 20 })
+        Err(Error::ContextOverflow { len: 21, max: 20 })
     );
-    assert_eq!(e.fork(ghost), Err(PolicyError::UnknownSequence(ghost)));
-    assert_eq!(
-        e.fork_at(ghost, 1),
-        Err(PolicyError::UnknownSequence(ghost))
-    );
-    assert_eq!(
-        e.append(ghost, &[1]),
-        Err(PolicyError::UnknownSequence(ghost))
-    );
-    assert_eq!(e.seq_len(ghost), Err(PolicyError::UnknownSequence(ghost)));
+    assert_eq!(e.fork(ghost), Err(Error::UnknownSequence(ghost)));
+    assert_eq!(e.fork_at(ghost, 1), Err(Error::UnknownSequence(ghost)));
+    assert_eq!(e.append(ghost, &[1]), Err(Error::UnknownSequence(ghost)));
+    assert_eq!(e.seq_len(ghost), Err(Error::UnknownSequence(ghost)));
     assert_eq!(
         e.decode(&[req(ghost, 0)], &params),
-        Err(PolicyError::UnknownSequence(ghost))
+        Err(Error::UnknownSequence(ghost))
     );
     e.release(ghost); // no-op
 
@@ -975,11 +962,11 @@ fn policy_errors() {
     e.append(s, &[]).unwrap();
     assert_eq!(
         e.append(s, &[1, 2, 3]),
-        Err(PolicyError::ContextOverflow { len: 21, max: 20 })
+        Err(Error::ContextOverflow { len: 21, max: 20 })
     );
     assert_eq!(
         e.append(s, &[300]),
-        Err(PolicyError::BadToken {
+        Err(Error::BadToken {
             token: 300,
             vocab: 259
         })
@@ -987,7 +974,7 @@ fn policy_errors() {
     let before = logits(&e, s);
     assert!(matches!(
         e.decode(&[req(s, 0), req(s, 1)], &params),
-        Err(PolicyError::Backend(_))
+        Err(Error::Backend(_))
     ));
     assert_eq!(e.decode(&[], &params), Ok(vec![]));
     // Failed calls changed nothing.
@@ -999,7 +986,7 @@ fn policy_errors() {
     // One request overflows: nothing in the batch is decoded.
     assert_eq!(
         e.decode(&[req(other, 0), req(s, 2)], &params),
-        Err(PolicyError::ContextOverflow { len: 21, max: 20 })
+        Err(Error::ContextOverflow { len: 21, max: 20 })
     );
     assert_eq!(e.seq_len(other), Ok(1));
 }
@@ -1044,7 +1031,7 @@ fn load_weights_swaps_the_model_and_drops_sequences() {
 
     let new_w = Weights::random_with_std(&cfg, 9, TEST_STD);
     e.load_weights(&new_w).unwrap();
-    assert_eq!(e.seq_len(s), Err(PolicyError::UnknownSequence(s)));
+    assert_eq!(e.seq_len(s), Err(Error::UnknownSequence(s)));
     assert_eq!(e.stats().kv_bytes, 0);
     let s2 = e.start(&prompt).unwrap();
     let mut fresh = Engine::new(cfg, &new_w).unwrap();

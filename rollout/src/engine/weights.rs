@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-use super::{EngineError, ModelConfig};
+use super::ModelConfig;
+use crate::Error;
 
 /// One named tensor: a row-major shape and its values.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,17 +121,17 @@ impl Weights {
     /// Inserts (or replaces) a tensor.
     ///
     /// # Shapes
-    /// `data.len()` must equal the product of `shape`; otherwise [`EngineError::DataLength`].
+    /// `data.len()` must equal the product of `shape`; otherwise [`Error::DataLength`].
     pub fn insert(
         &mut self,
         name: impl Into<String>,
         shape: Vec<usize>,
         data: Vec<f32>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), Error> {
         let name = name.into();
         let expected: usize = shape.iter().product();
         if expected != data.len() {
-            return Err(EngineError::DataLength {
+            return Err(Error::DataLength {
                 name,
                 shape,
                 got: data.len(),
@@ -168,29 +169,29 @@ impl Weights {
     /// Checks the weights against `cfg`: every expected tensor present with its exact shape,
     /// no extra tensor, data lengths consistent and all values finite. The error names the first
     /// offending tensor.
-    pub fn validate(&self, cfg: &ModelConfig) -> Result<(), EngineError> {
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<(), Error> {
         cfg.validate()?;
         let expected = Self::expected_shapes(cfg);
         for (name, shape) in &expected {
             let Some(t) = self.tensors.get(name) else {
-                return Err(EngineError::MissingTensor { name: name.clone() });
+                return Err(Error::MissingTensor { name: name.clone() });
             };
             if &t.shape != shape {
-                return Err(EngineError::BadShape {
+                return Err(Error::BadShape {
                     name: name.clone(),
                     expected: shape.clone(),
                     got: t.shape.clone(),
                 });
             }
             if t.data.len() != shape.iter().product::<usize>() {
-                return Err(EngineError::DataLength {
+                return Err(Error::DataLength {
                     name: name.clone(),
                     shape: shape.clone(),
                     got: t.data.len(),
                 });
             }
             if let Some(index) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(EngineError::NonFinite {
+                return Err(Error::NonFinite {
                     name: name.clone(),
                     index,
                 });
@@ -200,7 +201,7 @@ impl Weights {
             let known: std::collections::HashSet<&str> =
                 expected.iter().map(|(n, _)| n.as_str()).collect();
             if let Some(extra) = self.tensors.keys().find(|k| !known.contains(k.as_str())) {
-                return Err(EngineError::UnexpectedTensor {
+                return Err(Error::UnexpectedTensor {
                     name: extra.clone(),
                 });
             }

@@ -4,8 +4,9 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use super::{HfError, HfMeta};
-use crate::engine::{EngineError, ModelConfig, RopeScaling};
+use super::HfMeta;
+use crate::Error;
+use crate::engine::{ModelConfig, RopeScaling};
 use crate::tokenizer::SpecialTokens;
 
 /// The `model_type`s arbor loads.
@@ -29,8 +30,8 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn error(&self, key: &str, reason: String) -> HfError {
-        HfError::ConfigField {
+    fn error(&self, key: &str, reason: String) -> Error {
+        Error::ConfigField {
             path: self.path.to_path_buf(),
             field: format!("{}{key}", self.prefix),
             reason,
@@ -42,7 +43,7 @@ impl<'a> Fields<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn usize(&self, key: &str) -> Result<Option<usize>, HfError> {
+    fn usize(&self, key: &str) -> Result<Option<usize>, Error> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -55,12 +56,12 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn required_usize(&self, key: &str) -> Result<usize, HfError> {
+    fn required_usize(&self, key: &str) -> Result<usize, Error> {
         self.usize(key)?
             .ok_or_else(|| self.error(key, "missing (required)".into()))
     }
 
-    fn f32(&self, key: &str) -> Result<Option<f32>, HfError> {
+    fn f32(&self, key: &str) -> Result<Option<f32>, Error> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -70,12 +71,12 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn required_f32(&self, key: &str) -> Result<f32, HfError> {
+    fn required_f32(&self, key: &str) -> Result<f32, Error> {
         self.f32(key)?
             .ok_or_else(|| self.error(key, "missing (required)".into()))
     }
 
-    fn bool(&self, key: &str) -> Result<Option<bool>, HfError> {
+    fn bool(&self, key: &str) -> Result<Option<bool>, Error> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -85,7 +86,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn str(&self, key: &str) -> Result<Option<&'a str>, HfError> {
+    fn str(&self, key: &str) -> Result<Option<&'a str>, Error> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -95,7 +96,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn object(&self, key: &str) -> Result<Option<&'a Map<String, Value>>, HfError> {
+    fn object(&self, key: &str) -> Result<Option<&'a Map<String, Value>>, Error> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -106,7 +107,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A token id: an integer, or a non-empty list of integers (its first is used).
-    fn token_id(&self, key: &str) -> Result<Option<u32>, HfError> {
+    fn token_id(&self, key: &str) -> Result<Option<u32>, Error> {
         let bad = |v: &Value| {
             self.error(
                 key,
@@ -124,8 +125,8 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn unsupported(&self, key: &str, value: &Value, reason: &str) -> HfError {
-        HfError::UnsupportedOption {
+    fn unsupported(&self, key: &str, value: &Value, reason: &str) -> Error {
+        Error::UnsupportedOption {
             path: self.path.to_path_buf(),
             option: format!("{}{key}", self.prefix),
             value: value.to_string(),
@@ -162,7 +163,7 @@ fn rope_scaling(
     path: &Path,
     obj: &Map<String, Value>,
     prefix: &'static str,
-) -> Result<Option<RopeScaling>, HfError> {
+) -> Result<Option<RopeScaling>, Error> {
     let f = Fields {
         path,
         map: obj,
@@ -190,7 +191,7 @@ fn rope_scaling(
 }
 
 /// Parses a `config.json` object (see the table in the [module docs](super)).
-pub(super) fn parse(path: &Path, map: &Map<String, Value>) -> Result<Parsed, HfError> {
+pub(super) fn parse(path: &Path, map: &Map<String, Value>) -> Result<Parsed, Error> {
     let f = Fields {
         path,
         map,
@@ -200,7 +201,7 @@ pub(super) fn parse(path: &Path, map: &Map<String, Value>) -> Result<Parsed, HfE
         .str("model_type")?
         .ok_or_else(|| f.error("model_type", "missing (required)".into()))?;
     if !SUPPORTED_MODEL_TYPES.contains(&model_type) {
-        return Err(HfError::UnsupportedModelType {
+        return Err(Error::UnsupportedModelType {
             path: path.to_path_buf(),
             model_type: model_type.to_string(),
         });
@@ -302,12 +303,12 @@ pub(super) fn parse(path: &Path, map: &Map<String, Value>) -> Result<Parsed, HfE
         rope_scaling,
     };
     config.validate().map_err(|e| match e {
-        EngineError::InvalidConfig { field, reason } => HfError::InvalidConfig {
+        Error::InvalidConfig { field, reason } => Error::InvalidArchitecture {
             path: path.to_path_buf(),
             field: hf_key(field),
             reason,
         },
-        other => HfError::InvalidConfig {
+        other => Error::InvalidArchitecture {
             path: path.to_path_buf(),
             field: "config",
             reason: other.to_string(),
@@ -352,7 +353,7 @@ pub(super) fn to_json(
     meta: &HfMeta,
     cfg: &ModelConfig,
     special: SpecialTokens,
-) -> Result<Map<String, Value>, HfError> {
+) -> Result<Map<String, Value>, Error> {
     let model_type = match (meta.model_type.as_str(), cfg.qkv_bias) {
         ("qwen2", false) => "llama",
         (_, true) => "qwen2",
@@ -422,14 +423,14 @@ pub(super) fn to_json(
     }
     match parse(path, &m) {
         Ok(back) if back.config == *cfg => Ok(m),
-        Ok(back) => Err(HfError::Unrepresentable {
+        Ok(back) => Err(Error::Unrepresentable {
             reason: format!(
                 "it would load back as {:?} (a sliding window in the original config.json \
                  caps the context at {})",
                 back.config, back.config.max_seq_len
             ),
         }),
-        Err(e) => Err(HfError::Unrepresentable {
+        Err(e) => Err(Error::Unrepresentable {
             reason: e.to_string(),
         }),
     }

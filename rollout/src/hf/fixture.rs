@@ -35,9 +35,8 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{Map, Value, json};
 
-use super::{
-    CONFIG_FILE, HfError, HfMeta, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, config,
-};
+use super::{CONFIG_FILE, HfMeta, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, config};
+use crate::Error;
 use crate::engine::{ModelConfig, Weights};
 use crate::tokenizer::SpecialTokens;
 
@@ -118,8 +117,8 @@ impl TinyModel {
 
     /// Writes `config.json`, `tokenizer.json` and the weights into `dir` (created if needed)
     /// and returns the weights as stored (rounded to the stored dtype, as f32).
-    pub fn write(&self, dir: &Path) -> Result<Weights, HfError> {
-        fs::create_dir_all(dir).map_err(|e| HfError::io(dir, e))?;
+    pub fn write(&self, dir: &Path) -> Result<Weights, Error> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let (tokenizer, special) = match self.tokenizer {
             TinyTokenizer::ByteLevelBpe => byte_level_bpe_json(),
             TinyTokenizer::SentencePiece => sentencepiece_json(),
@@ -192,7 +191,7 @@ impl TinyModel {
                 (name.clone(), view)
             });
             let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| {
-                HfError::CorruptWeights {
+                Error::CorruptWeights {
                     path: dir.join(&file),
                     reason: e.to_string(),
                 }
@@ -211,8 +210,8 @@ impl TinyModel {
     }
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
-    fs::write(path, bytes).map_err(|e| HfError::io(path, e))
+fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Adds `pieces` (each a list of vocabulary symbols) to a BPE vocabulary as left-to-right

@@ -13,13 +13,13 @@
 //! - [`save_model_dir`] / [`HfModel::save`] — `config.json`, `model.safetensors` (f32) and the
 //!   tokenizer files.
 //! - `fixture` (feature `test-util`) — tiny random model directories written in code, for tests.
-//! - [`HfError`] — one variant per kind of malformed directory, each naming the file, field or
+//! - [`Error`] (the crate's) — one variant per kind of malformed directory, each naming the file, field or
 //!   tensor to fix.
 //!
 //! # `config.json`
 //! | key | arbor | notes |
 //! |---|---|---|
-//! | `model_type` | — | `llama`, `qwen2` or `mistral`; anything else is [`HfError::UnsupportedModelType`] |
+//! | `model_type` | — | `llama`, `qwen2` or `mistral`; anything else is [`Error::UnsupportedModelType`] |
 //! | `hidden_size` | `d_model` | required |
 //! | `num_hidden_layers` | `n_layers` | required |
 //! | `num_attention_heads` | `n_heads` | required |
@@ -80,11 +80,12 @@ mod tests;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::engine::{EngineError, ModelConfig, Weights};
+use crate::Error;
+use crate::engine::{ModelConfig, Weights};
 use crate::tokenizer::{HfTokenizer, SpecialTokens, Tokenizer};
 
 pub use config::SUPPORTED_MODEL_TYPES;
@@ -106,195 +107,6 @@ const SIDE_FILES: [&str; 3] = [
     "special_tokens_map.json",
     "generation_config.json",
 ];
-
-/// Errors of loading or saving a Hugging Face model directory. Each names what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum HfError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A required file is not there.
-    #[error("{path} is missing ({what})")]
-    MissingFile {
-        /// The path looked for.
-        path: PathBuf,
-        /// What the file is for.
-        what: &'static str,
-    },
-    /// A JSON file does not parse (or is not a JSON object).
-    #[error("{path}: invalid JSON: {reason}")]
-    InvalidJson {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message.
-        reason: String,
-    },
-    /// A `config.json` field is missing or has the wrong type.
-    #[error("{path}: field `{field}`: {reason}")]
-    ConfigField {
-        /// The file.
-        path: PathBuf,
-        /// The field (nested fields as `rope_scaling.factor`).
-        field: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// `model_type` names an architecture arbor cannot run.
-    #[error(
-        "{path}: model_type {model_type:?} is not supported (supported: {})",
-        SUPPORTED_MODEL_TYPES.join(", ")
-    )]
-    UnsupportedModelType {
-        /// The file.
-        path: PathBuf,
-        /// The `model_type` found.
-        model_type: String,
-    },
-    /// A `config.json` option asks for something arbor's transformer does not implement.
-    #[error("{path}: {option} = {value} is not supported: {reason}")]
-    UnsupportedOption {
-        /// The file.
-        path: PathBuf,
-        /// The option (a `config.json` key).
-        option: String,
-        /// Its value, as JSON.
-        value: String,
-        /// What arbor supports instead.
-        reason: String,
-    },
-    /// The sizes in `config.json` do not fit together.
-    #[error("{path}: invalid architecture: `{field}`: {reason}")]
-    InvalidConfig {
-        /// The file.
-        path: PathBuf,
-        /// The `config.json` key at fault.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The directory holds no safetensors weights arbor can read.
-    #[error(
-        "{dir}: no weights: expected {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}{}",
-        hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
-    )]
-    NoWeights {
-        /// The model directory.
-        dir: PathBuf,
-        /// What was found instead, if anything.
-        hint: Option<String>,
-    },
-    /// A safetensors file is corrupt (bad header, offsets or length).
-    #[error("{path}: not a valid safetensors file: {reason}")]
-    CorruptWeights {
-        /// The file.
-        path: PathBuf,
-        /// The safetensors parser's message.
-        reason: String,
-    },
-    /// `model.safetensors.index.json` is malformed or disagrees with its shards.
-    #[error("{path}: {reason}")]
-    ShardIndex {
-        /// The index file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A tensor is stored in a dtype other than F32, F16 or BF16.
-    #[error("{path}: tensor {name} has dtype {dtype}; supported: F32, F16, BF16")]
-    UnsupportedDtype {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        name: String,
-        /// Its dtype.
-        dtype: String,
-    },
-    /// A tensor the architecture needs is not in the weights.
-    #[error("{dir}: tensor {name} is missing from the weights")]
-    MissingTensor {
-        /// The model directory.
-        dir: PathBuf,
-        /// The tensor name.
-        name: String,
-    },
-    /// The weights hold a tensor the architecture does not use.
-    #[error("{path}: tensor {name} is not used by this model: {reason}")]
-    UnexpectedTensor {
-        /// The file holding it.
-        path: PathBuf,
-        /// The tensor name.
-        name: String,
-        /// Why it does not belong.
-        reason: String,
-    },
-    /// A tensor's shape differs from the one `config.json` implies.
-    #[error("{path}: tensor {name} has shape {got:?}, config.json implies {expected:?}")]
-    BadShape {
-        /// The file holding it.
-        path: PathBuf,
-        /// The tensor name.
-        name: String,
-        /// The shape the config implies.
-        expected: Vec<usize>,
-        /// The stored shape.
-        got: Vec<usize>,
-    },
-    /// The weights fail a check after loading (non-finite values) or before saving.
-    #[error("{dir}: {source}")]
-    Weights {
-        /// The model directory.
-        dir: PathBuf,
-        /// The engine's finding.
-        source: EngineError,
-    },
-    /// `tokenizer.json` cannot be read by the `tokenizers` crate.
-    #[error("{path}: cannot load the tokenizer: {reason}")]
-    Tokenizer {
-        /// The file.
-        path: PathBuf,
-        /// The tokenizer library's message.
-        reason: String,
-    },
-    /// The embedding has fewer rows than the tokenizer has token ids.
-    #[error(
-        "config.json vocab_size {embedding} is smaller than the tokenizer's vocabulary \
-         ({tokenizer} token ids): the embedding must have a row for every token id"
-    )]
-    VocabTooSmall {
-        /// Rows of the embedding (`vocab_size`).
-        embedding: usize,
-        /// Largest token id of the tokenizer plus one.
-        tokenizer: usize,
-    },
-    /// A special token is missing or out of range.
-    #[error("{which} token: {reason}")]
-    SpecialToken {
-        /// `bos`, `eos` or `pad`.
-        which: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The configuration cannot be written as a `config.json` that loads back to it.
-    #[error("cannot write config.json for this configuration: {reason}")]
-    Unrepresentable {
-        /// Why.
-        reason: String,
-    },
-}
-
-impl HfError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
-        HfError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
 
 /// What a model directory holds besides the architecture, the weights and the tokenizer: the
 /// `model_type`, the full `config.json` object (its other keys are written back on save) and
@@ -359,7 +171,7 @@ pub struct HfModel {
 
 impl HfModel {
     /// Writes this model to `dir` ([`save_model_dir`]).
-    pub fn save(&self, dir: &Path) -> Result<(), HfError> {
+    pub fn save(&self, dir: &Path) -> Result<(), Error> {
         save_model_dir(
             dir,
             &self.meta,
@@ -371,7 +183,7 @@ impl HfModel {
 
     /// Writes this model's directory with other weights for the same architecture (e.g. the
     /// trainer's after fine-tuning), without cloning the model.
-    pub fn save_with_weights(&self, dir: &Path, weights: &Weights) -> Result<(), HfError> {
+    pub fn save_with_weights(&self, dir: &Path, weights: &Weights) -> Result<(), Error> {
         save_model_dir(dir, &self.meta, &self.config, weights, &self.tokenizer)
     }
 }
@@ -395,9 +207,9 @@ pub struct LoadedConfig {
 /// `tokenizer_config.json` if present) and the safetensors weights, checked against each other
 /// (see the [module docs](self)). Cheap checks come first: a bad config or tokenizer fails
 /// before any weight is read.
-pub fn load_model_dir(dir: &Path) -> Result<HfModel, HfError> {
+pub fn load_model_dir(dir: &Path) -> Result<HfModel, Error> {
     if !dir.is_dir() {
-        return Err(HfError::MissingFile {
+        return Err(Error::MissingFile {
             path: dir.to_path_buf(),
             what: "the model directory",
         });
@@ -413,26 +225,26 @@ pub fn load_model_dir(dir: &Path) -> Result<HfModel, HfError> {
     })
 }
 
-fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, HfError> {
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
     fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => HfError::MissingFile {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
             path: path.to_path_buf(),
             what,
         },
-        _ => HfError::io(path, e),
+        _ => Error::io(path, e),
     })
 }
 
 /// Reads a JSON object file.
-fn read_json_object(path: &Path, what: &'static str) -> Result<Map<String, Value>, HfError> {
+fn read_json_object(path: &Path, what: &'static str) -> Result<Map<String, Value>, Error> {
     let bytes = read(path, what)?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(HfError::InvalidJson {
+        Ok(_) => Err(Error::InvalidJson {
             path: path.to_path_buf(),
             reason: "expected a JSON object".into(),
         }),
-        Err(e) => Err(HfError::InvalidJson {
+        Err(e) => Err(Error::InvalidJson {
             path: path.to_path_buf(),
             reason: e.to_string(),
         }),
@@ -441,7 +253,7 @@ fn read_json_object(path: &Path, what: &'static str) -> Result<Map<String, Value
 
 /// Reads `dir/config.json` into a [`ModelConfig`] (see the table in the [module docs](self))
 /// and collects the side files saving copies back.
-pub fn load_config(dir: &Path) -> Result<LoadedConfig, HfError> {
+pub fn load_config(dir: &Path) -> Result<LoadedConfig, Error> {
     let path = dir.join(CONFIG_FILE);
     let map = read_json_object(&path, "the model's config.json")?;
     let parsed = config::parse(&path, &map)?;
@@ -450,7 +262,7 @@ pub fn load_config(dir: &Path) -> Result<LoadedConfig, HfError> {
         match fs::read(dir.join(name)) {
             Ok(bytes) => side_files.push((name.to_string(), bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(HfError::io(&dir.join(name), e)),
+            Err(e) => return Err(Error::io(&dir.join(name), e)),
         }
     }
     Ok(LoadedConfig {
@@ -478,10 +290,10 @@ fn named_token(tc: &Map<String, Value>, key: &str) -> Option<String> {
 /// Reads `dir/tokenizer.json` and resolves the special tokens (see the
 /// [module docs](self#special-tokens)); checks that the embedding covers the tokenizer's
 /// vocabulary and the special ids.
-pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, HfError> {
+pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, Error> {
     let path = dir.join(TOKENIZER_FILE);
     let bytes = read(&path, "the model's tokenizer.json")?;
-    let json = String::from_utf8(bytes).map_err(|_| HfError::Tokenizer {
+    let json = String::from_utf8(bytes).map_err(|_| Error::Tokenizer {
         path: path.clone(),
         reason: "not UTF-8 text".into(),
     })?;
@@ -502,18 +314,18 @@ pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, 
         &path,
     )?;
     if probe.vocab_size() > loaded.config.vocab_size {
-        return Err(HfError::VocabTooSmall {
+        return Err(Error::VocabTooSmall {
             embedding: loaded.config.vocab_size,
             tokenizer: probe.vocab_size(),
         });
     }
-    let by_name = |which: &'static str, key: &str| -> Result<Option<u32>, HfError> {
+    let by_name = |which: &'static str, key: &str| -> Result<Option<u32>, Error> {
         match named_token(&tc, key) {
             None => Ok(None),
             Some(name) => probe
                 .token_to_id(&name)
                 .map(Some)
-                .ok_or(HfError::SpecialToken {
+                .ok_or(Error::SpecialToken {
                     which,
                     reason: format!(
                         "{TOKENIZER_CONFIG_FILE} names {name:?} as {key}, which is not in \
@@ -524,7 +336,7 @@ pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, 
     };
     let eos = match loaded.eos {
         Some(id) => id,
-        None => by_name("eos", "eos_token")?.ok_or(HfError::SpecialToken {
+        None => by_name("eos", "eos_token")?.ok_or(Error::SpecialToken {
             which: "eos",
             reason: format!(
                 "neither {CONFIG_FILE} (eos_token_id) nor {TOKENIZER_CONFIG_FILE} (eos_token) \
@@ -543,7 +355,7 @@ pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, 
     let embedding = loaded.config.vocab_size;
     for (which, id) in [("bos", bos), ("eos", eos), ("pad", pad)] {
         if id as usize >= embedding {
-            return Err(HfError::SpecialToken {
+            return Err(Error::SpecialToken {
                 which,
                 reason: format!("id {id} is outside the embedding (vocab_size {embedding})"),
             });
@@ -557,10 +369,7 @@ pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, 
 }
 
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename.
-fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), HfError>,
-) -> Result<(), HfError> {
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(
@@ -570,9 +379,9 @@ fn write_atomic(
     ));
     let result = write(&tmp).and_then(|()| {
         let sync = |p: &Path| File::open(p).and_then(|f| f.sync_all());
-        sync(&tmp).map_err(|e| HfError::io(&tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| HfError::io(path, e))?;
-        sync(dir).map_err(|e| HfError::io(dir, e))
+        sync(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        sync(dir).map_err(|e| Error::io(dir, e))
     });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -580,11 +389,11 @@ fn write_atomic(
     result
 }
 
-fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
+fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     write_atomic(path, |tmp| {
         File::create(tmp)
             .and_then(|mut f| f.write_all(bytes))
-            .map_err(|e| HfError::io(tmp, e))
+            .map_err(|e| Error::io(tmp, e))
     })
 }
 
@@ -597,19 +406,19 @@ pub fn save_model_dir(
     cfg: &ModelConfig,
     weights: &Weights,
     tokenizer: &HfTokenizer,
-) -> Result<(), HfError> {
-    weights.validate(cfg).map_err(|source| HfError::Weights {
+) -> Result<(), Error> {
+    weights.validate(cfg).map_err(|source| Error::Weights {
         dir: dir.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     if tokenizer.vocab_size() > cfg.vocab_size {
-        return Err(HfError::VocabTooSmall {
+        return Err(Error::VocabTooSmall {
             embedding: cfg.vocab_size,
             tokenizer: tokenizer.vocab_size(),
         });
     }
     let config_json = config::to_json(meta, cfg, tokenizer.special_tokens())?;
-    fs::create_dir_all(dir).map_err(|e| HfError::io(dir, e))?;
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(&Value::Object(config_json))
         .expect("a JSON value serializes")
         + "\n";
@@ -622,7 +431,7 @@ pub fn save_model_dir(
     match fs::remove_file(dir.join(WEIGHTS_INDEX_FILE)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(HfError::io(&dir.join(WEIGHTS_INDEX_FILE), e)),
+        Err(e) => return Err(Error::io(&dir.join(WEIGHTS_INDEX_FILE), e)),
     }
     write_bytes_atomic(&dir.join(TOKENIZER_FILE), tokenizer.json().as_bytes())?;
     for (name, bytes) in &meta.side_files {

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::fixture::{StoreDtype, TinyModel, TinyTokenizer, tiny_config};
 use super::*;
+use crate::Error;
 use crate::engine::{Engine, ModelConfig, RopeScaling};
 use crate::tokenizer::{DecodeScheme, Tokenizer};
 
@@ -236,7 +237,7 @@ fn save_keeps_unknown_keys_and_side_files_and_writes_other_weights() {
     bad.remove("model.norm.weight");
     let fresh = out.join("nested");
     let err = model.save_with_weights(&fresh, &bad).unwrap_err();
-    assert!(matches!(err, HfError::Weights { .. }), "{err}");
+    assert!(matches!(err, Error::Weights { .. }), "{err}");
     assert!(!fresh.exists());
     fs::remove_dir_all(&dir).unwrap();
     fs::remove_dir_all(&out).unwrap();
@@ -367,7 +368,7 @@ fn special_tokens_resolve_from_config_then_tokenizer_config() {
     fs::write(dir.join(TOKENIZER_CONFIG_FILE), r#"{"eos_token": "</s>"}"#).unwrap();
     let err = load_model_dir(&dir).unwrap_err();
     assert!(
-        matches!(err, HfError::SpecialToken { which: "eos", .. }),
+        matches!(err, Error::SpecialToken { which: "eos", .. }),
         "{err}"
     );
     assert!(err.to_string().contains("</s>"), "{err}");
@@ -375,7 +376,7 @@ fn special_tokens_resolve_from_config_then_tokenizer_config() {
     fs::remove_file(dir.join(TOKENIZER_CONFIG_FILE)).unwrap();
     let err = load_model_dir(&dir).unwrap_err();
     assert!(
-        matches!(err, HfError::SpecialToken { which: "eos", .. }),
+        matches!(err, Error::SpecialToken { which: "eos", .. }),
         "{err}"
     );
     // An id outside the embedding.
@@ -385,7 +386,7 @@ fn special_tokens_resolve_from_config_then_tokenizer_config() {
     });
     let err = load_model_dir(&dir).unwrap_err();
     assert!(
-        matches!(err, HfError::SpecialToken { which: "eos", .. }),
+        matches!(err, Error::SpecialToken { which: "eos", .. }),
         "{err}"
     );
     assert!(err.to_string().contains("512"), "{err}");
@@ -395,7 +396,7 @@ fn special_tokens_resolve_from_config_then_tokenizer_config() {
 // ---------------------------------------------------------------- malformed directories
 
 /// Writes a valid directory, breaks it with `f`, and returns the load error.
-fn broken(tag: &str, f: impl FnOnce(&Path)) -> HfError {
+fn broken(tag: &str, f: impl FnOnce(&Path)) -> Error {
     let mut spec = TinyModel::new(tiny_config());
     spec.shards = 2;
     let (dir, _) = written(&format!("bad-{tag}"), &spec);
@@ -443,25 +444,25 @@ fn index_entry(dir: &Path, name: &str, file: &str) {
 fn every_malformed_directory_class_has_its_own_error() {
     // The directory itself.
     let err = load_model_dir(Path::new("/nonexistent/arbor-model")).unwrap_err();
-    assert!(matches!(err, HfError::MissingFile { .. }), "{err}");
+    assert!(matches!(err, Error::MissingFile { .. }), "{err}");
 
     // config.json: absent, not JSON, missing field, wrong type, unsupported model type.
     let err = broken("noconfig", |d| {
         fs::remove_file(d.join(CONFIG_FILE)).unwrap()
     });
     assert!(
-        matches!(&err, HfError::MissingFile { path, .. } if path.ends_with(CONFIG_FILE)),
+        matches!(&err, Error::MissingFile { path, .. } if path.ends_with(CONFIG_FILE)),
         "{err}"
     );
     let err = broken("json", |d| {
         fs::write(d.join(CONFIG_FILE), b"{ nope").unwrap()
     });
-    assert!(matches!(err, HfError::InvalidJson { .. }), "{err}");
+    assert!(matches!(err, Error::InvalidJson { .. }), "{err}");
     let err = broken("field", |d| {
         edit_config(d, |m| drop(m.remove("hidden_size")))
     });
     assert!(
-        matches!(&err, HfError::ConfigField { field, .. } if field == "hidden_size"),
+        matches!(&err, Error::ConfigField { field, .. } if field == "hidden_size"),
         "{err}"
     );
     let err = broken("type", |d| {
@@ -470,14 +471,14 @@ fn every_malformed_directory_class_has_its_own_error() {
         })
     });
     assert!(
-        matches!(&err, HfError::ConfigField { field, .. } if field == "num_attention_heads"),
+        matches!(&err, Error::ConfigField { field, .. } if field == "num_attention_heads"),
         "{err}"
     );
     let err = broken("gpt2", |d| {
         edit_config(d, |m| drop(m.insert("model_type".into(), json!("gpt2"))))
     });
     assert!(
-        matches!(&err, HfError::UnsupportedModelType { model_type, .. } if model_type == "gpt2"),
+        matches!(&err, Error::UnsupportedModelType { model_type, .. } if model_type == "gpt2"),
         "{err}"
     );
     assert!(err.to_string().contains("llama, qwen2, mistral"), "{err}");
@@ -496,7 +497,7 @@ fn every_malformed_directory_class_has_its_own_error() {
             edit_config(d, |m| drop(m.insert(key.into(), value.clone())))
         });
         assert!(
-            matches!(err, HfError::UnsupportedOption { .. }),
+            matches!(err, Error::UnsupportedOption { .. }),
             "{key}: {err}"
         );
         assert!(
@@ -513,7 +514,7 @@ fn every_malformed_directory_class_has_its_own_error() {
     assert!(
         matches!(
             &err,
-            HfError::InvalidConfig {
+            Error::InvalidArchitecture {
                 field: "num_key_value_heads",
                 ..
             }
@@ -526,18 +527,18 @@ fn every_malformed_directory_class_has_its_own_error() {
         fs::remove_file(d.join(TOKENIZER_FILE)).unwrap()
     });
     assert!(
-        matches!(&err, HfError::MissingFile { path, .. } if path.ends_with(TOKENIZER_FILE)),
+        matches!(&err, Error::MissingFile { path, .. } if path.ends_with(TOKENIZER_FILE)),
         "{err}"
     );
     let err = broken("badtok", |d| {
         fs::write(d.join(TOKENIZER_FILE), b"{\"model\": 3}").unwrap()
     });
-    assert!(matches!(err, HfError::Tokenizer { .. }), "{err}");
+    assert!(matches!(err, Error::Tokenizer { .. }), "{err}");
     let err = broken("vocab", |d| {
         edit_config(d, |m| drop(m.insert("vocab_size".into(), json!(300))))
     });
     assert!(
-        matches!(err, HfError::VocabTooSmall { embedding: 300, .. }),
+        matches!(err, Error::VocabTooSmall { embedding: 300, .. }),
         "{err}"
     );
 
@@ -546,7 +547,7 @@ fn every_malformed_directory_class_has_its_own_error() {
         fs::remove_file(d.join(WEIGHTS_INDEX_FILE)).unwrap();
     });
     assert!(
-        matches!(&err, HfError::NoWeights { hint: Some(h), .. } if h.contains(SHARD1)),
+        matches!(&err, Error::NoWeights { hint: Some(h), .. } if h.contains(SHARD1)),
         "{err}"
     );
     let err = broken("pickle", |d| {
@@ -560,7 +561,7 @@ fn every_malformed_directory_class_has_its_own_error() {
         fs::write(d.join("pytorch_model.bin"), b"PK").unwrap();
     });
     assert!(
-        matches!(&err, HfError::NoWeights { hint: Some(h), .. } if h.contains("pytorch_model.bin")),
+        matches!(&err, Error::NoWeights { hint: Some(h), .. } if h.contains("pytorch_model.bin")),
         "{err}"
     );
     let err = broken("header", |d| {
@@ -569,14 +570,14 @@ fn every_malformed_directory_class_has_its_own_error() {
         fs::write(d.join(SHARD1), bytes).unwrap();
     });
     assert!(
-        matches!(&err, HfError::CorruptWeights { path, .. } if path.ends_with(SHARD1)),
+        matches!(&err, Error::CorruptWeights { path, .. } if path.ends_with(SHARD1)),
         "{err}"
     );
     let err = broken("truncated", |d| {
         let bytes = fs::read(d.join(SHARD1)).unwrap();
         fs::write(d.join(SHARD1), &bytes[..bytes.len() - 10]).unwrap();
     });
-    assert!(matches!(err, HfError::CorruptWeights { .. }), "{err}");
+    assert!(matches!(err, Error::CorruptWeights { .. }), "{err}");
 
     // Tensors: missing, extra, misshapen, unsupported dtype, duplicated, non-finite.
     let err = broken("missing", |d| {
@@ -592,7 +593,7 @@ fn every_malformed_directory_class_has_its_own_error() {
         fs::write(path, serde_json::to_vec(&index).unwrap()).unwrap();
     });
     assert!(
-        matches!(&err, HfError::MissingTensor { name, .. } if name == "model.embed_tokens.weight"),
+        matches!(&err, Error::FileMissingTensor { name, .. } if name == "model.embed_tokens.weight"),
         "{err}"
     );
     let err = broken("extra", |d| {
@@ -606,7 +607,7 @@ fn every_malformed_directory_class_has_its_own_error() {
         index_entry(d, "model.layers.0.mlp.up_proj.bias", SHARD1);
     });
     assert!(
-        matches!(&err, HfError::UnexpectedTensor { name, .. } if name == "model.layers.0.mlp.up_proj.bias"),
+        matches!(&err, Error::FileUnexpectedTensor { name, .. } if name == "model.layers.0.mlp.up_proj.bias"),
         "{err}"
     );
     let err = broken("layer", |d| {
@@ -630,7 +631,7 @@ fn every_malformed_directory_class_has_its_own_error() {
         })
     });
     assert!(
-        matches!(&err, HfError::BadShape { name, got, .. }
+        matches!(&err, Error::FileBadShape { name, got, .. }
         if name == "model.embed_tokens.weight" && got == &vec![64, 512]),
         "{err}"
     );
@@ -658,7 +659,7 @@ fn every_malformed_directory_class_has_its_own_error() {
         fs::write(d.join(SHARD1), safetensors::serialize(views, None).unwrap()).unwrap();
     });
     assert!(
-        matches!(&err, HfError::UnsupportedDtype { name, dtype, .. }
+        matches!(&err, Error::UnsupportedDtype { name, dtype, .. }
             if name == "model.embed_tokens.weight" && dtype == "I32"),
         "{err}"
     );
@@ -670,7 +671,7 @@ fn every_malformed_directory_class_has_its_own_error() {
         rewrite_shard1(d, |t| t.push((name.clone(), shape, data)));
     });
     // The index assigns every tensor to one file, so a second copy is a tensor it misplaces.
-    assert!(matches!(err, HfError::ShardIndex { .. }), "{err}");
+    assert!(matches!(err, Error::ShardIndex { .. }), "{err}");
     let err = broken("nan", |d| {
         rewrite_shard1(d, |t| {
             let e = t
@@ -680,12 +681,12 @@ fn every_malformed_directory_class_has_its_own_error() {
             e.2[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
         })
     });
-    assert!(matches!(err, HfError::Weights { .. }), "{err}");
+    assert!(matches!(err, Error::Weights { .. }), "{err}");
 
     // Shard index: a missing shard, a tensor the index misplaces, a path outside the directory.
     let err = broken("shard", |d| fs::remove_file(d.join(SHARD1)).unwrap());
     assert!(
-        matches!(&err, HfError::MissingFile { path, .. } if path.ends_with(SHARD1)),
+        matches!(&err, Error::MissingFile { path, .. } if path.ends_with(SHARD1)),
         "{err}"
     );
     let err = broken("misplaced", |d| {
@@ -695,11 +696,11 @@ fn every_malformed_directory_class_has_its_own_error() {
             "model-00002-of-00002.safetensors",
         )
     });
-    assert!(matches!(err, HfError::ShardIndex { .. }), "{err}");
+    assert!(matches!(err, Error::ShardIndex { .. }), "{err}");
     let err = broken("escape", |d| {
         index_entry(d, "model.embed_tokens.weight", "../x.safetensors")
     });
-    assert!(matches!(err, HfError::ShardIndex { .. }), "{err}");
+    assert!(matches!(err, Error::ShardIndex { .. }), "{err}");
 }
 
 #[test]
@@ -753,7 +754,7 @@ fn tolerated_extras_are_dropped() {
     write(&tensors);
     let err = load_model_dir(&dir).unwrap_err();
     assert!(
-        matches!(&err, HfError::UnexpectedTensor { name, .. } if name == "lm_head.weight"),
+        matches!(&err, Error::FileUnexpectedTensor { name, .. } if name == "lm_head.weight"),
         "{err}"
     );
     assert!(err.to_string().contains("tie_word_embeddings"), "{err}");

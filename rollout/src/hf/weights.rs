@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
 use serde_json::Value;
 
-use super::{HfError, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, read, read_json_object};
+use super::{WEIGHTS_FILE, WEIGHTS_INDEX_FILE, read, read_json_object};
+use crate::Error;
 use crate::engine::{ModelConfig, WeightTensor, Weights};
 
 /// Tensors that may be present but are not weights: RoPE inverse-frequency buffers that old
@@ -25,11 +26,11 @@ struct WeightFile {
 }
 
 /// The weight files of `dir` (see [`WeightFile`]).
-fn weight_files(dir: &Path) -> Result<Vec<WeightFile>, HfError> {
+fn weight_files(dir: &Path) -> Result<Vec<WeightFile>, Error> {
     let index_path = dir.join(WEIGHTS_INDEX_FILE);
     if index_path.is_file() {
         let index = read_json_object(&index_path, "the shard index")?;
-        let bad = |reason: String| HfError::ShardIndex {
+        let bad = |reason: String| Error::ShardIndex {
             path: index_path.clone(),
             reason,
         };
@@ -70,7 +71,7 @@ fn weight_files(dir: &Path) -> Result<Vec<WeightFile>, HfError> {
         }]);
     }
     let mut others: Vec<String> = fs::read_dir(dir)
-        .map_err(|e| HfError::io(dir, e))?
+        .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".safetensors") || n.ends_with(".bin") || n.ends_with(".pth"))
@@ -89,14 +90,14 @@ fn weight_files(dir: &Path) -> Result<Vec<WeightFile>, HfError> {
             others.join(", ")
         ))
     };
-    Err(HfError::NoWeights {
+    Err(Error::NoWeights {
         dir: dir.to_path_buf(),
         hint,
     })
 }
 
 /// Converts a stored tensor to f32 values (little-endian F32, F16 or BF16; exact).
-fn to_f32(view: &TensorView<'_>, name: &str, path: &Path) -> Result<Vec<f32>, HfError> {
+fn to_f32(view: &TensorView<'_>, name: &str, path: &Path) -> Result<Vec<f32>, Error> {
     let data = view.data();
     Ok(match view.dtype() {
         Dtype::F32 => data
@@ -112,7 +113,7 @@ fn to_f32(view: &TensorView<'_>, name: &str, path: &Path) -> Result<Vec<f32>, Hf
             .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
             .collect(),
         other => {
-            return Err(HfError::UnsupportedDtype {
+            return Err(Error::UnsupportedDtype {
                 path: path.to_path_buf(),
                 name: name.to_string(),
                 dtype: format!("{other:?}"),
@@ -142,7 +143,7 @@ fn unexpected_reason(name: &str, cfg: &ModelConfig) -> String {
 /// Reads the safetensors weights of `dir` for the architecture `cfg` (see the
 /// [module docs](super#weights)): `model.safetensors`, or every shard listed in
 /// `model.safetensors.index.json`; F32, F16 and BF16 converted to f32 exactly.
-pub fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights, HfError> {
+pub fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights, Error> {
     let files = weight_files(dir)?;
     let index_path = dir.join(WEIGHTS_INDEX_FILE);
     // name -> (file index, tensor)
@@ -154,7 +155,7 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights, HfError> {
             "the model weights"
         };
         let bytes = read(path, what)?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| HfError::CorruptWeights {
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::CorruptWeights {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -162,7 +163,7 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights, HfError> {
             .as_ref()
             .and_then(|l| l.iter().find(|n| st.tensor(n).is_err()));
         if let Some(absent) = absent {
-            return Err(HfError::ShardIndex {
+            return Err(Error::ShardIndex {
                 path: index_path.clone(),
                 reason: format!(
                     "puts tensor {absent} in {}, which does not hold it",
@@ -175,7 +176,7 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights, HfError> {
                 continue;
             }
             if listed.as_ref().is_some_and(|l| !l.contains(&name)) {
-                return Err(HfError::ShardIndex {
+                return Err(Error::ShardIndex {
                     path: index_path.clone(),
                     reason: format!(
                         "does not list tensor {name}, which {} holds",
@@ -196,13 +197,13 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights, HfError> {
     for (name, shape) in &expected {
         match found.get(name) {
             None => {
-                return Err(HfError::MissingTensor {
+                return Err(Error::FileMissingTensor {
                     dir: dir.to_path_buf(),
                     name: name.clone(),
                 });
             }
             Some((k, t)) if &t.shape != shape => {
-                return Err(HfError::BadShape {
+                return Err(Error::FileBadShape {
                     path: files[*k].path.clone(),
                     name: name.clone(),
                     expected: shape.clone(),
@@ -233,7 +234,7 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights, HfError> {
         let known: std::collections::HashSet<&str> =
             expected.iter().map(|(n, _)| n.as_str()).collect();
         if let Some((name, (k, _))) = found.iter().find(|(n, _)| !known.contains(n.as_str())) {
-            return Err(HfError::UnexpectedTensor {
+            return Err(Error::FileUnexpectedTensor {
                 path: files[*k].path.clone(),
                 name: name.clone(),
                 reason: unexpected_reason(name, cfg),
@@ -246,9 +247,9 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<Weights, HfError> {
             .insert(name, t.shape, t.data)
             .expect("safetensors checked data length against shape");
     }
-    weights.validate(cfg).map_err(|source| HfError::Weights {
+    weights.validate(cfg).map_err(|source| Error::Weights {
         dir: dir.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(weights)
 }
@@ -277,11 +278,11 @@ pub(super) fn write_f32(
     path: &Path,
     weights: &Weights,
     metadata: HashMap<String, String>,
-) -> Result<(), HfError> {
+) -> Result<(), Error> {
     let views = weights.iter().map(|(name, t)| (name, F32View(t)));
     safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(source) => HfError::io(path, source),
-        other => HfError::CorruptWeights {
+        safetensors::SafeTensorError::IoError(source) => Error::io(path, source),
+        other => Error::CorruptWeights {
             path: path.to_path_buf(),
             reason: other.to_string(),
         },

@@ -2,6 +2,7 @@
 //! docs of `sampler`, "From spans to the tree arena").
 
 use super::*;
+use crate::Error;
 
 /// Offsets (relative to `from`) of the span starts strictly inside `(from, to)` on the path of
 /// span `s`, in increasing order.
@@ -90,10 +91,10 @@ pub(super) fn to_rollout<E: Env>(
     st: &TaskState<E>,
     cfg: &SamplerConfig,
     tokenizer: &dyn Tokenizer,
-) -> Result<TaskRollout, SamplerError> {
-    let err = |source| SamplerError::Tree {
+) -> Result<TaskRollout, Error> {
+    let err = |source: Error| Error::Tree {
         task_id: st.task_id,
-        source,
+        source: Box::new(source),
     };
     let prompt = tokenizer.decode(&st.prompt_tokens);
     let mut out = TaskRollout::new(st.task_id, prompt, st.prompt_tokens.clone());

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::Error;
 use crate::policy::SamplingParams;
 
 /// Which sampler grows the trajectories (DESIGN §5).
@@ -149,21 +150,11 @@ pub const MAX_BUDGET: usize = 1 << 24;
 /// Largest count of chains, fork points or trajectories per task a config may ask for: 2^16.
 pub const MAX_COUNT: usize = 1 << 16;
 
-/// A sampler configuration that cannot work.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
-#[error("invalid sampler config: {field} {reason}")]
-pub struct ConfigError {
-    /// The offending field.
-    pub field: &'static str,
-    /// What it must be.
-    pub reason: String,
-}
-
 impl SamplerConfig {
     /// Checks every field; the first problem is returned.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Error> {
         let fail = |field, reason: &str| {
-            Err(ConfigError {
+            Err(Error::SamplerConfig {
                 field,
                 reason: reason.to_string(),
             })
@@ -183,7 +174,7 @@ impl SamplerConfig {
         ];
         for (field, value, max) in limits {
             if value > max {
-                return Err(ConfigError {
+                return Err(Error::SamplerConfig {
                     field,
                     reason: format!("is {value}, above the supported {max}"),
                 });
@@ -253,7 +244,11 @@ mod tests {
             budget: 0,
             ..Default::default()
         };
-        assert_eq!(bad.validate().unwrap_err().field, "budget");
+        let field = |e: Error| match e {
+            Error::SamplerConfig { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        assert_eq!(field(bad.validate().unwrap_err()), "budget");
         let bad = SamplerConfig {
             sampling: SamplingParams {
                 top_p: 0.0,
@@ -261,6 +256,6 @@ mod tests {
             },
             ..Default::default()
         };
-        assert_eq!(bad.validate().unwrap_err().field, "sampling.top_p");
+        assert_eq!(field(bad.validate().unwrap_err()), "sampling.top_p");
     }
 }

@@ -7,7 +7,7 @@
 //! - `branching` (private) — the branching policies: which fork points a tree round picks.
 //! - `spans`, `schedule`, `arena` (private) — the working state (spans, live branches, task
 //!   groups), the budget-bounded schedule of chains, rounds and branches, and the cut of a
-//!   finished group into the tree arena; `stats` — [`SamplerStats`] and [`SamplerError`].
+//!   finished group into the tree arena; `stats` — [`SamplerStats`] and [`Error`].
 //!
 //! # How a step runs
 //! Every task keeps a list of *spans*: a span is the run of tokens one branch added after its
@@ -86,18 +86,17 @@ use envs::Env;
 use envs::rng::derive;
 use rayon::prelude::*;
 
-pub use config::{
-    BranchPolicy, ConfigError, Granularity, MAX_BUDGET, MAX_COUNT, SamplerConfig, SamplerKind,
-};
+pub use config::{BranchPolicy, Granularity, MAX_BUDGET, MAX_COUNT, SamplerConfig, SamplerKind};
 
-use crate::policy::{DecodeRequest, Policy, PolicyError, SeqHandle};
+use crate::policy::{DecodeRequest, Policy, SeqHandle};
 use crate::tokenizer::Tokenizer;
-use crate::tree::{LeafInfo, NodeId, NodeKind, TaskRollout, TreeError, TreeSink};
+use crate::tree::{LeafInfo, NodeId, NodeKind, TaskRollout, TreeSink};
 
+use crate::Error;
 use arena::*;
 use schedule::*;
 use spans::*;
-pub use stats::{SamplerError, SamplerStats};
+pub use stats::SamplerStats;
 
 /// Grows trajectories for `tasks` with `policy` under `cfg`, pushes each finished task group into
 /// `sink`, and returns the step's counters. See the module docs for the schedule, the budget and
@@ -112,7 +111,7 @@ pub fn sample<E, P, S>(
     seed: u64,
     step: u64,
     sink: &mut S,
-) -> Result<SamplerStats, SamplerError>
+) -> Result<SamplerStats, Error>
 where
     E: Env,
     P: Policy + ?Sized,
@@ -130,7 +129,7 @@ where
             prompt_tokens.push(tokenizer.bos());
         }
         if prompt_tokens.len() >= policy.max_len() {
-            return Err(SamplerError::PromptTooLong {
+            return Err(Error::PromptTooLong {
                 task_id: *task_id,
                 len: prompt_tokens.len(),
                 max: policy.max_len(),
@@ -215,7 +214,7 @@ fn run_loop<E, P>(
     seed: u64,
     step: u64,
     stats: &mut SamplerStats,
-) -> Result<(), SamplerError>
+) -> Result<(), Error>
 where
     E: Env,
     P: Policy + ?Sized,

@@ -2,6 +2,7 @@
 //! the remaining budget covers its expected cost (module docs of `sampler`).
 
 use super::*;
+use crate::Error;
 
 /// Starts new work for a task whose live spans allow it (see the module docs).
 pub(super) fn schedule<E, P>(
@@ -11,7 +12,7 @@ pub(super) fn schedule<E, P>(
     st: &mut TaskState<E>,
     seed: u64,
     step: u64,
-) -> Result<(), SamplerError>
+) -> Result<(), Error>
 where
     E: Env,
     P: Policy + ?Sized,
@@ -92,7 +93,7 @@ pub(super) fn start_chains<E, P>(
     policy: &mut P,
     st: &mut TaskState<E>,
     remaining: i64,
-) -> Result<bool, SamplerError>
+) -> Result<bool, Error>
 where
     E: Env,
     P: Policy + ?Sized,
@@ -152,7 +153,7 @@ pub(super) fn start_branch<E, P>(
     tree: u32,
     owner: Option<usize>,
     pos: usize,
-) -> Result<(), SamplerError>
+) -> Result<(), Error>
 where
     E: Env,
     P: Policy + ?Sized,

@@ -1,35 +1,4 @@
-//! What a sampling step reports: its counters and its errors.
-
-use super::*;
-
-/// Errors of a sampling step.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum SamplerError {
-    /// The configuration cannot work.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The policy backend failed (other than a context overflow, which truncates).
-    #[error("policy failed while sampling: {0}")]
-    Policy(#[from] PolicyError),
-    /// A task's prompt does not fit the policy's context window.
-    #[error("task {task_id}: prompt of {len} tokens does not fit the context window of {max}")]
-    PromptTooLong {
-        /// The task.
-        task_id: u64,
-        /// Prompt length in tokens (with `<bos>`).
-        len: usize,
-        /// The policy's context window.
-        max: usize,
-    },
-    /// Internal consistency check of the produced tree failed (a bug; please report).
-    #[error("task {task_id}: sampler produced an invalid tree: {source}")]
-    Tree {
-        /// The task.
-        task_id: u64,
-        /// What was wrong.
-        source: TreeError,
-    },
-}
+//! What a sampling step reports: its counters.
 
 /// Counters of one sampling step over all its task groups (DESIGN §4, §9 metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]

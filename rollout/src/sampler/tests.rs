@@ -5,6 +5,7 @@ use envs::{AnyEnv, Env, EnvSpec};
 use rand::RngExt;
 
 use super::*;
+use crate::Error;
 use crate::policy::SamplingParams;
 use crate::scripted::ScriptedPolicy;
 use crate::tokenizer::ByteTokenizer;
@@ -348,7 +349,7 @@ fn bad_config_and_oversized_prompt_are_errors() {
         ..Default::default()
     };
     let err = sample(&cfg, &mut policy, &ByteTokenizer, &tasks, 0, 0, &mut sink).unwrap_err();
-    assert!(matches!(err, SamplerError::Config(_)));
+    assert!(matches!(err, Error::SamplerConfig { .. }));
     let mut small = ScriptedPolicy::new(&MAZE_PHRASES, 0.0, 8);
     let err = sample(
         &SamplerConfig::default(),
@@ -360,7 +361,7 @@ fn bad_config_and_oversized_prompt_are_errors() {
         &mut sink,
     )
     .unwrap_err();
-    assert!(matches!(err, SamplerError::PromptTooLong { .. }));
+    assert!(matches!(err, Error::PromptTooLong { .. }));
     assert!(sink.is_empty());
 }
 
