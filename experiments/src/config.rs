@@ -209,6 +209,10 @@ pub struct LoadedModel {
     pub tokenizer: Box<dyn rollout::tokenizer::Tokenizer>,
     /// The chat rendering of the model's template (`model.chat`), if any.
     pub chat: Option<rollout::chat::ChatFormat>,
+    /// The files besides the weights that make a checkpoint of this model a Hugging Face model
+    /// directory (`rollout::hf::model_files`: `config.json` with the model's own keys, its
+    /// tokenizer files and generation config); none for a preset.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 impl LoadedModel {
@@ -254,6 +258,7 @@ impl ModelSection {
                 weights: None,
                 tokenizer: Box::new(rollout::tokenizer::ByteTokenizer),
                 chat: None,
+                files: Vec::new(),
             }),
             Some(file)
                 if file
@@ -262,14 +267,16 @@ impl ModelSection {
             {
                 let g = rollout::gguf::load_gguf(file)
                     .with_context(|| format!("cannot load model file {}", file.display()))?;
-                let mut config = g.config;
+                let mut config = g.config.clone();
                 config.max_seq_len = config.max_seq_len.min(self.max_seq_len.max(16));
+                let files = rollout::hf::model_files(&g.hf_meta(), &config, &g.tokenizer)?;
                 let chat = chat_format(self.chat, g.chat_template, &g.tokenizer)?;
                 Ok(LoadedModel {
                     config,
                     weights: Some(g.weights),
                     tokenizer: Box::new(g.tokenizer),
                     chat,
+                    files,
                 })
             }
             Some(dir) => {
@@ -277,12 +284,14 @@ impl ModelSection {
                     .with_context(|| format!("cannot load model directory {}", dir.display()))?;
                 let mut config = hf.config.clone();
                 config.max_seq_len = config.max_seq_len.min(self.max_seq_len.max(16));
+                let files = rollout::hf::model_files(&hf.meta, &config, &hf.tokenizer)?;
                 let chat = chat_format(self.chat, hf.meta.chat_template(), &hf.tokenizer)?;
                 Ok(LoadedModel {
                     config,
                     weights: Some(hf.weights),
                     tokenizer: Box::new(hf.tokenizer),
                     chat,
+                    files,
                 })
             }
         }

@@ -95,16 +95,22 @@ impl RunState {
 
     /// Saves a checkpoint of `trainer` with this state inside it, visible as a whole in one
     /// step (`checkpoint::save_with`): a crash never separates the two. Returns the step tag.
-    fn save_with(&self, dir: &Path, trainer: &Trainer) -> anyhow::Result<u64> {
+    /// `model_files` (the model directory's files, `LoadedModel::files`) go in too.
+    fn save_with(
+        &self,
+        dir: &Path,
+        trainer: &Trainer,
+        model_files: &[(String, Vec<u8>)],
+    ) -> anyhow::Result<u64> {
         let st = trainer.state();
         let tag = st.sft_steps + st.rl_steps;
         let json = serde_json::to_string(self)?;
-        checkpoint::save_with(
-            &dir.join("checkpoints"),
-            tag,
-            trainer,
-            &[(Self::FILE, json.as_bytes())],
-        )?;
+        let mut extra: Vec<(&str, &[u8])> = model_files
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        extra.push((Self::FILE, json.as_bytes()));
+        checkpoint::save_with(&dir.join("checkpoints"), tag, trainer, &extra)?;
         Ok(tag)
     }
 }
@@ -228,6 +234,8 @@ pub struct Run {
     _lock: RunLock,
     spec: EnvSpec,
     tokenizer: Box<dyn Tokenizer>,
+    /// The model directory's files every checkpoint carries (`LoadedModel::files`).
+    model_files: Vec<(String, Vec<u8>)>,
     trainer: Trainer,
     engine: Engine,
     state: RunState,
@@ -385,6 +393,7 @@ impl Run {
             _lock: lock,
             spec,
             tokenizer: model.tokenizer,
+            model_files: model.files,
             trainer,
             engine,
             state,
@@ -446,7 +455,10 @@ impl Run {
             self.rl_since = Some(Instant::now());
         }
         self.state.wall_s = self.wall();
-        self.saved = Some(self.state.save_with(&self.dir, &self.trainer)?);
+        self.saved = Some(
+            self.state
+                .save_with(&self.dir, &self.trainer, &self.model_files)?,
+        );
         checkpoint::prune(&self.dir.join("checkpoints"), self.cfg.checkpoint.keep)?;
         Ok(())
     }

@@ -5,6 +5,10 @@ vocabulary in Python.
     python3 gguf_reference.py logits MODEL.gguf ID,ID,...      -> JSON {"logits": [[...], ...]}
     python3 gguf_reference.py greedy MODEL.gguf ID,ID,... N    -> JSON {"ids": [...]}
     python3 gguf_reference.py encode MODEL.gguf < strings.json -> JSON {"ids": [[...], ...]}
+    python3 gguf_reference.py hf-logits DIR ID,ID,...          -> JSON {"logits": [[...], ...]}
+
+`hf-logits` runs the same forward pass over a Hugging Face model directory (`config.json` and
+an f32 `model.safetensors`, read here with numpy alone), e.g. an arbor training checkpoint.
 """
 import json
 import sys
@@ -50,12 +54,69 @@ def rope(x, theta):
     return x * cos + rot * sin
 
 
-def forward(reader, w, ids):
-    n_layers = int(field(reader, "llama.block_count"))
-    heads = int(field(reader, "llama.attention.head_count"))
-    kv_heads = int(field(reader, "llama.attention.head_count_kv"))
-    eps = float(field(reader, "llama.attention.layer_norm_rms_epsilon"))
-    theta = float(field(reader, "llama.rope.freq_base"))
+def gguf_hparams(reader):
+    return dict(
+        n_layers=int(field(reader, "llama.block_count")),
+        heads=int(field(reader, "llama.attention.head_count")),
+        kv_heads=int(field(reader, "llama.attention.head_count_kv")),
+        eps=float(field(reader, "llama.attention.layer_norm_rms_epsilon")),
+        theta=float(field(reader, "llama.rope.freq_base")),
+    )
+
+
+HF_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+HF_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def hf_model(path):
+    """(hyper-parameters, name -> float32 array under the GGUF names) of a model directory."""
+    import os
+    import struct
+
+    cfg = json.load(open(os.path.join(path, "config.json")))
+    raw = open(os.path.join(path, "model.safetensors"), "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    data = raw[8 + n :]
+    w = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        assert t["dtype"] == "F32", name
+        a, b = t["data_offsets"]
+        arr = np.frombuffer(data[a:b], dtype="<f4").reshape(t["shape"])
+        if name in HF_NAMES:
+            w[HF_NAMES[name]] = arr
+        else:
+            _, _, i, rest = name.split(".", 3)
+            w[f"blk.{i}.{HF_LAYER_NAMES[rest]}"] = arr
+    hp = dict(
+        n_layers=cfg["num_hidden_layers"],
+        heads=cfg["num_attention_heads"],
+        kv_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+        eps=cfg["rms_norm_eps"],
+        theta=cfg.get("rope_theta", 10000.0),
+    )
+    return hp, w
+
+
+def forward(hp, w, ids):
+    n_layers, heads, kv_heads = hp["n_layers"], hp["heads"], hp["kv_heads"]
+    eps, theta = hp["eps"], hp["theta"]
     emb = w["token_embd.weight"]
     x = emb[ids]
     t, dm = x.shape
@@ -111,6 +172,11 @@ def tokenizer(reader):
 
 def main():
     mode, path = sys.argv[1], sys.argv[2]
+    if mode == "hf-logits":
+        hp, w = hf_model(path)
+        ids = [int(i) for i in sys.argv[3].split(",")]
+        print(json.dumps({"logits": forward(hp, w, ids).tolist()}))
+        return
     reader = gguf.GGUFReader(path)
     if mode == "encode":
         strings = json.load(sys.stdin)
@@ -120,10 +186,10 @@ def main():
     ids = [int(i) for i in sys.argv[3].split(",")]
     w = weights(reader)
     if mode == "logits":
-        print(json.dumps({"logits": forward(reader, w, ids).tolist()}))
+        print(json.dumps({"logits": forward(gguf_hparams(reader), w, ids).tolist()}))
     elif mode == "greedy":
         for _ in range(int(sys.argv[4])):
-            ids.append(int(forward(reader, w, ids)[-1].argmax()))
+            ids.append(int(forward(gguf_hparams(reader), w, ids)[-1].argmax()))
         print(json.dumps({"ids": ids}))
 
 

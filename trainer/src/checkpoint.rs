@@ -7,7 +7,9 @@
 //! <root>/step-<N>/reference.safetensors  frozen KL reference (only when the trainer has one)
 //! <root>/step-<N>/optimizer.safetensors  AdamW moments: `exp_avg.<name>`, `exp_avg_sq.<name>`;
 //!                                        metadata `step` = updates applied
-//! <root>/step-<N>/config.json            the engine `ModelConfig` (architecture)
+//! <root>/step-<N>/config.json            the architecture in the Hugging Face schema (Llama or
+//!                                        Qwen2 `config.json`; arbor's own `ModelConfig` JSON in
+//!                                        checkpoints of earlier versions is still read)
 //! <root>/step-<N>/state.json             counters, seed, phase, trainer settings
 //! <root>/step-<N>/<extra>                 the caller's files saved with it ([`save_with`]), e.g.
 //!                                        a run's counters (`run_state.json`)
@@ -17,15 +19,20 @@
 //! caller state) goes to `step-<N>.1` (or back to `step-<N>`), so the one `latest` names is
 //! never touched while the new one is written.
 //!
+//! # A checkpoint is a model directory
+//! `config.json` (written by [`rollout::hf::config_file`]) and `model.safetensors` make every
+//! checkpoint a Hugging Face model directory: `transformers.LlamaForCausalLM.from_pretrained`
+//! (or `Qwen2ForCausalLM` for a config with q/k/v biases) and [`rollout::hf::load_model_dir`]
+//! load it once it also holds a tokenizer. A run of a GGUF file or model directory passes its
+//! model's files to [`save_with`] (`config.json` with the model's own keys and special tokens,
+//! `tokenizer.json`, `tokenizer_config.json` with the chat template, `generation_config.json`:
+//! [`rollout::hf::model_files`]), so its checkpoints are complete model directories; a preset
+//! run's byte tokenizer has no `tokenizer.json`. arbor's own state stays in its own files
+//! (`optimizer.safetensors`, `reference.safetensors`, `state.json`, the caller's).
+//!
 //! # Weights (`model.safetensors`, `reference.safetensors`)
 //! f32 tensors under the Hugging Face Llama names in PyTorch `[out, in]` layout, with header
-//! metadata `format = "pt"`, so `safetensors.torch.load_file` returns a state dict that
-//! `transformers.LlamaForCausalLM` (with a `LlamaConfig` built from `config.json`:
-//! `hidden_size = d_model`, `num_hidden_layers = n_layers`, `num_attention_heads = n_heads`,
-//! `num_key_value_heads = n_kv_heads`, `intermediate_size = d_ff`, `rope_theta`,
-//! `rms_norm_eps = norm_eps`, `tie_word_embeddings = tie_embeddings`, `rope_scaling`; a
-//! config with `qkv_bias` is a `Qwen2ForCausalLM`) loads directly.
-//! [`rollout::hf::save_model_dir`] writes such a directory, `config.json` included. Tensors:
+//! metadata `format = "pt"`. Tensors:
 //!
 //! | name | shape |
 //! |---|---|
@@ -246,7 +253,12 @@ pub fn save_dir(dir: &Path, trainer: &Trainer) -> Result<(), TrainerError> {
         opt_meta,
     );
     write_atomic(dir, OPTIMIZER_FILE, &opt)?;
-    write_atomic(dir, CONFIG_FILE, to_json(&ckpt.model_config).as_bytes())?;
+    let config = rollout::hf::config_file(
+        &rollout::hf::HfMeta::for_config(&ckpt.model_config),
+        &ckpt.model_config,
+        None,
+    )?;
+    write_atomic(dir, CONFIG_FILE, &config)?;
     let state = StateFile {
         format_version: FORMAT_VERSION,
         state: ckpt.state,
@@ -394,6 +406,22 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainerEr
     })
 }
 
+/// The architecture in a checkpoint's `config.json`: the Hugging Face schema (it has a
+/// `model_type`), or arbor's own `ModelConfig` JSON of checkpoints written before it.
+fn read_model_config(path: &Path) -> Result<ModelConfig, TrainerError> {
+    let value: serde_json::Value = read_json(path)?;
+    let corrupt = |reason: String| TrainerError::CorruptFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match value.as_object() {
+        Some(map) if map.contains_key("model_type") => {
+            rollout::hf::config_from_json(path, map).map_err(|e| corrupt(e.to_string()))
+        }
+        _ => serde_json::from_value(value).map_err(|e| corrupt(e.to_string())),
+    }
+}
+
 /// Reads a safetensors file: its tensors (split by name prefix) and metadata.
 fn read_safetensors(
     path: &Path,
@@ -464,7 +492,7 @@ fn check_shapes(weights: &Weights, cfg: &ModelConfig, partial: bool) -> Result<(
 
 /// Reads and verifies the checkpoint in `dir` (see the module docs).
 pub fn load(dir: &Path) -> Result<Checkpoint, TrainerError> {
-    let model_config: ModelConfig = read_json(&dir.join(CONFIG_FILE))?;
+    let model_config = read_model_config(&dir.join(CONFIG_FILE))?;
     model_config.validate()?;
     let state_path = dir.join(STATE_FILE);
     let state: StateFile = read_json(&state_path)?;
@@ -796,9 +824,12 @@ mod tests {
         }
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
-        let stored: ModelConfig =
+        // config.json is in the Hugging Face schema and gives the architecture back.
+        let stored: serde_json::Value =
             serde_json::from_slice(&fs::read(root.join(CONFIG_FILE)).unwrap()).unwrap();
-        assert_eq!(stored, cfg);
+        assert_eq!(stored["model_type"], "llama");
+        assert_eq!(stored["hidden_size"], cfg.d_model);
+        assert_eq!(read_model_config(&root.join(CONFIG_FILE)).unwrap(), cfg);
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -348,11 +348,11 @@ fn architecture(model_type: &str) -> &'static str {
 /// The model type stays unless `cfg.qkv_bias` contradicts it (then `qwen2` with biases, `llama`
 /// without). `max_position_embeddings` keeps its loaded value when that already gives
 /// `cfg.max_seq_len` (e.g. under a sliding-window cap) and is `cfg.max_seq_len` otherwise.
-/// Special token ids are written only where the loaded object had none.
+/// Special token ids (when given) are written only where the loaded object had none.
 pub(super) fn to_json(
     meta: &HfMeta,
     cfg: &ModelConfig,
-    special: SpecialTokens,
+    special: Option<SpecialTokens>,
 ) -> Result<Map<String, Value>, Error> {
     let model_type = match (meta.model_type.as_str(), cfg.qkv_bias) {
         ("qwen2", false) => "llama",
@@ -407,13 +407,16 @@ pub(super) fn to_json(
     if m.contains_key("head_dim") {
         m.insert("head_dim".into(), json!(cfg.head_dim()));
     }
-    for (key, id) in [
-        ("bos_token_id", special.bos),
-        ("eos_token_id", special.eos),
-        ("pad_token_id", special.pad),
-    ] {
-        if m.get(key).is_none_or(Value::is_null) && (key != "pad_token_id" || id != special.eos) {
-            m.insert(key.into(), json!(id));
+    if let Some(special) = special {
+        for (key, id) in [
+            ("bos_token_id", special.bos),
+            ("eos_token_id", special.eos),
+            ("pad_token_id", special.pad),
+        ] {
+            if m.get(key).is_none_or(Value::is_null) && (key != "pad_token_id" || id != special.eos)
+            {
+                m.insert(key.into(), json!(id));
+            }
         }
     }
     let path = Path::new(super::CONFIG_FILE);

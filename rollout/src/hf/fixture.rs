@@ -128,7 +128,7 @@ impl TinyModel {
             config_json: Map::new(),
             side_files: Vec::new(),
         };
-        let mut cfg_json = config::to_json(&meta, &self.config, special)?;
+        let mut cfg_json = config::to_json(&meta, &self.config, Some(special))?;
         let dtype_name = match self.dtype {
             StoreDtype::F32 => "float32",
             StoreDtype::F16 => "float16",

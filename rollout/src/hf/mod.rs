@@ -417,12 +417,8 @@ pub fn save_model_dir(
             tokenizer: tokenizer.vocab_size(),
         });
     }
-    let config_json = config::to_json(meta, cfg, tokenizer.special_tokens())?;
+    let files = model_files(meta, cfg, tokenizer)?;
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let text = serde_json::to_string_pretty(&Value::Object(config_json))
-        .expect("a JSON value serializes")
-        + "\n";
-    write_bytes_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_atomic(&dir.join(WEIGHTS_FILE), |tmp| {
         weights::write_f32(tmp, weights, metadata)
@@ -433,9 +429,52 @@ pub fn save_model_dir(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(&dir.join(WEIGHTS_INDEX_FILE), e)),
     }
-    write_bytes_atomic(&dir.join(TOKENIZER_FILE), tokenizer.json().as_bytes())?;
-    for (name, bytes) in &meta.side_files {
+    for (name, bytes) in &files {
         write_bytes_atomic(&dir.join(name), bytes)?;
     }
     Ok(())
+}
+
+/// The `config.json` (Hugging Face schema) of `cfg`, as file contents: `meta`'s other keys
+/// kept, special token ids written when `special` gives them. An error when `cfg` would not
+/// load back from it exactly.
+pub fn config_file(
+    meta: &HfMeta,
+    cfg: &ModelConfig,
+    special: Option<SpecialTokens>,
+) -> Result<Vec<u8>, Error> {
+    let config_json = config::to_json(meta, cfg, special)?;
+    let text = serde_json::to_string_pretty(&Value::Object(config_json))
+        .expect("a JSON value serializes")
+        + "\n";
+    Ok(text.into_bytes())
+}
+
+/// The architecture a `config.json` object (Hugging Face schema) describes; `path` names the
+/// file in errors.
+pub fn config_from_json(path: &Path, map: &Map<String, Value>) -> Result<ModelConfig, Error> {
+    Ok(config::parse(path, map)?.config)
+}
+
+/// Every file of a model directory except the weights, as (name, contents): `config.json`,
+/// `tokenizer.json` and the side files (`tokenizer_config.json` with the chat template,
+/// `special_tokens_map.json`, `generation_config.json`). What a training checkpoint adds to its
+/// weights to be a model directory other tools load.
+pub fn model_files(
+    meta: &HfMeta,
+    cfg: &ModelConfig,
+    tokenizer: &HfTokenizer,
+) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let mut files = vec![
+        (
+            CONFIG_FILE.to_string(),
+            config_file(meta, cfg, Some(tokenizer.special_tokens()))?,
+        ),
+        (
+            TOKENIZER_FILE.to_string(),
+            tokenizer.json().as_bytes().to_vec(),
+        ),
+    ];
+    files.extend(meta.side_files.iter().cloned());
+    Ok(files)
 }
