@@ -40,6 +40,9 @@ pub enum Command {
     /// Write a run's checkpoint as a Hugging Face model directory (runs started from a GGUF
     /// file or a model directory).
     Export(ExportArgs),
+    /// Write one self-contained HTML page of a run (learning curves, budget use, a rollout-tree
+    /// viewer) or of a sweep (its table and plots).
+    Report(ReportArgs),
 }
 
 /// `arbor export`.
@@ -51,6 +54,20 @@ pub struct ExportArgs {
     /// The model directory to write (new or empty).
     #[arg(long)]
     pub out: std::path::PathBuf,
+}
+
+/// `arbor report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A run directory, an `arbor rollout` output or a sweep directory.
+    pub dir: std::path::PathBuf,
+    /// The HTML file to write [default: DIR/report.html].
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// At most this many tree nodes in the page: trees are taken from the last exported step
+    /// backwards until the next step would pass it.
+    #[arg(long, default_value_t = 200_000)]
+    pub max_nodes: usize,
 }
 
 /// The environment flags shared by train, sweep, eval and rollout (`[env]` of the config).

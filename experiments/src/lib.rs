@@ -16,6 +16,7 @@
 //! - [`rollout_cmd`] — `arbor rollout`: sample with a checkpoint and export, no training.
 //! - [`inspect`] — `arbor inspect`: summarise a run directory and draw one rollout tree.
 //! - [`export_cmd`] — `arbor export`: a checkpoint as a Hugging Face model directory.
+//! - [`report`] — `arbor report`: one self-contained HTML page of a run or a sweep.
 //! - [`preflight`] — checks of a task set against a command's needs, before any work.
 //!
 //! Errors: every command returns `anyhow::Result`; `main` prints the error chain on one line and
@@ -32,6 +33,7 @@ pub mod export_cmd;
 pub mod inspect;
 pub mod plots;
 pub mod preflight;
+pub mod report;
 pub mod rollout_cmd;
 pub mod run;
 pub mod sweep;
@@ -48,5 +50,6 @@ pub fn dispatch(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Rollout(args) => rollout_cmd::run(args),
         cli::Command::Inspect(args) => inspect::run(args),
         cli::Command::Export(args) => export_cmd::run(args),
+        cli::Command::Report(args) => report::run(args),
     }
 }

@@ -22,6 +22,10 @@ pub(super) trait Cell: Sized {
     fn read(column: &ArrayRef, i: usize) -> Option<Self>;
     /// The CSV cell (numbers in Rust's shortest round-trip form, `NaN` when undefined).
     fn csv(&self) -> String;
+    /// The value as text for people (the CSV cell without CSV quoting).
+    fn text(&self) -> String {
+        self.csv()
+    }
 }
 
 impl Cell for String {
@@ -42,6 +46,9 @@ impl Cell for String {
             self.clone()
         }
     }
+    fn text(&self) -> String {
+        self.clone()
+    }
 }
 
 impl Cell for Option<String> {
@@ -60,6 +67,9 @@ impl Cell for Option<String> {
     }
     fn csv(&self) -> String {
         self.as_ref().map(Cell::csv).unwrap_or_default()
+    }
+    fn text(&self) -> String {
+        self.clone().unwrap_or_default()
     }
 }
 
@@ -117,6 +127,11 @@ macro_rules! summary_columns {
             /// The row's CSV cells.
             fn csv_cells(&self) -> Vec<String> {
                 vec![$(Cell::csv(&self.$name)),*]
+            }
+
+            /// The row's values as text, in column order.
+            pub fn cells(&self) -> Vec<String> {
+                vec![$(Cell::text(&self.$name)),*]
             }
         }
 
