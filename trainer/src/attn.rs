@@ -28,8 +28,6 @@
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use crate::pack::PackedSequence;
-
 /// Queries per block of the sparse layout.
 pub const QUERY_BLOCK: usize = 32;
 
@@ -134,19 +132,78 @@ pub enum LayoutChoice {
     },
 }
 
+/// What attention needs of a packed row (`pack::PackedSequence::spans`): the span of each
+/// token and the parent of each span. Token `i` may attend token `j <= i` when `j`'s span is
+/// `i`'s or one of its ancestors.
+#[derive(Debug, Clone, Copy)]
+pub struct RowSpans<'a> {
+    /// The span of each token.
+    pub span: &'a [u32],
+    /// The parent of each span (`None` at a root).
+    pub span_parent: &'a [Option<u32>],
+}
+
+impl RowSpans<'_> {
+    /// Tokens in the row.
+    pub fn len(&self) -> usize {
+        self.span.len()
+    }
+
+    /// Whether the row has no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.span.is_empty()
+    }
+
+    /// DFS entry and exit times of the span tree: span `m` is span `k` or one of its ancestors
+    /// iff `enter[m] <= enter[k] < exit[m]`.
+    fn intervals(&self) -> (Vec<u32>, Vec<u32>) {
+        let n = self.span_parent.len();
+        let mut children: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut roots = Vec::new();
+        for (k, p) in self.span_parent.iter().enumerate() {
+            match p {
+                Some(p) => children[*p as usize].push(k as u32),
+                None => roots.push(k as u32),
+            }
+        }
+        let (mut enter, mut exit) = (vec![0u32; n], vec![0u32; n]);
+        let mut clock = 0u32;
+        // (span, next child index)
+        let mut stack: Vec<(u32, usize)> = Vec::new();
+        for &r in roots.iter().rev() {
+            stack.push((r, 0));
+            enter[r as usize] = clock;
+            clock += 1;
+            while let Some(top) = stack.last_mut() {
+                let (k, next) = *top;
+                if let Some(&c) = children[k as usize].get(next) {
+                    top.1 += 1;
+                    enter[c as usize] = clock;
+                    clock += 1;
+                    stack.push((c, 0));
+                } else {
+                    exit[k as usize] = clock;
+                    stack.pop();
+                }
+            }
+        }
+        (enter, exit)
+    }
+}
+
 /// Per-row attention structure: `allowed(i, j)` for real tokens, in O(1) from the DFS entry
 /// and exit times of the span tree (span `m` is an ancestor of `k`, or `k` itself, iff
 /// `enter[m] <= enter[k] < exit[m]`), so memory and set-up grow with the number of spans, not
 /// its square (trees forked at token granularity have thousands of spans).
 struct RowMask<'a> {
-    seq: &'a PackedSequence,
+    seq: RowSpans<'a>,
     enter: Vec<u32>,
     exit: Vec<u32>,
 }
 
 impl<'a> RowMask<'a> {
-    fn new(seq: &'a PackedSequence) -> Self {
-        let (enter, exit) = seq.span_intervals();
+    fn new(seq: RowSpans<'a>) -> Self {
+        let (enter, exit) = seq.intervals();
         RowMask { seq, enter, exit }
     }
 
@@ -163,9 +220,9 @@ impl<'a> RowMask<'a> {
 
 impl AttentionLayout {
     /// The layout of `sequences` padded to a common length, and that length.
-    pub fn plan(sequences: &[PackedSequence], choice: LayoutChoice) -> (AttentionLayout, usize) {
+    pub fn plan(sequences: &[RowSpans], choice: LayoutChoice) -> (AttentionLayout, usize) {
         let len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-        let rows: Vec<RowMask> = sequences.iter().map(RowMask::new).collect();
+        let rows: Vec<RowMask> = sequences.iter().copied().map(RowMask::new).collect();
         let block = match choice {
             LayoutChoice::Sparse { block } => Some(block.max(1)),
             LayoutChoice::Auto if len >= SPARSE_MIN_LEN => Some(QUERY_BLOCK),
@@ -421,6 +478,12 @@ fn sparse_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pack::PackedSequence;
+
+    fn plan(rows: &[PackedSequence], choice: LayoutChoice) -> (AttentionLayout, usize) {
+        let spans: Vec<_> = rows.iter().map(PackedSequence::spans).collect();
+        AttentionLayout::plan(&spans, choice)
+    }
 
     /// `parts` independent causal parts of `len` tokens in one row.
     fn parts(parts: usize, len: usize) -> PackedSequence {
@@ -434,11 +497,11 @@ mod tests {
     #[test]
     fn planner_picks_sparse_only_where_it_saves() {
         // Short causal rows: gathering saves nothing.
-        let (layout, t) = AttentionLayout::plan(&[parts(1, 40), parts(1, 30)], LayoutChoice::Auto);
+        let (layout, t) = plan(&[parts(1, 40), parts(1, 30)], LayoutChoice::Auto);
         assert!(matches!(layout, AttentionLayout::Dense { .. }));
         assert_eq!(t, 40);
         // Eight independent parts of 64 tokens in one row: each block sees only its own part.
-        let (layout, t) = AttentionLayout::plan(&[parts(8, 64)], LayoutChoice::Auto);
+        let (layout, t) = plan(&[parts(8, 64)], LayoutChoice::Auto);
         assert_eq!(t, 512);
         let AttentionLayout::Sparse { buckets, .. } = layout else {
             panic!("expected a sparse layout");

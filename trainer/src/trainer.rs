@@ -37,9 +37,7 @@ pub struct TrainerConfig {
     pub shards: usize,
 }
 
-/// Default [`TrainerConfig::shards`]: the two cores of the reference machine (burn's CPU
-/// kernels run many small operations on one thread, so two shards use both cores).
-pub const DEFAULT_SHARDS: usize = 2;
+pub use crate::pack::DEFAULT_SHARDS;
 
 impl Default for TrainerConfig {
     fn default() -> Self {

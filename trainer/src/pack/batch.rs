@@ -87,7 +87,8 @@ impl TrainBatch {
         if self.rows() == 0 || self.padded_len() == 0 {
             return Err(TrainerError::batch("empty batch"));
         }
-        let (layout, t) = AttentionLayout::plan(&self.sequences, choice);
+        let spans: Vec<_> = self.sequences.iter().map(PackedSequence::spans).collect();
+        let (layout, t) = AttentionLayout::plan(&spans, choice);
         let b = self.rows();
         let mut tokens = vec![0i64; b * t];
         let mut positions = vec![0i64; b * t];

@@ -32,7 +32,7 @@
 //! queries gathers only the keys its queries' paths reach, so a row's attention cost follows
 //! the tree (unique tokens × path length), not the square of the row length. Rows can therefore
 //! be long: [`minibatches`] joins the groups of a mini-batch (longest first, each into the
-//! shortest row it fits) into at least [`crate::trainer::DEFAULT_SHARDS`] rows of up to
+//! shortest row it fits) into at least [`DEFAULT_SHARDS`] rows of up to
 //! [`PACKED_ROW_TOKENS`] tokens (more if one trajectory is longer), so each data-parallel
 //! shard of the trainer gets about the same number of tokens and almost nothing of the padded
 //! batch is padding. Each part keeps its own root span, so no part attends another.
@@ -73,7 +73,6 @@ use rollout::tree::{NodeId, TaskRollout};
 
 use crate::TrainerError;
 use crate::attn::{AttentionLayout, AttentionMask, LayoutChoice};
-use crate::trainer::DEFAULT_SHARDS;
 
 mod batch;
 mod flat;
@@ -204,40 +203,12 @@ impl PackedSequence {
         self.tokens.is_empty()
     }
 
-    /// DFS entry and exit times of the span tree: span `m` is span `k` or one of its ancestors
-    /// iff `enter[m] <= enter[k] < exit[m]`.
-    pub(crate) fn span_intervals(&self) -> (Vec<u32>, Vec<u32>) {
-        let n = self.span_parent.len();
-        let mut children: Vec<Vec<u32>> = vec![Vec::new(); n];
-        let mut roots = Vec::new();
-        for (k, p) in self.span_parent.iter().enumerate() {
-            match p {
-                Some(p) => children[*p as usize].push(k as u32),
-                None => roots.push(k as u32),
-            }
+    /// The row as attention sees it: each token's span and each span's parent.
+    pub fn spans(&self) -> crate::attn::RowSpans<'_> {
+        crate::attn::RowSpans {
+            span: &self.span,
+            span_parent: &self.span_parent,
         }
-        let (mut enter, mut exit) = (vec![0u32; n], vec![0u32; n]);
-        let mut clock = 0u32;
-        // (span, next child index)
-        let mut stack: Vec<(u32, usize)> = Vec::new();
-        for &r in roots.iter().rev() {
-            stack.push((r, 0));
-            enter[r as usize] = clock;
-            clock += 1;
-            while let Some(top) = stack.last_mut() {
-                let (k, next) = *top;
-                if let Some(&c) = children[k as usize].get(next) {
-                    top.1 += 1;
-                    enter[c as usize] = clock;
-                    clock += 1;
-                    stack.push((c, 0));
-                } else {
-                    exit[k as usize] = clock;
-                    stack.pop();
-                }
-            }
-        }
-        (enter, exit)
     }
 
     /// Whether token `i` may attend token `j`.
@@ -256,6 +227,11 @@ impl PackedSequence {
         false
     }
 }
+
+/// Default [`crate::trainer::TrainerConfig::shards`]: the two cores of the reference machine
+/// (burn's CPU kernels run many small operations on one thread, so two shards use both cores).
+/// Tree packing joins rows into at least this many, so each shard gets one.
+pub const DEFAULT_SHARDS: usize = 2;
 
 /// Per-leaf loss weights `c_l` for the leaves of all groups (see [`LossAgg`]).
 pub(super) fn leaf_weights(
