@@ -9,7 +9,7 @@ use common::{arbor, ok, scratch};
 
 #[path = "../../rollout/tests/common/smollm2.rs"]
 mod smollm2;
-use smollm2::{ids_arg, model, reference};
+use smollm2::{ids_arg, max_logit_difference, model, reference};
 
 use rollout::engine::Engine;
 use rollout::tokenizer::Tokenizer;
@@ -70,14 +70,7 @@ fn a_checkpoint_of_a_gguf_run_is_a_model_directory_of_the_trained_weights() {
         .unwrap()
         .forward_full(&ids);
     let theirs = reference(&["hf-logits", step.to_str().unwrap(), &ids_arg(&ids)], None);
-    let theirs = theirs["logits"].as_array().unwrap();
-    assert_eq!(theirs.len(), ids.len());
-    let mut worst = 0f32;
-    for (t, row) in theirs.iter().enumerate() {
-        for (v, x) in row.as_array().unwrap().iter().enumerate() {
-            worst = worst.max((ours[[t, v]] - x.as_f64().unwrap() as f32).abs());
-        }
-    }
+    let worst = max_logit_difference(&ours, &theirs);
     eprintln!(
         "max |logit difference| over {} positions: {worst:.2e}",
         ids.len()

@@ -10,7 +10,7 @@ use rollout::tokenizer::Tokenizer;
 
 #[path = "common/smollm2.rs"]
 mod smollm2;
-use smollm2::{ids_arg, model, reference};
+use smollm2::{ids_arg, max_logit_difference, model, reference};
 
 /// ChatML, the template SmolLM2's `tokenizer.chat_template` renders for one user turn.
 fn chat(user: &str) -> String {
@@ -37,14 +37,7 @@ fn smollm2_logits_match_the_numpy_reference() {
     let engine = Engine::new(m.config.clone(), &m.weights).unwrap();
     let ours = engine.forward_full(&ids);
     let theirs = reference(&["logits", path.to_str().unwrap(), &ids_arg(&ids)], None);
-    let theirs = theirs["logits"].as_array().unwrap();
-    assert_eq!(theirs.len(), ids.len());
-    let mut worst = 0f32;
-    for (t, row) in theirs.iter().enumerate() {
-        for (v, x) in row.as_array().unwrap().iter().enumerate() {
-            worst = worst.max((ours[[t, v]] - x.as_f64().unwrap() as f32).abs());
-        }
-    }
+    let worst = max_logit_difference(&ours, &theirs);
     eprintln!(
         "max |logit difference| over {} positions: {worst:.2e}",
         ids.len()

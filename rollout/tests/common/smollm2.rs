@@ -57,3 +57,17 @@ pub fn reference(args: &[&str], stdin: Option<&str>) -> serde_json::Value {
 pub fn ids_arg(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
+
+/// The largest absolute difference between `ours` (`[positions, vocab]`) and the reference's
+/// `{"logits": [[...], ...]}` answer, which must have as many positions.
+pub fn max_logit_difference(ours: &ndarray::Array2<f32>, theirs: &serde_json::Value) -> f32 {
+    let theirs = theirs["logits"].as_array().unwrap();
+    assert_eq!(theirs.len(), ours.nrows());
+    let mut worst = 0f32;
+    for (t, row) in theirs.iter().enumerate() {
+        for (v, x) in row.as_array().unwrap().iter().enumerate() {
+            worst = worst.max((ours[[t, v]] - x.as_f64().unwrap() as f32).abs());
+        }
+    }
+    worst
+}
