@@ -340,7 +340,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6} {:>6} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7} {:>11}",
+        "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6} {:>6} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7} {:>11} {:>9} {:>10}",
         "model",
         "sampler",
         "branch",
@@ -355,12 +355,14 @@ pub fn table(rows: &[SummaryRow]) -> String {
         "cache",
         "trunc",
         "wall_s",
-        "reach_ratio"
+        "reach_ratio",
+        "in_budget",
+        "tok/solved"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6.3} {:>6.3} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7.1} {:>11}",
+            "{:<wp$} {:<ws$} {:<wb$} {:<we$} {:>6} {:>4} {:>6.3} {:>6.3} {:>10} {:>11} {:>11} {:>6} {:>6} {:>7.1} {:>11} {:>9} {:>10}",
             r.model,
             r.sampler,
             r.branch.as_deref().unwrap_or("-"),
@@ -375,7 +377,9 @@ pub fn table(rows: &[SummaryRow]) -> String {
             num(r.cache_read_share, 3),
             r.truncated,
             r.wall_s,
-            num(r.reach_ratio, 2)
+            num(r.reach_ratio, 2),
+            num(r.budget_success, 3),
+            num(r.budget_tokens_per_solved, 0)
         );
     }
     let mut seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
