@@ -287,28 +287,23 @@ pub fn run_data(dir: &Path, max_nodes: usize) -> anyhow::Result<ReportData> {
 /// The exported trees, newest steps first until `max_nodes`, then in step and task order.
 fn trees(dir: &Path, max_nodes: usize) -> anyhow::Result<(Vec<TreeData>, Vec<u64>)> {
     let nodes = read_nodes(dir.join(NODES_FILE))?;
-    let leaves: BTreeMap<(u64, u64, u32), (bool, bool, f32)> =
-        if dir.join(TRAJECTORIES_FILE).is_file() {
-            read_trajectories(dir.join(TRAJECTORIES_FILE))?
-                .into_iter()
-                .map(|t| {
-                    (
-                        (t.step, t.task_id, t.leaf_node),
-                        (t.success, t.truncated, t.reward),
-                    )
-                })
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
-    let prompts: BTreeMap<(u64, u64), String> = if dir.join(TRAJECTORIES_FILE).is_file() {
-        read_trajectories(dir.join(TRAJECTORIES_FILE))?
-            .into_iter()
-            .map(|t| ((t.step, t.task_id), t.prompt))
-            .collect()
-    } else {
-        BTreeMap::new()
+    let trajectories = match dir.join(TRAJECTORIES_FILE) {
+        p if p.is_file() => read_trajectories(p)?,
+        _ => Vec::new(),
     };
+    let leaves: BTreeMap<(u64, u64, u32), (bool, bool, f32)> = trajectories
+        .iter()
+        .map(|t| {
+            (
+                (t.step, t.task_id, t.leaf_node),
+                (t.success, t.truncated, t.reward),
+            )
+        })
+        .collect();
+    let prompts: BTreeMap<(u64, u64), String> = trajectories
+        .into_iter()
+        .map(|t| ((t.step, t.task_id), t.prompt))
+        .collect();
     let mut per_step: BTreeMap<u64, usize> = BTreeMap::new();
     for n in &nodes {
         *per_step.entry(n.step).or_default() += 1;
