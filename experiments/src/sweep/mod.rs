@@ -280,8 +280,9 @@ fn test_time_row(point: &GridPoint, env: &str, sft: &TrainConfig) -> anyhow::Res
 /// `budget/<run>.json`: a budgeted evaluation and what it was measured with.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct BudgetFile {
-    /// The policy and settings (`Debug` text of the checkpoint path, sampler, environment,
-    /// model, episodes and seed): a file with another key is measured again.
+    /// The policy and settings (`Debug` text of the checkpoint path and its weights' write
+    /// time, sampler, environment, model, episodes and seed): a file with another key is
+    /// measured again.
     key: String,
     result: crate::evaluate::BudgetResult,
 }
@@ -293,8 +294,14 @@ fn budget_eval(
     policy: Option<&Path>,
     dir: &Path,
 ) -> anyhow::Result<crate::evaluate::BudgetResult> {
+    // A retrained checkpoint at the same path has new weights: their file's time is in the key.
+    let written = policy.and_then(|p| {
+        std::fs::metadata(p.join(checkpoint::MODEL_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+    });
     let key = format!(
-        "{policy:?} {:?} {:?} {:?} {} {}",
+        "{policy:?} {written:?} {:?} {:?} {:?} {} {}",
         cfg.sampler, cfg.env, cfg.model, cfg.eval.episodes, cfg.seed
     );
     let path = dir.join(format!("{}.json", cfg.name));
