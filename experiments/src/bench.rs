@@ -482,8 +482,11 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
         for b in &mut batches {
             b.layout = layout;
         }
-        let mut trainer =
-            Trainer::from_weights(&cfg, &weights, TrainerConfig::default(), &default_device())?;
+        let tc = TrainerConfig {
+            gradient_checkpointing: args.gradient_checkpointing,
+            ..TrainerConfig::default()
+        };
+        let mut trainer = Trainer::from_weights(&cfg, &weights, tc, &default_device())?;
         trainer.rl_step(&batches, 1)?; // warm-up
         setups.push((mode, batches, trainer, Vec::new(), None::<f64>));
     }
@@ -526,8 +529,17 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     }
     let header = format!(
         "policy: {policy}; {} multihop task groups, tree sampler ({} branching, {} \
-         granularity), budget {}: {generated} generated tokens, {nodes} tree nodes",
-        args.tasks, args.branch, args.granularity, args.budget
+         granularity), budget {}: {generated} generated tokens, {nodes} tree nodes; gradient \
+         checkpointing {}",
+        args.tasks,
+        args.branch,
+        args.granularity,
+        args.budget,
+        if args.gradient_checkpointing {
+            "on"
+        } else {
+            "off"
+        }
     );
     let print_rows = |rows: &[TrainRow]| {
         println!("{header}");

@@ -270,6 +270,9 @@ pub struct TrainBenchArgs {
     /// Time only the `packed` mode (what training uses).
     #[arg(long)]
     pub packed_only: bool,
+    /// Train with gradient checkpointing (`model.gradient_checkpointing`).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 /// `arbor bench engine`.

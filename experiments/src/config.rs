@@ -191,6 +191,11 @@ pub struct ModelSection {
     /// model directory's `tokenizer_config.json`) when it has one: prompts and observations
     /// become chat turns (`rollout::chat`). Presets have none. Default: true.
     pub chat: bool,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (`trainer::trainer::TrainerConfig::gradient_checkpointing`): the same updates, bit for
+    /// bit, at a lower peak memory and some extra compute; for models that do not fit
+    /// otherwise. Default: false.
+    pub gradient_checkpointing: bool,
     /// Start from this checkpoint (a `checkpoints/step-N` directory, or a run directory for its
     /// latest) instead of `preset`'s random or `dir`'s weights: its weights, optimizer moments
     /// and SFT step count carry over, so SFT runs only the steps it lacks; RL counters start at
@@ -449,6 +454,7 @@ impl Default for ModelSection {
             dir: None,
             max_seq_len: 2048,
             chat: true,
+            gradient_checkpointing: false,
             init: None,
         }
     }

@@ -995,6 +995,7 @@ pub fn trainer_config(cfg: &TrainConfig) -> TrainerConfig {
         },
         seed: cfg.seed,
         shuffle_minibatches: true,
+        gradient_checkpointing: cfg.model.gradient_checkpointing,
         ..TrainerConfig::default()
     }
 }

@@ -35,6 +35,11 @@ pub struct TrainerConfig {
     /// count, so a run's numbers do not depend on the machine. By default, this is
     /// [`DEFAULT_SHARDS`].
     pub shards: usize,
+    /// Recompute memory-bound activations (softmax, elementwise products, ...) in the backward
+    /// pass instead of keeping them (burn's balanced gradient checkpointing): the same update
+    /// at a lower peak memory and some extra compute (`arbor bench train
+    /// --gradient-checkpointing`). By default, this is disabled.
+    pub gradient_checkpointing: bool,
 }
 
 pub use crate::pack::DEFAULT_SHARDS;
@@ -47,6 +52,7 @@ impl Default for TrainerConfig {
             seed: 0,
             shuffle_minibatches: true,
             shards: DEFAULT_SHARDS,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -108,6 +114,15 @@ pub fn default_device() -> Device {
     Device::flex().autodiff()
 }
 
+/// `device` with autodiff, and with gradient checkpointing when `config` asks for it.
+fn training_device(device: &Device, config: &TrainerConfig) -> Device {
+    let device = device.clone().autodiff();
+    match config.gradient_checkpointing {
+        true => device.gradient_checkpointing(),
+        false => device,
+    }
+}
+
 /// Policy, optional frozen reference, optimizer and counters (module docs).
 #[derive(Debug)]
 pub struct Trainer {
@@ -136,7 +151,7 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self, TrainerError> {
         config.ppo.validate()?;
-        let device = device.clone().autodiff();
+        let device = training_device(device, &config);
         Ok(Trainer {
             model: PolicyModel::from_weights(model_config, weights, &device)?,
             reference: None,
@@ -256,14 +271,16 @@ impl Trainer {
         F: Fn(&PolicyModel, usize) -> (Tensor<1>, LossStats) + Sync,
     {
         let model = &self.model;
+        let device = &self.device;
         let grads_of = |model: &PolicyModel, i: usize| {
             let (l, stats) = loss(model, i);
             (GradientsParams::from_grads(l.backward(), model), stats)
         };
         // Plain threads, one per shard (measured faster than rayon's pool here: the backend's
         // kernels nest their own rayon jobs). Each thread differentiates its own copy of the
-        // policy: `valid().train()` shares the weights and parameter ids but gives fresh
-        // autodiff leaves. Shards that shared leaves would share one autodiff graph, and one
+        // policy: `fork` onto the trainer's device shares the weights and parameter ids but
+        // gives fresh autodiff leaves (with the device's checkpointing strategy, which
+        // `valid().train()` would reset). Shards that shared leaves would share one autodiff graph, and one
         // shard's backward pass could consume nodes the other still needs (seen as a rare
         // "graph tape has already been consumed" panic).
         let mut parts: Vec<(GradientsParams, LossStats)> = if shards == 1 {
@@ -273,7 +290,7 @@ impl Trainer {
                 let handles: Vec<_> = (0..shards)
                     .map(|i| {
                         let grads_of = &grads_of;
-                        let local = model.valid().train();
+                        let local = model.clone().fork(device);
                         s.spawn(move || grads_of(&local, i))
                     })
                     .collect();
@@ -321,8 +338,15 @@ impl Trainer {
             handles
                 .into_iter()
                 .map(|h| {
-                    let logp = h.join().expect("a reference forward pass panicked")?;
-                    Ok(Some(logp.autodiff()))
+                    let logp = h
+                        .join()
+                        .expect("a reference forward pass panicked")?
+                        .autodiff();
+                    // On the trainer's device, with its checkpointing strategy.
+                    Ok(Some(match self.device.gradient_checkpointing_strategy() {
+                        Some(s) => logp.with_gradient_checkpointing_strategy(s),
+                        None => logp,
+                    }))
                 })
                 .collect()
         })
@@ -519,6 +543,29 @@ pub(crate) mod tests {
                 assert!(rel <= 1e-5, "{shards} shards: {name} rel diff {rel}");
             }
         }
+    }
+
+    /// Gradient checkpointing recomputes activations instead of keeping them: SFT and RL steps
+    /// (two shards, KL reference) give bit-identical statistics and weights.
+    #[test]
+    fn gradient_checkpointing_gives_the_same_updates() {
+        let cfg = small_config();
+        let run = |gradient_checkpointing: bool| {
+            let mut t = Trainer::new(
+                &cfg,
+                TrainerConfig {
+                    gradient_checkpointing,
+                    ..config(3)
+                },
+            )
+            .unwrap();
+            let stats = run_steps(&mut t, 0, 4);
+            (t.weights(), t.optimizer_state(), stats)
+        };
+        let (plain, checkpointed) = (run(false), run(true));
+        assert_eq!(plain.2, checkpointed.2);
+        assert_eq!(plain.0, checkpointed.0);
+        assert_eq!(plain.1, checkpointed.1);
     }
 
     /// A batch without rows or without targets is an error, not a panic, however it is sharded.
