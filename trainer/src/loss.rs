@@ -128,13 +128,14 @@ pub fn target_logprobs(
     batch: &DeviceBatch,
     temperature: f32,
 ) -> (Tensor<1>, Tensor<2>) {
-    let logits = model.forward_with(
+    let hidden = model.hidden_with(
         batch.tokens.clone(),
         batch.positions.clone(),
         &batch.attention,
     );
-    let [b, t, v] = logits.dims();
-    let mut rows = logits.reshape([b * t, v]).select(0, batch.source.clone());
+    let [b, t, d] = hidden.dims();
+    // Only the target rows go through the LM head.
+    let mut rows = model.head(hidden.reshape([b * t, d]).select(0, batch.source.clone()));
     if temperature != 1.0 {
         rows = rows.div_scalar(temperature as f64);
     }

@@ -289,6 +289,23 @@ impl PolicyModel {
         positions: Tensor<2, Int>,
         attention: &AttentionMask,
     ) -> Tensor<3> {
+        let x = self.hidden_with(tokens, positions, attention);
+        let [b, t, d] = x.dims();
+        let logits = self.head(x.reshape([b * t, d]));
+        let v = logits.dims()[1];
+        logits.reshape([b, t, v])
+    }
+
+    /// The final hidden states (after the last norm), the input of [`PolicyModel::head`].
+    ///
+    /// # Shapes
+    /// - as [`PolicyModel::forward_with`]; returns `[B, T, d_model]`
+    pub fn hidden_with(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        attention: &AttentionMask,
+    ) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
         let scores = match attention {
@@ -312,10 +329,19 @@ impl PolicyModel {
             let h = layer.mlp.forward(layer.mlp_norm.forward(x.clone()));
             x = x + h;
         }
-        let x = self.norm.forward(x);
+        self.norm.forward(x)
+    }
+
+    /// Logits of hidden-state rows: training scores only the rows of its targets, so the
+    /// `[rows, vocab]` matrix (the largest activation of a model with a big vocabulary) is
+    /// built for those rows alone.
+    ///
+    /// # Shapes
+    /// - `x: [N, d_model]` → `[N, vocab]`
+    pub fn head(&self, x: Tensor<2>) -> Tensor<2> {
         match &self.lm_head {
             Some(head) => head.forward(x),
-            None => x.matmul(self.embed.weight.val().transpose().unsqueeze_dim::<3>(0)),
+            None => x.matmul(self.embed.weight.val().transpose()),
         }
     }
 
