@@ -484,12 +484,15 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
         }
         let tc = TrainerConfig {
             gradient_checkpointing: args.gradient_checkpointing,
+            parallel_shards: args.parallel_shards,
             ..TrainerConfig::default()
         };
         let mut trainer = Trainer::from_weights(&cfg, &weights, tc, &default_device())?;
         trainer.rl_step(&batches, 1)?; // warm-up
         setups.push((mode, batches, trainer, Vec::new(), None::<f64>));
     }
+    // The trainers hold their own copies: the loaded weights are not part of an update.
+    drop(weights);
     let (_, peak_gflops) = rollout::engine::bench::gemm_peak(512, 3);
     for _ in 0..args.repeats.max(1) {
         for (_, batches, trainer, times, peak) in &mut setups {
@@ -530,7 +533,7 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     let header = format!(
         "policy: {policy}; {} multihop task groups, tree sampler ({} branching, {} \
          granularity), budget {}: {generated} generated tokens, {nodes} tree nodes; gradient \
-         checkpointing {}",
+         checkpointing {}, shards at a time {}",
         args.tasks,
         args.branch,
         args.granularity,
@@ -539,6 +542,10 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
             "on"
         } else {
             "off"
+        },
+        match args.parallel_shards {
+            0 => "all".to_string(),
+            n => n.to_string(),
         }
     );
     let print_rows = |rows: &[TrainRow]| {

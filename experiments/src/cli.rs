@@ -273,6 +273,9 @@ pub struct TrainBenchArgs {
     /// Train with gradient checkpointing (`model.gradient_checkpointing`).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Shards trained at the same time (`model.parallel_shards`; 0: all).
+    #[arg(long, default_value_t = 0)]
+    pub parallel_shards: usize,
 }
 
 /// `arbor bench engine`.

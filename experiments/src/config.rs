@@ -196,6 +196,10 @@ pub struct ModelSection {
     /// bit, at a lower peak memory and some extra compute; for models that do not fit
     /// otherwise. Default: false.
     pub gradient_checkpointing: bool,
+    /// How many of an update's shards train at the same time (0: all, the two of the
+    /// default): 1 keeps one shard's activations in memory at a time, at about twice the
+    /// update time; the same updates, bit for bit. Default: 0.
+    pub parallel_shards: usize,
     /// Start from this checkpoint (a `checkpoints/step-N` directory, or a run directory for its
     /// latest) instead of `preset`'s random or `dir`'s weights: its weights, optimizer moments
     /// and SFT step count carry over, so SFT runs only the steps it lacks; RL counters start at
@@ -455,6 +459,7 @@ impl Default for ModelSection {
             max_seq_len: 2048,
             chat: true,
             gradient_checkpointing: false,
+            parallel_shards: 0,
             init: None,
         }
     }

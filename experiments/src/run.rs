@@ -996,6 +996,7 @@ pub fn trainer_config(cfg: &TrainConfig) -> TrainerConfig {
         seed: cfg.seed,
         shuffle_minibatches: true,
         gradient_checkpointing: cfg.model.gradient_checkpointing,
+        parallel_shards: cfg.model.parallel_shards,
         ..TrainerConfig::default()
     }
 }

@@ -40,6 +40,10 @@ pub struct TrainerConfig {
     /// at a lower peak memory and some extra compute (`arbor bench train
     /// --gradient-checkpointing`). By default, this is disabled.
     pub gradient_checkpointing: bool,
+    /// How many of the shards run at the same time (0: all): a lower number keeps fewer
+    /// shards' activations in memory at once and takes longer; the update is the same, bit for
+    /// bit (gradients are summed in shard order either way). By default, this is 0.
+    pub parallel_shards: usize,
 }
 
 pub use crate::pack::DEFAULT_SHARDS;
@@ -53,6 +57,7 @@ impl Default for TrainerConfig {
             shuffle_minibatches: true,
             shards: DEFAULT_SHARDS,
             gradient_checkpointing: false,
+            parallel_shards: 0,
         }
     }
 }
@@ -277,38 +282,54 @@ impl Trainer {
             (GradientsParams::from_grads(l.backward(), model), stats)
         };
         // Plain threads, one per shard (measured faster than rayon's pool here: the backend's
-        // kernels nest their own rayon jobs). Each thread differentiates its own copy of the
-        // policy: `fork` onto the trainer's device shares the weights and parameter ids but
-        // gives fresh autodiff leaves (with the device's checkpointing strategy, which
-        // `valid().train()` would reset). Shards that shared leaves would share one autodiff graph, and one
-        // shard's backward pass could consume nodes the other still needs (seen as a rare
-        // "graph tape has already been consumed" panic).
-        let mut parts: Vec<(GradientsParams, LossStats)> = if shards == 1 {
-            vec![grads_of(model, 0)]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..shards)
-                    .map(|i| {
-                        let grads_of = &grads_of;
-                        let local = model.clone().fork(device);
-                        s.spawn(move || grads_of(&local, i))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("a shard's backward pass panicked"))
-                    .collect()
-            })
-        };
-        // Summed in shard order, so the result does not depend on thread timing.
-        let (mut grads, mut stats) = parts.remove(0);
-        for (mut g, st) in parts {
-            self.model.visit(&mut AddGrads {
-                into: &mut grads,
-                from: &mut g,
-            });
-            stats = stats.merge(&st);
+        // kernels nest their own rayon jobs), at most `parallel_shards` at a time. Each thread
+        // differentiates its own copy of the policy: `fork` onto the trainer's device shares
+        // the weights and parameter ids but gives fresh autodiff leaves (with the device's
+        // checkpointing strategy, which `valid().train()` would reset). Shards that shared
+        // leaves would share one autodiff graph, and one shard's backward pass could consume
+        // nodes the other still needs (seen as a rare "graph tape has already been consumed"
+        // panic). A shard run alone uses the policy itself.
+        let at_once = match self.config.parallel_shards {
+            0 => shards,
+            n => n.min(shards),
         }
+        .max(1);
+        // Summed in shard order as each wave ends, so the result depends neither on thread
+        // timing nor on the wave size.
+        let mut total: Option<(GradientsParams, LossStats)> = None;
+        for start in (0..shards).step_by(at_once) {
+            let end = (start + at_once).min(shards);
+            let parts: Vec<(GradientsParams, LossStats)> = if end - start == 1 {
+                vec![grads_of(model, start)]
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = (start..end)
+                        .map(|i| {
+                            let grads_of = &grads_of;
+                            let local = model.clone().fork(device);
+                            s.spawn(move || grads_of(&local, i))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("a shard's backward pass panicked"))
+                        .collect()
+                })
+            };
+            for (mut g, st) in parts {
+                total = Some(match total.take() {
+                    None => (g, st),
+                    Some((mut grads, stats)) => {
+                        self.model.visit(&mut AddGrads {
+                            into: &mut grads,
+                            from: &mut g,
+                        });
+                        (grads, stats.merge(&st))
+                    }
+                });
+            }
+        }
+        let (grads, stats) = total.expect("an update has at least one shard");
         let (model, norm) = self.optim.step(self.model.clone(), &grads);
         self.model = model;
         (norm as f32, stats)
@@ -566,6 +587,29 @@ pub(crate) mod tests {
         assert_eq!(plain.2, checkpointed.2);
         assert_eq!(plain.0, checkpointed.0);
         assert_eq!(plain.1, checkpointed.1);
+    }
+
+    /// Shards run one or two at a time give the update of all at once, bit for bit.
+    #[test]
+    fn shards_in_waves_give_the_same_updates() {
+        let cfg = small_config();
+        let run = |parallel_shards: usize| {
+            let mut t = Trainer::new(
+                &cfg,
+                TrainerConfig {
+                    shards: 3,
+                    parallel_shards,
+                    ..config(3)
+                },
+            )
+            .unwrap();
+            let stats = run_steps(&mut t, 0, 4);
+            (t.weights(), stats)
+        };
+        let all = run(0);
+        for waves in [1, 2] {
+            assert_eq!(run(waves), all, "{waves} at a time");
+        }
     }
 
     /// A batch without rows or without targets is an error, not a panic, however it is sharded.
