@@ -488,6 +488,11 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
             ..TrainerConfig::default()
         };
         let mut trainer = Trainer::from_weights(&cfg, &weights, tc, &default_device())?;
+        // As a run's RL does with the default `rl.kl_coef`: a frozen copy of the policy is the
+        // KL reference (its forward pass and memory are part of every update).
+        if tc.ppo.kl_coef > 0.0 {
+            trainer.freeze_reference();
+        }
         trainer.rl_step(&batches, 1)?; // warm-up
         setups.push((mode, batches, trainer, Vec::new(), None::<f64>));
     }
@@ -533,7 +538,7 @@ fn train(args: &TrainBenchArgs) -> anyhow::Result<()> {
     let header = format!(
         "policy: {policy}; {} multihop task groups, tree sampler ({} branching, {} \
          granularity), budget {}: {generated} generated tokens, {nodes} tree nodes; gradient \
-         checkpointing {}, shards at a time {}",
+         checkpointing {}, shards at a time {}, KL reference on",
         args.tasks,
         args.branch,
         args.granularity,
