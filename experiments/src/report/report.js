@@ -336,11 +336,11 @@ if (DATA.kind === "run") {
     redraw();
     // `#selftest`: click the first leaf, as a browser check does.
     if (location.hash === "#selftest") {
-      const leaf = DATA.trees.find((t) => String(t.step) === ssel.value && String(t.task_id) === tsel.value)
-        .nodes.find((n) => n.leaf);
-      const g = document.querySelector(`[data-node="${leaf.id}"]`);
-      g.dispatchEvent(new MouseEvent("click"));
-      document.body.setAttribute("data-selftest", document.getElementById("detail-text") ? "clicked" : "failed");
+      const tree = DATA.trees.find((t) => String(t.step) === ssel.value && String(t.task_id) === tsel.value);
+      const leaf = tree && tree.nodes.find((n) => n.leaf);
+      const g = leaf && document.querySelector(`[data-node="${leaf.id}"]`);
+      if (g) g.dispatchEvent(new MouseEvent("click"));
+      document.body.setAttribute("data-selftest", g && document.getElementById("detail-text") ? "clicked" : "failed");
     }
   }
 }
