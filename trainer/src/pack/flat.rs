@@ -8,10 +8,7 @@ pub fn flatten_trees(
     groups: &[(&TaskRollout, &AdvantageOutput)],
     agg: LossAgg,
 ) -> Result<Vec<PackedSequence>, TrainerError> {
-    for (r, a) in groups {
-        check_group(r, a)?;
-    }
-    let c = leaf_weights(groups, agg);
+    let c = checked_leaf_weights(groups, agg)?;
     let mut out = Vec::new();
     for ((rollout, adv), c) in groups.iter().zip(&c) {
         for leaf in rollout.nodes.iter().filter(|n| n.is_leaf()) {

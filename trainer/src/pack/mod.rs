@@ -233,8 +233,19 @@ impl PackedSequence {
 /// Tree packing joins rows into at least this many, so each shard gets one.
 pub const DEFAULT_SHARDS: usize = 2;
 
+/// [`leaf_weights`] of groups that pass [`check_group`].
+pub(super) fn checked_leaf_weights(
+    groups: &[(&TaskRollout, &AdvantageOutput)],
+    agg: LossAgg,
+) -> Result<Vec<Vec<f64>>, TrainerError> {
+    for (r, a) in groups {
+        check_group(r, a)?;
+    }
+    Ok(leaf_weights(groups, agg))
+}
+
 /// Per-leaf loss weights `c_l` for the leaves of all groups (see [`LossAgg`]).
-pub(super) fn leaf_weights(
+fn leaf_weights(
     groups: &[(&TaskRollout, &AdvantageOutput)],
     agg: LossAgg,
 ) -> Vec<Vec<f64>> {

@@ -34,10 +34,7 @@ pub(super) fn group_rows(
     agg: LossAgg,
     max_len: usize,
 ) -> Result<Vec<PackedSequence>, TrainerError> {
-    for (r, a) in groups {
-        check_group(r, a)?;
-    }
-    let c = leaf_weights(groups, agg);
+    let c = checked_leaf_weights(groups, agg)?;
     let mut out = Vec::new();
     for ((rollout, adv), c) in groups.iter().zip(&c) {
         let w = node_weights(rollout, adv, c);
