@@ -191,10 +191,10 @@ pub struct ModelSection {
     /// model directory's `tokenizer_config.json`) when it has one: prompts and observations
     /// become chat turns (`rollout::chat`). Presets have none. Default: true.
     pub chat: bool,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them
-    /// (`trainer::trainer::TrainerConfig::gradient_checkpointing`): the same updates, bit for
-    /// bit, at a lower peak memory and some extra compute; for models that do not fit
-    /// otherwise. Default: false.
+    /// Keep only each decoder layer's input in the forward pass and re-run one layer at a time
+    /// in the backward pass (`trainer::trainer::TrainerConfig::gradient_checkpointing`): the
+    /// same updates, bit for bit, at the activation memory of one layer, for about one more
+    /// forward pass of compute; for models that do not fit otherwise. Default: false.
     pub gradient_checkpointing: bool,
     /// How many of an update's shards train at the same time (0: all, the two of the
     /// default): 1 keeps one shard's activations in memory at a time, at about twice the

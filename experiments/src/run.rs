@@ -44,7 +44,7 @@ use datasets::{DemoOptions, Split, TaskSet, demonstrations};
 use envs::{AnyEnv, EnvSpec};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rollout::advantage::{EstimateOptions, estimate_with};
-use rollout::engine::{Engine, ModelConfig};
+use rollout::engine::{Engine, ModelConfig, Weights};
 use rollout::sampler::{SamplerStats, sample};
 use rollout::tokenizer::Tokenizer;
 use rollout::tree::TaskRollout;
@@ -346,7 +346,7 @@ impl Run {
         };
         let resume = resume_from.is_some();
         let (trainer, state) = if let Some(latest) = resume_from {
-            let trainer = checkpoint::resume(&latest, &model_cfg, &default_device())
+            let trainer = resume_trainer(&latest, &cfg, &model_cfg)
                 .with_context(|| format!("cannot resume from {}", latest.display()))?;
             let state = RunState::load(&latest, &dir)?;
             let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
@@ -602,7 +602,7 @@ impl Run {
             // The first RL step of this invocation: whatever SFT and the evaluation before RL
             // have left undone comes first (nothing, for a run resumed inside RL).
             self.sft()?;
-            self.start_rl();
+            self.start_rl()?;
         }
         let cfg = &self.cfg;
         let t0 = Instant::now();
@@ -680,15 +680,20 @@ impl Run {
 
     /// Prepares the trainer for RL: the KL reference, fresh optimizer moments at RL step 0 (a
     /// run resumed inside RL continues its checkpoint's), the RL learning rate.
-    fn start_rl(&mut self) {
+    fn start_rl(&mut self) -> anyhow::Result<()> {
         if self.cfg.rl.kl_coef > 0.0 && self.trainer.reference_weights().is_none() {
-            self.trainer.freeze_reference();
+            // Not stored in checkpoints when it is the run's initial weights (a run without
+            // SFT steps of its own, such as a sweep point starting from the shared SFT
+            // checkpoint): `initial_weights` restores it on resume.
+            let initial = initial_weights(&self.cfg, self.trainer.model_config())?;
+            self.trainer.freeze_reference_of_initial(&initial);
         }
         if self.trainer.state().rl_steps == 0 {
             self.trainer.reset_optimizer();
         }
         self.trainer.set_lr(self.cfg.rl.lr);
         self.rl_since = Some(Instant::now());
+        Ok(())
     }
 
     /// Ends the run (after any number of RL steps): checkpoints the current step, evaluates
@@ -942,6 +947,36 @@ impl RunLock {
             }
         }
     }
+}
+
+/// The weights `cfg`'s run starts from, before any update of its own: its `model.init`
+/// checkpoint's, its model file's or directory's, or its preset's seeded initialisation.
+fn initial_weights(cfg: &TrainConfig, model_cfg: &ModelConfig) -> anyhow::Result<Weights> {
+    if let Some(init) = &cfg.model.init {
+        let dir = resolve_checkpoint(init)?.checkpoint;
+        let ckpt = checkpoint::load(&dir)
+            .with_context(|| format!("cannot load checkpoint {}", dir.display()))?;
+        return Ok(ckpt.weights);
+    }
+    Ok(match cfg.model.load()?.weights {
+        Some(weights) => weights,
+        None => Weights::random(model_cfg, trainer_config(cfg).seed),
+    })
+}
+
+/// The trainer of the run checkpoint `latest` of `cfg`'s run, its KL reference read back from
+/// the run's initial weights when the checkpoint did not store it.
+fn resume_trainer(
+    latest: &Path,
+    cfg: &TrainConfig,
+    model_cfg: &ModelConfig,
+) -> anyhow::Result<Trainer> {
+    let mut ckpt = checkpoint::load(latest)?;
+    ckpt.check_model(model_cfg)?;
+    if ckpt.reference_is_initial {
+        ckpt.reference = Some(initial_weights(cfg, model_cfg)?);
+    }
+    Ok(ckpt.into_trainer(&default_device())?)
 }
 
 /// A trainer continuing the checkpoint in `dir` under a new run's settings (see

@@ -77,6 +77,67 @@ fn a_run_stopped_between_steps_and_resumed_equals_one_run() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// A run that starts RL from its initial weights (a `model.init` checkpoint that already has
+/// the configured SFT steps, as every sweep point does) keeps its KL reference out of its
+/// checkpoints: the reference is those initial weights, read back on resume. Stopped and
+/// resumed, such a run still ends where an uninterrupted one ends.
+#[test]
+fn an_initial_kl_reference_is_not_stored_and_survives_a_resume() {
+    let out = std::env::temp_dir().join(format!("arbor-lib-ref-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut base = tiny(&out, "base");
+    base.rl.steps = 0;
+    let base = Run::create(base).unwrap().finish().unwrap();
+    let from_base = |name: &str| {
+        let mut cfg = tiny(&out, name);
+        cfg.model.init = Some(base.dir.clone());
+        cfg
+    };
+    let whole = {
+        let mut run = Run::create(from_base("whole")).unwrap();
+        while run.rl_steps_left() > 0 {
+            run.rl_step().unwrap();
+        }
+        run.finish().unwrap()
+    };
+    let mut parts = Run::create(from_base("parts")).unwrap();
+    parts.rl_step().unwrap();
+    drop(parts);
+    let mut parts = Run::resume(&out.join("parts")).unwrap();
+    while parts.rl_steps_left() > 0 {
+        parts.rl_step().unwrap();
+    }
+    let parts = parts.finish().unwrap();
+    let checkpoints = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect()
+    };
+    for run in [&whole.dir, &parts.dir] {
+        let dirs = checkpoints(run);
+        assert!(!dirs.is_empty());
+        for dir in dirs {
+            assert!(
+                !dir.join("reference.safetensors").exists(),
+                "{}",
+                dir.display()
+            );
+            let ckpt = trainer::checkpoint::load(&dir).unwrap();
+            assert!(ckpt.reference_is_initial, "{}", dir.display());
+        }
+    }
+    let weights = |dir: &std::path::Path| {
+        let root = dir.join("checkpoints");
+        let latest = std::fs::read_to_string(root.join("latest")).unwrap();
+        std::fs::read(root.join(latest.trim()).join("model.safetensors")).unwrap()
+    };
+    assert_eq!(weights(&whole.dir), weights(&parts.dir));
+    assert_eq!(whole.after.success, parts.after.success);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[path = "../examples/custom_env.rs"]
 mod custom_env;
 

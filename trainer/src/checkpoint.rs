@@ -4,7 +4,8 @@
 //! # Layout
 //! ```text
 //! <root>/step-<N>/model.safetensors      policy weights
-//! <root>/step-<N>/reference.safetensors  frozen KL reference (only when the trainer has one)
+//! <root>/step-<N>/reference.safetensors  frozen KL reference (only when the trainer has one
+//!                                        that is not its run's initial weights)
 //! <root>/step-<N>/optimizer.safetensors  AdamW moments: `exp_avg.<name>`, `exp_avg_sq.<name>`;
 //!                                        metadata `step` = updates applied
 //! <root>/step-<N>/config.json            the architecture in the Hugging Face schema (Llama or
@@ -113,6 +114,10 @@ struct StateFile {
     state: TrainerState,
     trainer_config: TrainerConfig,
     has_reference: bool,
+    /// The reference is the run's initial weights and has no file (absent in checkpoints of
+    /// earlier versions: false).
+    #[serde(default)]
+    reference_is_initial: bool,
 }
 
 /// Everything a checkpoint directory holds, verified.
@@ -124,8 +129,14 @@ pub struct Checkpoint {
     pub trainer_config: TrainerConfig,
     /// Policy weights.
     pub weights: Weights,
-    /// Frozen reference weights, if the trainer had a reference.
+    /// Frozen reference weights, if the trainer had a reference and it is stored (see
+    /// [`Checkpoint::reference_is_initial`]).
     pub reference: Option<Weights>,
+    /// The trainer's reference was the weights its run started from
+    /// ([`Trainer::freeze_reference_of_initial`]): the checkpoint does not store it, `load`
+    /// leaves [`Checkpoint::reference`] empty, and [`Checkpoint::into_trainer`] needs it put
+    /// back there (the run that resumes knows its initial weights).
+    pub reference_is_initial: bool,
     /// Optimizer moments and step count.
     pub optimizer: AdamWState,
     /// Counters, seed, phase.
@@ -139,15 +150,28 @@ impl Checkpoint {
             model_config: trainer.model_config().clone(),
             trainer_config: *trainer.config(),
             weights: trainer.weights(),
-            reference: trainer.reference_weights(),
+            reference: match trainer.reference_is_initial() {
+                true => None,
+                false => trainer.reference_weights(),
+            },
+            reference_is_initial: trainer.reference_is_initial(),
             optimizer: trainer.optimizer_state(),
             state: *trainer.state(),
         }
     }
 
-    /// A trainer continuing this checkpoint on `device` with the stored settings.
+    /// A trainer continuing this checkpoint on `device` with the stored settings. A checkpoint
+    /// whose reference is the run's initial weights needs them in [`Checkpoint::reference`]
+    /// (an error otherwise).
     pub fn into_trainer(self, device: &Device) -> Result<Trainer, TrainerError> {
-        Trainer::restore(
+        if self.reference_is_initial && self.reference.is_none() {
+            return Err(TrainerError::Config {
+                reason: "the checkpoint's KL reference is its run's initial weights, which \
+                         were not given"
+                    .into(),
+            });
+        }
+        let mut trainer = Trainer::restore(
             &self.model_config,
             self.trainer_config,
             &self.weights,
@@ -155,7 +179,23 @@ impl Checkpoint {
             &self.optimizer,
             self.state,
             device,
-        )
+        )?;
+        if let (true, Some(initial)) = (self.reference_is_initial, &self.reference) {
+            trainer.set_initial_reference(initial)?;
+        }
+        Ok(trainer)
+    }
+
+    /// Checks that the checkpoint holds the `expected` architecture.
+    pub fn check_model(&self, expected: &ModelConfig) -> Result<(), TrainerError> {
+        if &self.model_config != expected {
+            let json = |c: &ModelConfig| serde_json::to_string(c).expect("plain data serializes");
+            return Err(TrainerError::ConfigMismatch {
+                expected: json(expected),
+                found: json(&self.model_config),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -263,7 +303,8 @@ pub fn save_dir(dir: &Path, trainer: &Trainer) -> Result<(), TrainerError> {
         format_version: FORMAT_VERSION,
         state: ckpt.state,
         trainer_config: ckpt.trainer_config,
-        has_reference: ckpt.reference.is_some(),
+        has_reference: ckpt.reference.is_some() || ckpt.reference_is_initial,
+        reference_is_initial: ckpt.reference_is_initial,
     };
     write_atomic(dir, STATE_FILE, to_json(&state).as_bytes())?;
     Ok(())
@@ -508,7 +549,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint, TrainerError> {
     let (mut sets, _) = read_safetensors(&dir.join(MODEL_FILE), &[""])?;
     let weights = sets.remove(0);
     check_shapes(&weights, &model_config, false)?;
-    let reference = if state.has_reference {
+    let reference = if state.has_reference && !state.reference_is_initial {
         let (mut sets, _) = read_safetensors(&dir.join(REFERENCE_FILE), &[""])?;
         let reference = sets.remove(0);
         check_shapes(&reference, &model_config, false)?;
@@ -533,6 +574,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint, TrainerError> {
         trainer_config: state.trainer_config,
         weights,
         reference,
+        reference_is_initial: state.has_reference && state.reference_is_initial,
         optimizer: AdamWState {
             step,
             exp_avg,
@@ -550,13 +592,7 @@ pub fn resume(
     device: &Device,
 ) -> Result<Trainer, TrainerError> {
     let ckpt = load(dir)?;
-    if &ckpt.model_config != expected {
-        let json = |c: &ModelConfig| serde_json::to_string(c).expect("plain data serializes");
-        return Err(TrainerError::ConfigMismatch {
-            expected: json(expected),
-            found: json(&ckpt.model_config),
-        });
-    }
+    ckpt.check_model(expected)?;
     ckpt.into_trainer(device)
 }
 
@@ -600,6 +636,46 @@ mod tests {
         // A newer checkpoint moves `latest`.
         let newer = save(&root, 5, &a).unwrap();
         assert_eq!(latest(&root).unwrap(), newer);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A reference that is the run's initial weights is not written: a checkpoint of an RL step
+    /// holds no `reference.safetensors`, loads without a reference, refuses to become a trainer
+    /// without the initial weights, and with them resumes exactly (the reference stays
+    /// unwritten in later checkpoints). A reference frozen after an update is written.
+    #[test]
+    fn an_initial_reference_is_not_written_and_resumes_exactly() {
+        let cfg = small_config();
+        let root = tempdir("initial-ref");
+        let initial = Weights::random(&cfg, 5);
+        let mut a = Trainer::from_weights(&cfg, &initial, config(5), &default_device()).unwrap();
+        assert!(a.freeze_reference_of_initial(&initial));
+        run_steps(&mut a, 2, 3); // one RL step against the initial reference
+        let dir = save(&root, 3, &a).unwrap();
+        assert!(!dir.join(REFERENCE_FILE).exists());
+        assert!(dir.join(MODEL_FILE).exists());
+        let mut ckpt = load(&dir).unwrap();
+        assert!(ckpt.reference_is_initial && ckpt.reference.is_none());
+        assert!(ckpt.clone().into_trainer(&default_device()).is_err());
+        assert!(resume(&dir, &cfg, &default_device()).is_err());
+        ckpt.reference = Some(initial.clone());
+        let mut b = ckpt.into_trainer(&default_device()).unwrap();
+        assert!(b.reference_is_initial());
+        assert_eq!(
+            b.reference_weights().unwrap(),
+            a.reference_weights().unwrap()
+        );
+        assert_eq!(run_steps(&mut a, 3, 5), run_steps(&mut b, 3, 5));
+        assert_eq!(Checkpoint::from_trainer(&a), Checkpoint::from_trainer(&b));
+        let again = save(&root, 5, &b).unwrap();
+        assert!(!again.join(REFERENCE_FILE).exists());
+        // After an update the policy is no longer the initial weights: the reference is stored.
+        let mut c = Trainer::from_weights(&cfg, &initial, config(5), &default_device()).unwrap();
+        run_steps(&mut c, 0, 1);
+        assert!(!c.freeze_reference_of_initial(&initial));
+        let stored = save(&root, 9, &c).unwrap();
+        assert!(stored.join(REFERENCE_FILE).exists());
+        assert!(load(&stored).unwrap().reference.is_some());
         fs::remove_dir_all(&root).unwrap();
     }
 

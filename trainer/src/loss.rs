@@ -133,6 +133,20 @@ pub fn target_logprobs(
         batch.positions.clone(),
         &batch.attention,
     );
+    target_logprobs_from(model, hidden, batch, temperature)
+}
+
+/// [`target_logprobs`] from the final hidden states of `batch` (from
+/// [`PolicyModel::hidden_with`] or the last layer of a recomputing backward pass).
+///
+/// # Shapes
+/// - `hidden: [B, T, d_model]`; returns as [`target_logprobs`]
+pub fn target_logprobs_from(
+    model: &PolicyModel,
+    hidden: Tensor<3>,
+    batch: &DeviceBatch,
+    temperature: f32,
+) -> (Tensor<1>, Tensor<2>) {
     let [b, t, d] = hidden.dims();
     // Only the target rows go through the LM head.
     let mut rows = model.head(hidden.reshape([b * t, d]).select(0, batch.source.clone()));
@@ -176,7 +190,23 @@ pub fn policy_loss(
     ref_logprob: Option<&Tensor<1>>,
     cfg: &PpoConfig,
 ) -> (Tensor<1>, LossStats) {
-    let (new, logp_rows) = target_logprobs(model, batch, cfg.temperature);
+    let hidden = model.hidden_with(
+        batch.tokens.clone(),
+        batch.positions.clone(),
+        &batch.attention,
+    );
+    policy_loss_from(model, hidden, batch, ref_logprob, cfg)
+}
+
+/// [`policy_loss`] from the final hidden states of `batch` (see [`target_logprobs_from`]).
+pub fn policy_loss_from(
+    model: &PolicyModel,
+    hidden: Tensor<3>,
+    batch: &DeviceBatch,
+    ref_logprob: Option<&Tensor<1>>,
+    cfg: &PpoConfig,
+) -> (Tensor<1>, LossStats) {
+    let (new, logp_rows) = target_logprobs_from(model, hidden, batch, cfg.temperature);
     let eps = cfg.clip_eps as f64;
     let ratio = (new.clone() - batch.old_logprob.clone()).exp();
     let clipped = ratio.clone().clamp(1.0 - eps, 1.0 + eps);
@@ -201,7 +231,13 @@ pub fn policy_loss(
         }
     }
     if cfg.entropy_coef != 0.0 || cfg.entropy_stats {
-        let ent = (w.clone() * row_entropy(logp_rows)).sum();
+        // Only differentiated when it is part of the loss: a statistic alone must not leave
+        // its `[K, vocab]` intermediates in the autodiff graph.
+        let rows = match cfg.entropy_coef != 0.0 {
+            true => logp_rows,
+            false => logp_rows.detach(),
+        };
+        let ent = (w.clone() * row_entropy(rows)).sum();
         stats.entropy = scalar(ent.clone().detach()) / w_total;
         if cfg.entropy_coef != 0.0 {
             loss = loss - ent.mul_scalar(cfg.entropy_coef as f64);
@@ -346,5 +382,56 @@ mod tests {
         eprintln!(
             "packed vs flattened: max loss rel diff {worst_loss:e}, max grad rel diff {worst_grad:e}"
         );
+    }
+
+    /// Layer-wise recomputation gives the gradients of one backward pass through the whole
+    /// graph, bit for bit: a tied-embedding, grouped-query model on tree-packed rows, with a
+    /// dense mask and with the sparse layout, with the KL and entropy terms on.
+    #[test]
+    fn checkpointed_gradients_equal_whole_graph_gradients() {
+        let cfg = rollout::engine::ModelConfig {
+            tie_embeddings: true,
+            ..small_config()
+        };
+        let ppo = PpoConfig {
+            kl_coef: 0.05,
+            entropy_coef: 0.01,
+            ..PpoConfig::default()
+        };
+        let device = Device::flex().autodiff();
+        let model =
+            PolicyModel::from_weights(&cfg, &Weights::random_with_std(&cfg, 5, 0.1), &device)
+                .unwrap();
+        let rollouts: Vec<_> = (0..2)
+            .map(|task| random_rollout(task, 40 + task, cfg.vocab_size))
+            .collect();
+        let advs = estimate(Estimator::TreeGrpo, &rollouts).unwrap();
+        let groups: Vec<_> = rollouts.iter().zip(&advs).collect();
+        let batch =
+            TrainBatch::new(pack_trees_capped(&groups, LossAgg::TokenMean, usize::MAX).unwrap());
+        for layout in [LayoutChoice::Dense, LayoutChoice::Sparse { block: 4 }] {
+            let db = batch.to_device_with(&device, layout).unwrap();
+            let reference = db.old_logprob.clone() - 0.01;
+            let loss_of = |hidden| policy_loss_from(&model, hidden, &db, Some(&reference), &ppo);
+            let hidden = model.hidden_with(db.tokens.clone(), db.positions.clone(), &db.attention);
+            let (loss, whole_stats) = loss_of(hidden);
+            let whole = GradientsParams::from_grads(loss.backward(), &model);
+            let (checkpointed, stats) = model.checkpointed_grads(
+                db.tokens.clone(),
+                db.positions.clone(),
+                &db.attention,
+                loss_of,
+            );
+            assert_eq!(stats, whole_stats, "{layout:?}");
+            let (a, b) = (
+                param_grads(&model, &whole),
+                param_grads(&model, &checkpointed),
+            );
+            assert!(
+                a.iter().all(Option::is_some),
+                "every parameter has a gradient"
+            );
+            assert_eq!(a, b, "{layout:?}");
+        }
     }
 }

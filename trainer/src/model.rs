@@ -24,8 +24,9 @@
 //! models built from the same weights have the same ids; the optimizer state ([`crate::optim`])
 //! is keyed by them.
 
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rollout::engine::{ModelConfig, Weights};
@@ -204,6 +205,46 @@ pub struct Block {
     mlp: Mlp,
 }
 
+impl Block {
+    /// `x: [B, T, d]` → `[B, T, d]`, residuals included.
+    fn forward(&self, x: Tensor<3>, context: &LayerContext) -> Tensor<3> {
+        let h = self.attn.forward(
+            self.attn_norm.forward(x.clone()),
+            &context.cos,
+            &context.sin,
+            &context.scores,
+        );
+        let x = x + h;
+        let h = self.mlp.forward(self.mlp_norm.forward(x.clone()));
+        x + h
+    }
+}
+
+/// RoPE tables `[B, 1, T, hd]` and attention structure of one forward pass.
+struct LayerContext {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    scores: Scores,
+}
+
+/// Sums one parameter's gradient from `from` into `into`.
+struct AddGrads<'a> {
+    into: &'a mut GradientsParams,
+    from: &'a mut GradientsParams,
+}
+
+impl ModuleVisitor for AddGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.from.remove::<D>(param.id) {
+            let sum = match self.into.remove::<D>(param.id) {
+                Some(a) => a + g,
+                None => g,
+            };
+            self.into.register(param.id, sum);
+        }
+    }
+}
+
 /// The policy transformer. Build it with [`PolicyModel::init`] (burn initialisers) or
 /// [`PolicyModel::from_weights`] (engine / checkpoint weights).
 #[derive(Module, Debug)]
@@ -306,6 +347,22 @@ impl PolicyModel {
         positions: Tensor<2, Int>,
         attention: &AttentionMask,
     ) -> Tensor<3> {
+        let context = self.context(&tokens, positions, attention);
+        let mut x = self.embed.forward(tokens);
+        for layer in &self.layers {
+            x = layer.forward(x, &context);
+        }
+        self.norm.forward(x)
+    }
+
+    /// What every layer of one forward pass reads besides its input: RoPE tables and the
+    /// attention structure.
+    fn context(
+        &self,
+        tokens: &Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        attention: &AttentionMask,
+    ) -> LayerContext {
         let [b, t] = tokens.dims();
         let device = tokens.device();
         let scores = match attention {
@@ -320,16 +377,78 @@ impl PolicyModel {
             }
         };
         let (cos, sin) = self.rope_tables(positions);
-        let mut x = self.embed.forward(tokens);
-        for layer in &self.layers {
-            let h = layer
-                .attn
-                .forward(layer.attn_norm.forward(x.clone()), &cos, &sin, &scores);
-            x = x + h;
-            let h = layer.mlp.forward(layer.mlp_norm.forward(x.clone()));
-            x = x + h;
+        LayerContext { cos, sin, scores }
+    }
+
+    /// The gradients of `loss_of(hidden_with(tokens, positions, attention))` for every
+    /// parameter, by layer-wise recomputation (gradient checkpointing as in PyTorch's
+    /// `checkpoint` per decoder layer): a forward pass without autodiff keeps only each
+    /// layer's input; the backward pass then goes from the top, re-running one layer at a time
+    /// with autodiff on its saved input and back-propagating the gradient of its output. Peak
+    /// activation memory is one layer's activations plus one `[B, T, d_model]` tensor per
+    /// layer, instead of every layer's activations; the price is a second forward pass.
+    ///
+    /// Each layer is re-run with the same operations on the same input as the forward pass, and
+    /// a layer's output gradient enters its backward pass unchanged (`Σ y·g` differentiates to
+    /// `g` exactly), so the gradients are those of one backward pass through the whole graph
+    /// (the trainer's tests check the updates bit for bit). `self` and the batch tensors are on
+    /// an autodiff device.
+    ///
+    /// # Shapes
+    /// - as [`PolicyModel::hidden_with`]; `loss_of` gets the final hidden states `[B, T, d_model]`
+    ///   and returns a loss of shape `[1]` and a value passed through
+    pub fn checkpointed_grads<S>(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: Tensor<2, Int>,
+        attention: &AttentionMask,
+        loss_of: impl FnOnce(Tensor<3>) -> (Tensor<1>, S),
+    ) -> (GradientsParams, S) {
+        let context = self.context(&tokens, positions, attention);
+        let leaf = |x: Tensor<3>| x.detach().require_grad();
+        // The forward pass without a graph, each layer's input kept. It runs on the autodiff
+        // device with parameters that require no gradient, through the very kernels of the
+        // recomputation: the backend without autodiff composes some operations differently
+        // (last bits of the hidden states differ).
+        let frozen = self.clone().no_grad();
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = frozen.embed.forward(tokens.clone());
+        for layer in &frozen.layers {
+            inputs.push(x.clone());
+            x = layer.forward(x, &context);
         }
-        self.norm.forward(x)
+        drop(frozen);
+        // The final norm, the head and the loss, from the last layer's output.
+        let top = leaf(x);
+        let (loss, out) = loss_of(self.norm.forward(top.clone()));
+        let mut grads = loss.backward();
+        let mut upstream = top
+            .grad_remove(&mut grads)
+            .expect("the loss depends on the hidden states");
+        let mut total = GradientsParams::from_grads(grads, self);
+        // The layers, top down, each re-run on its saved input.
+        for (layer, x) in self.layers.iter().zip(inputs).rev() {
+            let x = leaf(x);
+            let y = layer.forward(x.clone(), &context);
+            let mut grads = (y * Tensor::from_inner(upstream)).sum().backward();
+            upstream = x
+                .grad_remove(&mut grads)
+                .expect("a layer's output depends on its input");
+            self.add_grads(&mut total, GradientsParams::from_grads(grads, self));
+        }
+        // The embedding lookup (tied embeddings add to the head's gradient).
+        let embedded = self.embed.forward(tokens);
+        let grads = (embedded * Tensor::from_inner(upstream)).sum().backward();
+        self.add_grads(&mut total, GradientsParams::from_grads(grads, self));
+        (total, out)
+    }
+
+    /// Adds the gradients of `from` into `into`, parameter by parameter.
+    pub(crate) fn add_grads(&self, into: &mut GradientsParams, mut from: GradientsParams) {
+        self.visit(&mut AddGrads {
+            into,
+            from: &mut from,
+        });
     }
 
     /// Logits of hidden-state rows: training scores only the rows of its targets, so the

@@ -141,8 +141,6 @@ impl ModuleMapper for Update<'_> {
         param.map(|tensor| {
             let shape = tensor.shape();
             let n = shape.num_elements();
-            // The device's gradient-checkpointing strategy travels with its tensors.
-            let strategy = tensor.gradient_checkpointing_strategy();
             let x = tensor.inner().reshape([n]);
             let mut g = grad.reshape([n]);
             if scale != 1.0 {
@@ -163,12 +161,7 @@ impl ModuleMapper for Update<'_> {
             let update = m_hat / v_hat.sqrt().add_scalar(c.eps);
             let x = x.mul_scalar(1.0 - lr * c.weight_decay) - update.mul_scalar(lr);
             moments.insert(id, Moments { m, v });
-            let updated = Tensor::<D>::from_inner(x.reshape(shape));
-            match strategy {
-                Some(s) => updated.with_gradient_checkpointing_strategy(s),
-                None => updated,
-            }
-            .require_grad()
+            Tensor::<D>::from_inner(x.reshape(shape)).require_grad()
         })
     }
 }

@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 use rollout::tokenizer::Encoded;
 
 use crate::TrainerError;
-use crate::loss::{LossStats, scalar, target_logprobs};
+use crate::loss::{LossStats, scalar, target_logprobs_from};
 use crate::model::PolicyModel;
 use crate::pack::{DeviceBatch, PackedSequence, Target, TrainBatch};
 
@@ -68,7 +68,22 @@ pub fn sft_batch(demos: &[Encoded]) -> Result<TrainBatch, TrainerError> {
 /// # Shapes
 /// - returns a loss of shape `[1]`
 pub fn sft_loss(model: &PolicyModel, batch: &DeviceBatch) -> (Tensor<1>, LossStats) {
-    let (logp, _) = target_logprobs(model, batch, 1.0);
+    let hidden = model.hidden_with(
+        batch.tokens.clone(),
+        batch.positions.clone(),
+        &batch.attention,
+    );
+    sft_loss_from(model, hidden, batch)
+}
+
+/// [`sft_loss`] from the final hidden states of `batch` (see
+/// [`crate::loss::target_logprobs_from`]).
+pub fn sft_loss_from(
+    model: &PolicyModel,
+    hidden: Tensor<3>,
+    batch: &DeviceBatch,
+) -> (Tensor<1>, LossStats) {
+    let (logp, _) = target_logprobs_from(model, hidden, batch, 1.0);
     let loss = (batch.weight.clone() * logp).sum().neg();
     let stats = LossStats {
         loss: scalar(loss.clone().detach()),

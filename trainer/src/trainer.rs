@@ -1,18 +1,18 @@
 //! [`Trainer`]: the optimisation state of a run — policy, optional frozen reference, AdamW,
 //! step counters — and the SFT and RL update steps.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rollout::engine::{ModelConfig, Weights};
 
 use crate::TrainerError;
-use crate::loss::{LossStats, PpoConfig, policy_loss, target_logprobs};
+use crate::loss::{LossStats, PpoConfig, policy_loss_from, target_logprobs};
 use crate::model::PolicyModel;
 use crate::optim::{AdamW, AdamWConfig, AdamWState};
 use crate::pack::{DeviceBatch, TrainBatch};
-use crate::sft::sft_loss;
+use crate::sft::sft_loss_from;
 
 /// Trainer settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -35,9 +35,10 @@ pub struct TrainerConfig {
     /// count, so a run's numbers do not depend on the machine. By default, this is
     /// [`DEFAULT_SHARDS`].
     pub shards: usize,
-    /// Recompute memory-bound activations (softmax, elementwise products, ...) in the backward
-    /// pass instead of keeping them (burn's balanced gradient checkpointing): the same update
-    /// at a lower peak memory and some extra compute (`arbor bench train
+    /// Layer-wise gradient checkpointing ([`PolicyModel::checkpointed_grads`]): the forward
+    /// pass keeps only each decoder layer's input, and the backward pass re-runs one layer at
+    /// a time. The same update, bit for bit, at a peak activation memory of one layer instead
+    /// of all of them, for about one more forward pass of compute (`arbor bench train
     /// --gradient-checkpointing`). By default, this is disabled.
     pub gradient_checkpointing: bool,
     /// How many of the shards run at the same time (0: all): a lower number keeps fewer
@@ -119,15 +120,6 @@ pub fn default_device() -> Device {
     Device::flex().autodiff()
 }
 
-/// `device` with autodiff, and with gradient checkpointing when `config` asks for it.
-fn training_device(device: &Device, config: &TrainerConfig) -> Device {
-    let device = device.clone().autodiff();
-    match config.gradient_checkpointing {
-        true => device.gradient_checkpointing(),
-        false => device,
-    }
-}
-
 /// Policy, optional frozen reference, optimizer and counters (module docs).
 #[derive(Debug)]
 pub struct Trainer {
@@ -136,6 +128,9 @@ pub struct Trainer {
     model: PolicyModel,
     /// On the device without autodiff: it is never differentiated.
     reference: Option<PolicyModel>,
+    /// The reference is the weights the run started from (see
+    /// [`Trainer::freeze_reference_of_initial`]).
+    reference_is_initial: bool,
     optim: AdamW,
     state: TrainerState,
 }
@@ -156,10 +151,11 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self, TrainerError> {
         config.ppo.validate()?;
-        let device = training_device(device, &config);
+        let device = device.clone().autodiff();
         Ok(Trainer {
             model: PolicyModel::from_weights(model_config, weights, &device)?,
             reference: None,
+            reference_is_initial: false,
             optim: AdamW::new(config.optim)?,
             state: TrainerState {
                 seed: config.seed,
@@ -253,6 +249,30 @@ impl Trainer {
     /// Freezes a copy of the current policy as the KL reference.
     pub fn freeze_reference(&mut self) {
         self.reference = Some(self.model.valid());
+        self.reference_is_initial = false;
+    }
+
+    /// Freezes a copy of the current policy as the KL reference, as
+    /// [`Trainer::freeze_reference`] does, and returns whether it equals `initial` (the weights
+    /// the run started from) bit for bit. When it does, checkpoints record that instead of
+    /// storing the reference ([`crate::checkpoint`]), and restoring one takes `initial` again:
+    /// a run that starts RL from its initial weights (no SFT of its own, e.g. a sweep point
+    /// starting from the shared SFT checkpoint) writes no second copy of the model per
+    /// checkpoint.
+    pub fn freeze_reference_of_initial(&mut self, initial: &Weights) -> bool {
+        self.freeze_reference();
+        let policy = self.model.to_weights();
+        self.reference_is_initial = policy.iter().all(|(name, t)| {
+            initial.get(name).is_some_and(|u| {
+                u.shape == t.shape
+                    && u.data.len() == t.data.len()
+                    && u.data
+                        .iter()
+                        .zip(&t.data)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+            })
+        });
+        self.reference_is_initial
     }
 
     /// Sets (or with `None` removes) the KL reference from weights.
@@ -261,7 +281,23 @@ impl Trainer {
         self.reference = weights
             .map(|w| PolicyModel::from_weights(self.model.config(), w, &plain))
             .transpose()?;
+        self.reference_is_initial = false;
         Ok(())
+    }
+
+    /// Sets the KL reference to `initial`, the weights the run started from, as
+    /// [`Trainer::freeze_reference_of_initial`] found it (restoring a checkpoint that did not
+    /// store its reference).
+    pub fn set_initial_reference(&mut self, initial: &Weights) -> Result<(), TrainerError> {
+        self.set_reference(Some(initial))?;
+        self.reference_is_initial = true;
+        Ok(())
+    }
+
+    /// Whether the KL reference is the run's initial weights (and is not stored in
+    /// checkpoints).
+    pub fn reference_is_initial(&self) -> bool {
+        self.reference.is_some() && self.reference_is_initial
     }
 
     /// The reference weights, if a reference is set.
@@ -270,17 +306,30 @@ impl Trainer {
     }
 
     /// One optimizer update on the summed gradients of `loss` over the shards (each on its own
-    /// thread); returns the gradient norm and the merged loss statistics.
-    fn update<F>(&mut self, shards: usize, loss: F) -> (f32, LossStats)
+    /// thread); returns the gradient norm and the merged loss statistics. `loss(model, hidden,
+    /// i)` is shard `i`'s loss from its final hidden states (by layer-wise recomputation with
+    /// [`TrainerConfig::gradient_checkpointing`]).
+    fn update<F>(&mut self, shards: &[DeviceBatch], loss: F) -> (f32, LossStats)
     where
-        F: Fn(&PolicyModel, usize) -> (Tensor<1>, LossStats) + Sync,
+        F: Fn(&PolicyModel, Tensor<3>, usize) -> (Tensor<1>, LossStats) + Sync,
     {
         let model = &self.model;
         let device = &self.device;
+        let recompute = self.config.gradient_checkpointing;
         let grads_of = |model: &PolicyModel, i: usize| {
-            let (l, stats) = loss(model, i);
-            (GradientsParams::from_grads(l.backward(), model), stats)
+            let b = &shards[i];
+            let (tokens, positions) = (b.tokens.clone(), b.positions.clone());
+            if recompute {
+                model.checkpointed_grads(tokens, positions, &b.attention, |hidden| {
+                    loss(model, hidden, i)
+                })
+            } else {
+                let hidden = model.hidden_with(tokens, positions, &b.attention);
+                let (l, stats) = loss(model, hidden, i);
+                (GradientsParams::from_grads(l.backward(), model), stats)
+            }
         };
+        let shards = shards.len();
         // Plain threads, one per shard (measured faster than rayon's pool here: the backend's
         // kernels nest their own rayon jobs), at most `parallel_shards` at a time. Each thread
         // differentiates its own copy of the policy: `fork` onto the trainer's device shares
@@ -289,11 +338,7 @@ impl Trainer {
         // leaves would share one autodiff graph, and one shard's backward pass could consume
         // nodes the other still needs (seen as a rare "graph tape has already been consumed"
         // panic). A shard run alone uses the policy itself.
-        let at_once = match self.config.parallel_shards {
-            0 => shards,
-            n => n.min(shards),
-        }
-        .max(1);
+        let at_once = self.shards_at_once(shards);
         // Summed in shard order as each wave ends, so the result depends neither on thread
         // timing nor on the wave size.
         let mut total: Option<(GradientsParams, LossStats)> = None;
@@ -316,14 +361,11 @@ impl Trainer {
                         .collect()
                 })
             };
-            for (mut g, st) in parts {
+            for (g, st) in parts {
                 total = Some(match total.take() {
                     None => (g, st),
                     Some((mut grads, stats)) => {
-                        self.model.visit(&mut AddGrads {
-                            into: &mut grads,
-                            from: &mut g,
-                        });
+                        self.model.add_grads(&mut grads, g);
                         (grads, stats.merge(&st))
                     }
                 });
@@ -335,8 +377,17 @@ impl Trainer {
         (norm as f32, stats)
     }
 
+    /// How many of `shards` run at the same time ([`TrainerConfig::parallel_shards`]).
+    fn shards_at_once(&self, shards: usize) -> usize {
+        match self.config.parallel_shards {
+            0 => shards,
+            n => n.min(shards),
+        }
+        .max(1)
+    }
+
     /// Reference-model logprobs of every target of each shard (forward only, one thread per
-    /// shard).
+    /// shard, as many at a time as the updates run).
     fn reference_logprobs(
         &self,
         shards: &[TrainBatch],
@@ -346,31 +397,26 @@ impl Trainer {
         };
         let plain = self.device.clone().without_autodiff();
         let temperature = self.config.ppo.temperature;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = shards
-                .iter()
-                .map(|b| {
-                    let plain = &plain;
-                    s.spawn(move || -> Result<Tensor<1>, TrainerError> {
-                        Ok(target_logprobs(reference, &b.to_device(plain)?, temperature).0)
+        let mut out = Vec::with_capacity(shards.len());
+        for wave in shards.chunks(self.shards_at_once(shards.len())) {
+            std::thread::scope(|s| -> Result<(), TrainerError> {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|b| {
+                        let plain = &plain;
+                        s.spawn(move || -> Result<Tensor<1>, TrainerError> {
+                            Ok(target_logprobs(reference, &b.to_device(plain)?, temperature).0)
+                        })
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    let logp = h
-                        .join()
-                        .expect("a reference forward pass panicked")?
-                        .autodiff();
-                    // On the trainer's device, with its checkpointing strategy.
-                    Ok(Some(match self.device.gradient_checkpointing_strategy() {
-                        Some(s) => logp.with_gradient_checkpointing_strategy(s),
-                        None => logp,
-                    }))
-                })
-                .collect()
-        })
+                    .collect();
+                for h in handles {
+                    let logp = h.join().expect("a reference forward pass panicked")?;
+                    out.push(Some(logp.autodiff()));
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
     }
 
     /// `batch` split into the configured shards, on the host and on the device.
@@ -396,8 +442,8 @@ impl Trainer {
     pub fn sft_step(&mut self, batch: &TrainBatch) -> Result<StepStats, TrainerError> {
         let (_, device_shards) = self.shard(batch)?;
         let lr = self.lr();
-        let (grad_norm, stats) = self.update(device_shards.len(), |model, i| {
-            sft_loss(model, &device_shards[i])
+        let (grad_norm, stats) = self.update(&device_shards, |model, hidden, i| {
+            sft_loss_from(model, hidden, &device_shards[i])
         });
         self.state.sft_steps += 1;
         self.state.phase = Phase::Sft;
@@ -456,8 +502,8 @@ impl Trainer {
             }
             for &i in &order {
                 let (shards, refs, ppo) = (&device_batches[i], &ref_logprobs[i], self.config.ppo);
-                let (grad_norm, stats) = self.update(shards.len(), |model, k| {
-                    policy_loss(model, &shards[k], refs[k].as_ref(), &ppo)
+                let (grad_norm, stats) = self.update(shards, |model, hidden, k| {
+                    policy_loss_from(model, hidden, &shards[k], refs[k].as_ref(), &ppo)
                 });
                 sum.loss += stats.loss;
                 sum.kl += stats.kl;
@@ -481,24 +527,6 @@ impl Trainer {
             lr,
             ..sum
         })
-    }
-}
-
-/// Adds the gradients of `from` into `into`, parameter by parameter.
-struct AddGrads<'a> {
-    into: &'a mut GradientsParams,
-    from: &'a mut GradientsParams,
-}
-
-impl ModuleVisitor for AddGrads<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.from.remove::<D>(param.id) {
-            let sum = match self.into.remove::<D>(param.id) {
-                Some(a) => a + g,
-                None => g,
-            };
-            self.into.register(param.id, sum);
-        }
     }
 }
 

@@ -245,10 +245,7 @@ pub(super) fn checked_leaf_weights(
 }
 
 /// Per-leaf loss weights `c_l` for the leaves of all groups (see [`LossAgg`]).
-fn leaf_weights(
-    groups: &[(&TaskRollout, &AdvantageOutput)],
-    agg: LossAgg,
-) -> Vec<Vec<f64>> {
+fn leaf_weights(groups: &[(&TaskRollout, &AdvantageOutput)], agg: LossAgg) -> Vec<Vec<f64>> {
     let counts: Vec<Vec<usize>> = groups
         .iter()
         .map(|(r, adv)| {
