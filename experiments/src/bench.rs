@@ -114,6 +114,8 @@ struct SamplerRow {
     /// groups that carry a group-relative learning signal).
     mixed_groups: f64,
     wall_ms: u64,
+    /// Generated tokens per second of sampling.
+    tokens_per_s: f64,
 }
 
 /// Largest `--tasks` of a benchmark (the limit of `rl.tasks_per_step`).
@@ -134,7 +136,20 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
     let hops = args.hops.to_string();
     let mut knobs = vec![("hops", hops.as_str())];
     knobs.extend(crate::config::parse_knobs(&args.knobs)?);
-    let spec = EnvSpec::from_name("multihop", &knobs)?;
+    let mut spec = EnvSpec::from_name("multihop", &knobs)?;
+    // A model file or directory samples in its own chat rendering.
+    let model = match &args.model {
+        Some(path) => {
+            let section = crate::config::ModelSection {
+                dir: Some(path.clone()),
+                ..Default::default()
+            };
+            let loaded = section.load()?;
+            spec = loaded.render(spec);
+            Some(loaded)
+        }
+        None => None,
+    };
     // Held-out task ids (the eval range), the same for every budget and sampler.
     let tasks: Vec<(u64, AnyEnv)> = (0..args.tasks as u64)
         .map(|i| {
@@ -142,12 +157,26 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             (id, spec.make(id))
         })
         .collect();
-    let (cfg, weights, tokenizer, policy_name) = match &args.checkpoint {
-        Some(dir) => {
+    let (cfg, weights, tokenizer, policy_name) = match (&args.checkpoint, model) {
+        (Some(dir), _) => {
             let p = bench_policy(Some(dir), None)?;
             (p.config, p.weights, p.tokenizer, p.label)
         }
-        None => {
+        (None, Some(loaded)) => {
+            let path = args.model.as_ref().expect("loaded from --model");
+            // With a server the engine is not built.
+            let weights = match args.rollout_server {
+                None => loaded.weights.unwrap_or_default(),
+                Some(_) => Weights::new(),
+            };
+            (
+                loaded.config,
+                weights,
+                loaded.tokenizer,
+                path.display().to_string(),
+            )
+        }
+        (None, None) => {
             let cfg = ModelConfig::preset(&args.preset)?;
             let weights = Weights::random(&cfg, args.seed);
             let name = format!(
@@ -181,7 +210,20 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         "M={} root_share={} N={} granularity {}",
         base.initial_chains, base.root_share, base.branches_per_round, base.granularity
     );
-    let mut engine = Engine::new(cfg, &weights).context("building the engine")?;
+    let mut policy: Box<dyn rollout::policy::Policy> = match &args.rollout_server {
+        None => Box::new(Engine::new(cfg, &weights).context("building the engine")?),
+        Some(url) => Box::new(rollout::server::ServerPolicy::connect(
+            rollout::server::ServerConfig {
+                url: url.clone(),
+                ..Default::default()
+            },
+        )?),
+    };
+    drop(weights);
+    let policy_name = match &args.rollout_server {
+        Some(url) => format!("{policy_name} served by {url}"),
+        None => policy_name,
+    };
     let mut rows = Vec::new();
     for &budget in &args.budgets {
         let arms = std::iter::once((SamplerKind::Chain, None))
@@ -196,7 +238,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             let mut sink: Vec<TaskRollout> = Vec::new();
             let stats: SamplerStats = sample(
                 &sc,
-                &mut engine,
+                policy.as_mut(),
                 tokenizer.as_ref(),
                 &tasks,
                 args.seed,
@@ -217,6 +259,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
                 success_rate: stats.success_rate(),
                 mixed_groups: 1.0 - stats.zero_adv_groups as f64 / stats.groups.max(1) as f64,
                 wall_ms: stats.wall_ms,
+                tokens_per_s: stats.generated_tokens as f64 * 1000.0 / stats.wall_ms.max(1) as f64,
             });
         }
     }
@@ -237,7 +280,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         tree_settings
     );
     println!(
-        "{:>6} {:<15} {:>9} {:>6} {:>10} {:>7} {:>6} {:>8} {:>6} {:>8}",
+        "{:>6} {:<15} {:>9} {:>6} {:>10} {:>7} {:>6} {:>8} {:>6} {:>8} {:>7}",
         "budget",
         "sampler",
         "generated",
@@ -247,7 +290,8 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
         "trunc",
         "success",
         "mixed",
-        "wall ms"
+        "wall ms",
+        "tok/s"
     );
     for r in &rows {
         let name = match r.branch {
@@ -255,7 +299,7 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             None => r.sampler.to_string(),
         };
         println!(
-            "{:>6} {:<15} {:>9} {:>6} {:>11.2} {:>7.3} {:>6} {:>8.3} {:>6.2} {:>8}",
+            "{:>6} {:<15} {:>9} {:>6} {:>11.2} {:>7.3} {:>6} {:>8.3} {:>6.2} {:>8} {:>7.1}",
             r.budget,
             name,
             r.generated_tokens,
@@ -265,7 +309,8 @@ fn sampler(args: &SamplerBenchArgs) -> anyhow::Result<()> {
             r.truncated,
             r.success_rate,
             r.mixed_groups,
-            r.wall_ms
+            r.wall_ms,
+            r.tokens_per_s
         );
     }
     println!("\nratios tree / chain at equal budget:");

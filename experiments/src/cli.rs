@@ -340,6 +340,16 @@ pub struct SamplerBenchArgs {
     /// `sampler.branches_per_round` (N) [default: the sampler default].
     #[arg(long)]
     pub branches_per_round: Option<usize>,
+    /// A Hugging Face model directory or GGUF file whose policy samples (its tokenizer and chat
+    /// rendering; instead of --checkpoint or the seeded random preset).
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub model: Option<std::path::PathBuf>,
+    /// Sample through the OpenAI-compatible completions endpoint at this URL (e.g.
+    /// llama.cpp's `llama-server` serving the --model or --checkpoint policy) instead of the
+    /// in-process engine; the `cache` column is then the share of prompt tokens the server
+    /// read from its prefix cache.
+    #[arg(long, value_name = "URL")]
+    pub rollout_server: Option<String>,
 }
 
 /// `arbor train`. Every flag overrides the key of the TOML config named in its help; defaults are
@@ -519,6 +529,12 @@ pub struct RolloutArgs {
     /// Which tasks.
     #[arg(long, value_enum, default_value = "eval")]
     pub split: SplitArg,
+    /// Sample through the OpenAI-compatible completions endpoint at this URL
+    /// (`http://host:port`, e.g. llama.cpp's `llama-server` serving the checkpoint's model)
+    /// instead of the in-process engine; the checkpoint still gives the tokenizer, the chat
+    /// rendering and the environment (`rollout::server`).
+    #[arg(long, value_name = "URL")]
+    pub rollout_server: Option<String>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,

@@ -1,4 +1,6 @@
 //! `arbor rollout`: sample trees with a checkpoint's policy and export them, without training.
+//! With `--rollout-server URL` an inference server serving that policy samples instead of the
+//! in-process engine ([`rollout::server::ServerPolicy`]).
 //!
 //! The output directory reads like a run directory (`arbor inspect` and [`check_run_files`]
 //! accept it):
@@ -27,7 +29,9 @@ use datasets::{Split, TaskSet};
 use envs::AnyEnv;
 use rollout::advantage::estimate;
 use rollout::engine::Engine;
+use rollout::policy::Policy;
 use rollout::sampler::{SamplerStats, sample};
+use rollout::server::{ServerConfig, ServerPolicy};
 use rollout::tree::TaskRollout;
 use serde::Serialize;
 use trainer::checkpoint;
@@ -40,6 +44,8 @@ use crate::run::resolve_checkpoint;
 #[derive(Debug, Serialize)]
 struct RolloutInfo {
     checkpoint: String,
+    /// The inference server that sampled (`--rollout-server`), if not the engine.
+    rollout_server: Option<String>,
     split: &'static str,
     steps: usize,
     tasks_per_step: usize,
@@ -91,7 +97,14 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     };
     let max_len = ckpt.model_config.max_seq_len;
     crate::preflight::check_tasks(&spec, tokenizer.as_ref(), max_len, needs)?;
-    let mut engine = Engine::new(ckpt.model_config.clone(), &ckpt.weights)?;
+    let mut policy: Box<dyn Policy> = match &args.rollout_server {
+        None => Box::new(Engine::new(ckpt.model_config.clone(), &ckpt.weights)?),
+        Some(url) => Box::new(ServerPolicy::connect(ServerConfig {
+            url: url.clone(),
+            ..ServerConfig::default()
+        })?),
+    };
+    drop(ckpt);
     if out.exists() {
         let non_empty = std::fs::read_dir(out)
             .with_context(|| format!("--out {} is not a readable directory", out.display()))?
@@ -122,7 +135,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
         let mut rollouts: Vec<TaskRollout> = Vec::new();
         let stats = sample(
             &cfg.sampler,
-            &mut engine,
+            policy.as_mut(),
             tokenizer.as_ref(),
             &envs,
             cfg.seed,
@@ -156,6 +169,7 @@ pub fn run(args: RolloutArgs) -> anyhow::Result<()> {
     writer.finish()?;
     let info = RolloutInfo {
         checkpoint: resolved.checkpoint.display().to_string(),
+        rollout_server: args.rollout_server.clone(),
         split: match split {
             Split::Eval => "eval",
             Split::Train => "train",

@@ -12,6 +12,8 @@
 //! - [`sampler`] — chain and tree samplers under a hard per-task token budget, branching policies,
 //!   step counters.
 //! - [`scripted`] — [`scripted::ScriptedPolicy`], a model-free policy for testing samplers.
+//! - [`server`] — [`server::ServerPolicy`], a policy on an OpenAI-compatible completions
+//!   endpoint (llama.cpp's `llama-server`): token-id prompts, the server's prefix cache.
 //! - [`engine`] — the in-process ndarray transformer implementing [`policy::Policy`], with a paged,
 //!   reference-counted, prefix-shared KV cache.
 //! - [`hf`] — Hugging Face model directories (Llama, Qwen2, Mistral): `config.json`,
@@ -29,6 +31,7 @@ pub mod hf;
 pub mod policy;
 pub mod sampler;
 pub mod scripted;
+pub mod server;
 pub mod tokenizer;
 pub mod tree;
 

@@ -1,0 +1,445 @@
+//! [`ServerPolicy`]: a [`Policy`] on an OpenAI-compatible completions endpoint
+//! (`POST /v1/completions`), the second implementation of the sampler seam (DESIGN §11).
+//!
+//! # How the seam maps onto the endpoint
+//! Sequences live here, as token ids: `start`, `fork`, `fork_at`, `append` and `release` touch
+//! no server. [`Policy::decode`] sends one request per sequence with its **full context as a
+//! token-id prompt** and `max_tokens = 1`; the server's prefix cache (llama.cpp's prompt cache,
+//! vLLM's automatic prefix caching, SGLang's RadixAttention) turns the repeated prefix into cache
+//! reads, so a tree's branches share their prefix on the server as they do in the engine's
+//! paged KV. A request asks for the sampled token's id and logprob and the `top_logprobs` most
+//! likely alternatives, with a per-request `seed` (the caller's `rng_key`), and sets every
+//! server-side sampler that arbor's [`SamplingParams`] do not have to its neutral value (no
+//! min-p, typical-p, repetition or presence penalty), so the server samples the policy's own
+//! distribution.
+//!
+//! # What the numbers mean
+//! - **Logprobs** are the server's: llama.cpp's `llama-server` reports `log softmax(logits)`
+//!   of the sampled token, before temperature and truncation. That is arbor's behaviour logprob
+//!   ([`crate::policy::Sampled::logprob`]) only at scoring temperature 1, so a temperature other
+//!   than 0 (greedy, scored at 1) or 1 is refused rather than silently mis-scored.
+//! - **Entropy** is computed from the `top_logprobs` alternatives only: a lower bound of the
+//!   true entropy that tightens as [`ServerConfig::top_logprobs`] grows (the mass outside the top
+//!   `k` is left out). Entropy-guided branching therefore sees a truncated entropy.
+//! - **Counters**: `computed_tokens` adds the prompt tokens the server did not read from its
+//!   cache plus the generated ones, `cached_tokens` the ones it did (`usage.prompt_tokens`,
+//!   `usage.prompt_tokens_details.cached_tokens`, `usage.completion_tokens`).
+//!
+//! # Failures
+//! Up to [`ServerConfig::in_flight`] requests run at once. A connection failure, timeout, 5xx or
+//! 429 answer is retried [`ServerConfig::retries`] times with exponential backoff; a 4xx answer,
+//! malformed JSON, or an answer without logprobs fails at once. A decode call is all or
+//! nothing: the sequences grow only after every request of the batch has its token, so a failed
+//! call leaves every sequence (and so every tree and the sampler's budget) as it was, and the
+//! error says which server and what went wrong.
+//!
+//! # Tested servers
+//! llama.cpp's C++ `llama-server` (token-id prompts, per-token ids, logprobs and top-k logprobs,
+//! cached-token counts): `rollout/tests/server.rs`, when `ARBOR_LLAMA_SERVER` names its binary.
+//! The same file drives the sampler through a scripted in-process server with injected
+//! failures. llama-cpp-python's server rejects token-id prompts and cannot be used.
+
+mod http;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub use http::Endpoint;
+use http::{HttpError, request};
+
+use crate::Error;
+use crate::policy::{DecodeRequest, Policy, PolicyStats, Sampled, SamplingParams, SeqHandle};
+
+/// Settings of a [`ServerPolicy`] (`[rollout]` of a run's TOML, `--rollout-server URL`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Base URL, `http://host:port` (the endpoint is `<url>/v1/completions`).
+    pub url: String,
+    /// The `model` field of each request (servers that host one model ignore it). Default:
+    /// none.
+    pub model: Option<String>,
+    /// The context window in tokens; 0 asks the server (`GET /props`, llama.cpp). Default: 0.
+    pub max_len: usize,
+    /// Requests in flight at once. Default: 8.
+    pub in_flight: usize,
+    /// Seconds before a request is abandoned (and retried). Default: 60.
+    pub timeout_s: f64,
+    /// Retries of a request after a transient failure. Default: 3.
+    pub retries: u32,
+    /// Wait before the first retry, in milliseconds; it doubles with each further one.
+    /// Default: 100.
+    pub backoff_ms: u64,
+    /// Alternatives asked for per token (the entropy's support, see the module docs).
+    /// Default: 20.
+    pub top_logprobs: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            url: String::new(),
+            model: None,
+            max_len: 0,
+            in_flight: 8,
+            timeout_s: 60.0,
+            retries: 3,
+            backoff_ms: 100,
+            top_logprobs: 20,
+        }
+    }
+}
+
+/// A policy served by an inference server (see the module docs).
+#[derive(Debug)]
+pub struct ServerPolicy {
+    config: ServerConfig,
+    endpoint: Endpoint,
+    max_len: usize,
+    seqs: HashMap<SeqHandle, Vec<u32>>,
+    next: u64,
+    stats: PolicyStats,
+}
+
+/// One decoded token and the server's counters for its request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Answer {
+    sampled: Sampled,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    completion_tokens: u64,
+}
+
+impl ServerPolicy {
+    /// Connects to `config.url`: checks the settings and, unless `config.max_len` is set, reads
+    /// the context window from the server (an unreachable server is an error here, not at the
+    /// first decode).
+    pub fn connect(config: ServerConfig) -> Result<Self, Error> {
+        let backend = |m: String| Error::Backend(format!("rollout server {}: {m}", config.url));
+        let endpoint = Endpoint::parse(&config.url).map_err(&backend)?;
+        if config.in_flight == 0 || !config.timeout_s.is_finite() || config.timeout_s <= 0.0 {
+            return Err(backend(
+                "in_flight must be at least 1 and timeout_s a positive number".into(),
+            ));
+        }
+        let max_len = match config.max_len {
+            0 => {
+                let timeout = Duration::from_secs_f64(config.timeout_s);
+                let props = request(&endpoint, "GET", "/props", None, timeout).map_err(|e| {
+                    backend(format!("cannot read its context window: {}", e.message))
+                })?;
+                let props: Value = serde_json::from_str(&props)
+                    .map_err(|e| backend(format!("GET /props: malformed JSON: {e}")))?;
+                ["/default_generation_settings/n_ctx", "/n_ctx"]
+                    .iter()
+                    .find_map(|p| props.pointer(p).and_then(Value::as_u64))
+                    .ok_or_else(|| {
+                        backend(
+                            "GET /props names no n_ctx: set the context window (max_len)".into(),
+                        )
+                    })? as usize
+            }
+            n => n,
+        };
+        Ok(ServerPolicy {
+            config,
+            endpoint,
+            max_len,
+            seqs: HashMap::new(),
+            next: 0,
+            stats: PolicyStats::default(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    fn tokens(&self, seq: SeqHandle) -> Result<&Vec<u32>, Error> {
+        self.seqs.get(&seq).ok_or(Error::UnknownSequence(seq))
+    }
+
+    fn insert(&mut self, tokens: Vec<u32>) -> SeqHandle {
+        let handle = SeqHandle(self.next);
+        self.next += 1;
+        self.seqs.insert(handle, tokens);
+        handle
+    }
+
+    /// The request body for one token after `context`.
+    fn body(&self, context: &[u32], params: &SamplingParams, rng_key: u64) -> String {
+        let mut body = json!({
+            "prompt": context,
+            "max_tokens": 1,
+            "temperature": params.temperature.max(0.0),
+            "top_k": params.top_k,
+            "top_p": params.top_p,
+            "min_p": 0.0,
+            "typical_p": 1.0,
+            "repeat_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "logprobs": self.config.top_logprobs.max(1),
+            "seed": rng_key,
+            "cache_prompt": true,
+            "stream": false,
+        });
+        if let Some(model) = &self.config.model {
+            body["model"] = json!(model);
+        }
+        body.to_string()
+    }
+
+    /// One request with retries.
+    fn complete(&self, body: &str) -> Result<Answer, String> {
+        let timeout = Duration::from_secs_f64(self.config.timeout_s);
+        let mut attempt = 0;
+        loop {
+            let outcome = request(
+                &self.endpoint,
+                "POST",
+                "/v1/completions",
+                Some(body),
+                timeout,
+            )
+            .and_then(|text| {
+                parse_answer(&text).map_err(|m| HttpError {
+                    transient: false,
+                    message: m,
+                })
+            });
+            match outcome {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.transient && attempt < self.config.retries => {
+                    let wait = self.config.backoff_ms.saturating_mul(1 << attempt.min(6));
+                    std::thread::sleep(Duration::from_millis(wait));
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(match e.transient {
+                        true => format!("{} (after {} tries)", e.message, attempt + 1),
+                        false => e.message,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Reads the first generated token of a `/v1/completions` answer.
+fn parse_answer(text: &str) -> Result<Answer, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON answer: {e}"))?;
+    let choice = v.pointer("/choices/0").ok_or("the answer has no choices")?;
+    let token = choice
+        .pointer("/logprobs/content/0")
+        .ok_or("the answer has no per-token logprobs (the server must return `logprobs.content` for `logprobs` requests, as llama.cpp's llama-server does)")?;
+    let id = token
+        .get("id")
+        .and_then(Value::as_u64)
+        .ok_or("the answer's token has no id (the server must report token ids)")?;
+    let logprob = token
+        .get("logprob")
+        .and_then(Value::as_f64)
+        .ok_or("the answer's token has no logprob")?;
+    let mut entropy = 0.0f64;
+    if let Some(top) = token.get("top_logprobs").and_then(Value::as_array) {
+        for alt in top {
+            if let Some(lp) = alt.get("logprob").and_then(Value::as_f64)
+                && lp.is_finite()
+            {
+                entropy -= lp.exp() * lp;
+            }
+        }
+    }
+    let count = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    Ok(Answer {
+        sampled: Sampled {
+            token: u32::try_from(id).map_err(|_| format!("token id {id} out of range"))?,
+            logprob: logprob as f32,
+            entropy: entropy.max(0.0) as f32,
+        },
+        prompt_tokens: count("/usage/prompt_tokens"),
+        cached_tokens: count("/usage/prompt_tokens_details/cached_tokens"),
+        completion_tokens: count("/usage/completion_tokens"),
+    })
+}
+
+impl Policy for ServerPolicy {
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, Error> {
+        if tokens.is_empty() {
+            return Err(Error::BadLength { len: 0, have: 0 });
+        }
+        if tokens.len() > self.max_len {
+            return Err(Error::ContextOverflow {
+                len: tokens.len(),
+                max: self.max_len,
+            });
+        }
+        Ok(self.insert(tokens.to_vec()))
+    }
+
+    fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, Error> {
+        // Cache reads are counted when the server reports them, at the next request.
+        let tokens = self.tokens(seq)?.clone();
+        Ok(self.insert(tokens))
+    }
+
+    fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, Error> {
+        let tokens = self.tokens(seq)?;
+        if len == 0 || len > tokens.len() {
+            return Err(Error::BadLength {
+                len,
+                have: tokens.len(),
+            });
+        }
+        let prefix = tokens[..len].to_vec();
+        Ok(self.insert(prefix))
+    }
+
+    fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), Error> {
+        let max = self.max_len;
+        let have = self.tokens(seq)?.len();
+        if have + tokens.len() > max {
+            return Err(Error::ContextOverflow {
+                len: have + tokens.len(),
+                max,
+            });
+        }
+        self.seqs
+            .get_mut(&seq)
+            .expect("checked above")
+            .extend_from_slice(tokens);
+        Ok(())
+    }
+
+    fn decode(
+        &mut self,
+        requests: &[DecodeRequest],
+        params: &SamplingParams,
+    ) -> Result<Vec<Sampled>, Error> {
+        let t = params.temperature;
+        if t.is_finite() && t > 0.0 && t != 1.0 {
+            return Err(Error::Backend(format!(
+                "rollout server {}: temperature {t}: the server reports untempered logprobs, \
+                 so only temperature 1 (or 0, greedy) gives the behaviour logprobs PPO needs",
+                self.config.url
+            )));
+        }
+        let mut bodies = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            if requests[..i].iter().any(|o| o.seq == r.seq) {
+                return Err(Error::Backend(format!(
+                    "sequence {:?} appears twice in one decode call",
+                    r.seq
+                )));
+            }
+            let context = self.tokens(r.seq)?;
+            if context.len() + 1 > self.max_len {
+                return Err(Error::ContextOverflow {
+                    len: context.len() + 1,
+                    max: self.max_len,
+                });
+            }
+            bodies.push(self.body(context, params, r.rng_key));
+        }
+        let mut answers: Vec<Result<Answer, String>> = Vec::with_capacity(bodies.len());
+        for wave in bodies.chunks(self.config.in_flight) {
+            let this = &*self;
+            let results: Vec<Result<Answer, String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|body| s.spawn(move || this.complete(body)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("a request thread panicked".into()))
+                    })
+                    .collect()
+            });
+            answers.extend(results);
+        }
+        // All or nothing: no sequence grows unless every request has its token.
+        let answers = answers
+            .into_iter()
+            .collect::<Result<Vec<Answer>, String>>()
+            .map_err(|m| Error::Backend(format!("rollout server {}: {m}", self.config.url)))?;
+        let mut out = Vec::with_capacity(answers.len());
+        for (r, a) in requests.iter().zip(answers) {
+            self.seqs
+                .get_mut(&r.seq)
+                .expect("checked above")
+                .push(a.sampled.token);
+            let cached = a.cached_tokens.min(a.prompt_tokens);
+            self.stats.computed_tokens += a.prompt_tokens - cached + a.completion_tokens;
+            self.stats.cached_tokens += cached;
+            out.push(a.sampled);
+        }
+        Ok(out)
+    }
+
+    fn seq_len(&self, seq: SeqHandle) -> Result<usize, Error> {
+        Ok(self.tokens(seq)?.len())
+    }
+
+    fn release(&mut self, seq: SeqHandle) {
+        self.seqs.remove(&seq);
+    }
+
+    fn stats(&self) -> PolicyStats {
+        self.stats
+    }
+
+    fn reset_stats(&mut self) {
+        let kv = self.stats.kv_bytes;
+        self.stats = PolicyStats {
+            kv_bytes: kv,
+            ..PolicyStats::default()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_parse_or_say_what_is_missing() {
+        let ok = r#"{"choices":[{"text":"a","logprobs":{"content":[{"id":97,"logprob":-0.5,
+            "top_logprobs":[{"id":97,"logprob":-0.5},{"id":98,"logprob":-1.2}]}]}}],
+            "usage":{"prompt_tokens":10,"completion_tokens":1,
+            "prompt_tokens_details":{"cached_tokens":7}}}"#;
+        let a = parse_answer(ok).unwrap();
+        assert_eq!(a.sampled.token, 97);
+        assert_eq!(a.sampled.logprob, -0.5);
+        let h = -(-0.5f64).exp() * -0.5 - (-1.2f64).exp() * -1.2;
+        assert!((a.sampled.entropy as f64 - h).abs() < 1e-6);
+        assert_eq!(
+            (a.prompt_tokens, a.cached_tokens, a.completion_tokens),
+            (10, 7, 1)
+        );
+        for (bad, says) in [
+            ("{", "malformed JSON"),
+            (r#"{"choices":[]}"#, "no choices"),
+            (
+                r#"{"choices":[{"text":"a","logprobs":null}]}"#,
+                "no per-token logprobs",
+            ),
+            (
+                r#"{"choices":[{"logprobs":{"content":[{"logprob":-1}]}}]}"#,
+                "no id",
+            ),
+        ] {
+            let e = parse_answer(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}
