@@ -383,6 +383,15 @@ pub struct TrainArgs {
     /// `rl.steps` [default: 15].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// `rollout.server`: sample RL rollouts on the OpenAI-compatible completions endpoint at
+    /// this URL (`http://host:port`) instead of the in-process engine.
+    #[arg(long, value_name = "URL")]
+    pub rollout_server: Option<String>,
+    /// `rollout.server_cmd`: the command that serves the policy's GGUF file (`{model}`) at
+    /// --rollout-server; arbor restarts it on each new policy, e.g.
+    /// `llama-server -m {model} --port 8080`.
+    #[arg(long, value_name = "CMD")]
+    pub rollout_server_cmd: Option<String>,
     /// `seed` [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,

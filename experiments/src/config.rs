@@ -66,6 +66,43 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointSection,
     /// Logs besides `metrics.parquet`.
     pub log: LogSection,
+    /// Where RL rollouts are sampled: the in-process engine, or an inference server.
+    pub rollout: RolloutSection,
+}
+
+/// `[rollout]`: an inference server that samples the RL rollouts instead of the in-process
+/// engine (`rollout::server`; the held-out evaluations stay on the engine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSection {
+    /// An OpenAI-compatible completions server, `http://host:port`, that accepts token-id
+    /// prompts and returns token ids with logprobs (llama.cpp's `llama-server`). Default: none
+    /// (the engine samples).
+    pub server: Option<String>,
+    /// The command that serves a GGUF file at `server`, with `{model}` where the file goes,
+    /// e.g. `llama-server -m {model} --port 8080 -c 4096`. Before every RL step whose policy
+    /// is new, arbor writes the policy to `<run>/serving/policy.gguf` (F32, `model.dir`'s
+    /// metadata), stops the server it started last, starts this command, waits until the
+    /// server answers, and checks with a logprob probe that it serves the trained weights.
+    /// Required for RL with a server (the weights have to reach it), and `model.dir` must then
+    /// be a GGUF file. Run through `sh -c`. Default: none.
+    pub server_cmd: Option<String>,
+    /// Requests in flight at once. Default: 8.
+    pub in_flight: usize,
+    /// Seconds the server may take to answer once started (and one request to complete).
+    /// Default: 120.
+    pub timeout_s: f64,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection {
+            server: None,
+            server_cmd: None,
+            in_flight: 8,
+            timeout_s: 120.0,
+        }
+    }
 }
 
 /// `[log]`.
@@ -410,6 +447,7 @@ impl Default for TrainConfig {
             eval: EvalSection::default(),
             checkpoint: CheckpointSection::default(),
             log: LogSection::default(),
+            rollout: RolloutSection::default(),
         }
     }
 }
@@ -529,6 +567,40 @@ impl TrainConfig {
         toml::to_string_pretty(self).context("serialising the config")
     }
 
+    /// `[rollout]`: a server for RL needs the command that gives it the trained weights.
+    fn validate_rollout(&self) -> anyhow::Result<()> {
+        let r = &self.rollout;
+        if r.in_flight == 0 || !r.timeout_s.is_finite() || r.timeout_s <= 0.0 {
+            bail!("rollout.in_flight must be at least 1 and rollout.timeout_s a positive number");
+        }
+        match (&r.server, &r.server_cmd) {
+            (None, Some(_)) => {
+                bail!("rollout.server_cmd is set but rollout.server (its URL) is not")
+            }
+            (Some(_), None) if self.rl.steps > 0 => bail!(
+                "rollout.server without rollout.server_cmd cannot receive the trained weights: \
+                 set rollout.server_cmd (arbor restarts the server on each new policy)"
+            ),
+            (Some(_), Some(cmd)) => {
+                if !cmd.contains("{model}") {
+                    bail!("rollout.server_cmd must contain {{model}} (the policy's GGUF file)");
+                }
+                let gguf = self.model.dir.as_ref().is_some_and(|d| {
+                    d.extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+                });
+                if !gguf {
+                    bail!(
+                        "rollout.server_cmd needs model.dir to be a GGUF file (the served policy \
+                         is written in its format)"
+                    );
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks every value a run depends on; the first problem is the error.
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut parts = Path::new(&self.name).components();
@@ -544,6 +616,7 @@ impl TrainConfig {
             );
         }
         self.sampler.validate()?;
+        self.validate_rollout()?;
         if self.model.dir.is_none() {
             ModelConfig::preset(&self.model.preset)?;
         }
@@ -873,6 +946,35 @@ mod tests {
     }
 
     /// `--set` reaches every key, nested tables included, with TOML values or plain text.
+    /// RL on a server needs the command that gives it the trained weights, with `{model}` in
+    /// it, and a GGUF model; each gap is a one-line error naming the key.
+    #[test]
+    fn a_rollout_server_for_rl_needs_a_command_and_a_gguf_model() {
+        let with = |sets: &[&str]| {
+            let mut cfg = TrainConfig::default();
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            apply_sets(&mut cfg, &sets).unwrap();
+            cfg.validate().map_err(|e| e.to_string())
+        };
+        let url = r#"rollout.server="http://127.0.0.1:8080""#;
+        let err = with(&[url]).unwrap_err();
+        assert!(err.contains("rollout.server_cmd"), "{err}");
+        assert!(
+            with(&[url, "rl.steps=0"]).is_ok(),
+            "sampling only needs no weights"
+        );
+        let err = with(&[url, r#"rollout.server_cmd="llama-server -m x""#]).unwrap_err();
+        assert!(err.contains("{model}"), "{err}");
+        let cmd = r#"rollout.server_cmd="llama-server -m {model} --port 8080""#;
+        let err = with(&[url, cmd]).unwrap_err();
+        assert!(err.contains("GGUF"), "{err}");
+        assert!(with(&[url, cmd, r#"model.dir="m.gguf""#]).is_ok());
+        let err = with(&[cmd]).unwrap_err();
+        assert!(err.contains("rollout.server "), "{err}");
+        let e = with(&[url, "rl.steps=0", "rollout.in_flight=0"]).unwrap_err();
+        assert!(e.contains("in_flight") && !e.contains('\n'), "{e}");
+    }
+
     #[test]
     fn set_reaches_any_key() {
         let mut cfg = TrainConfig::default();

@@ -8,6 +8,8 @@
 //! - [`eval_cmd`] — `arbor eval`: held-out success of a checkpoint.
 //! - [`run`] — [`run::Run`]: a training run in its directory (create/resume, SFT, evaluate, RL
 //!   steps, finish), its files and its checkpoints.
+//! - [`serve`] — RL rollouts on an inference server that arbor restarts on each new policy
+//!   (`[rollout] server`, `server_cmd`).
 //! - [`evaluate`] — held-out evaluation with Wilson intervals.
 //! - [`train`] — `arbor train`: resolves the config and drives a [`run::Run`].
 //! - [`bench`] — `arbor bench`: engine and sampler benchmarks (ratios measured in one run).
@@ -36,6 +38,7 @@ pub mod preflight;
 pub mod report;
 pub mod rollout_cmd;
 pub mod run;
+pub mod serve;
 pub mod sweep;
 pub mod train;
 

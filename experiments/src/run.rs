@@ -238,6 +238,8 @@ pub struct Run {
     model_files: Vec<(String, Vec<u8>)>,
     trainer: Trainer,
     engine: Engine,
+    /// The inference server that samples RL rollouts (`[rollout]`), if any.
+    served: Option<crate::serve::Served>,
     state: RunState,
     metrics: MetricsWriter,
     rollouts: Option<RolloutWriter>,
@@ -383,6 +385,7 @@ impl Run {
             (_, true) => Some(RolloutWriter::resume(&dir, &cfg.name, rl_done)?),
         };
         let engine = Engine::new(model_cfg, &trainer.weights())?;
+        let served = crate::serve::Served::new(&cfg, &dir)?;
         let train_set = TaskSet::new(spec.clone(), Split::Train);
         let eval_ids = train_set.eval_ids(cfg.eval.episodes);
         Ok(Run {
@@ -396,6 +399,7 @@ impl Run {
             model_files: model.files,
             trainer,
             engine,
+            served,
             state,
             metrics,
             rollouts,
@@ -610,9 +614,20 @@ impl Run {
         let ids = self.train_set.sample(step, cfg.rl.tasks_per_step, cfg.seed);
         let tasks: Vec<(u64, AnyEnv)> = ids.iter().map(|&id| (id, self.spec.make(id))).collect();
         let mut rollouts: Vec<TaskRollout> = Vec::new();
+        let policy: &mut dyn rollout::policy::Policy = match self.served.as_mut() {
+            None => &mut self.engine,
+            Some(served) => {
+                let probe = self
+                    .tokenizer
+                    .encode_prompt(envs::Env::prompt(&self.spec.make(self.eval_ids[0])));
+                let version = self.trainer.state().sft_steps + self.trainer.state().rl_steps;
+                let trainer = &self.trainer;
+                served.policy(version, || trainer.weights(), &self.engine, &probe)?
+            }
+        };
         let stats = sample(
             &cfg.sampler,
-            &mut self.engine,
+            policy,
             self.tokenizer.as_ref(),
             &tasks,
             cfg.seed,

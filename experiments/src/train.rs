@@ -73,6 +73,12 @@ fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()
         cfg.model.dir = Some(d.clone());
     }
     args.sampling.apply(cfg);
+    if let Some(url) = &args.rollout_server {
+        cfg.rollout.server = Some(url.clone());
+    }
+    if let Some(cmd) = &args.rollout_server_cmd {
+        cfg.rollout.server_cmd = Some(cmd.clone());
+    }
     if let Some(s) = args.sft_steps {
         cfg.sft.steps = s;
     }

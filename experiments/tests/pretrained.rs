@@ -79,3 +79,85 @@ fn a_checkpoint_of_a_gguf_run_is_a_model_directory_of_the_trained_weights() {
     assert!(worst < 5e-4, "max logit difference {worst}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `arbor train --rollout-server URL --rollout-server-cmd CMD` on SmolLM2 with llama.cpp's
+/// `llama-server` (`ARBOR_LLAMA_SERVER`, required when `ARBOR_REQUIRE_LLAMA_SERVER=1`): two RL
+/// steps whose rollouts the server samples, the server restarted on the policy after the first
+/// update (the probe passing each time), the served file a GGUF of the trained weights, and the
+/// server stopped when the run ends.
+#[test]
+fn rl_steps_sample_on_a_llama_server_that_serves_each_new_policy() {
+    let Some(gguf) = model() else { return };
+    let server = std::env::var_os("ARBOR_LLAMA_SERVER")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_file());
+    let Some(server) = server else {
+        assert!(
+            std::env::var("ARBOR_REQUIRE_LLAMA_SERVER").as_deref() != Ok("1"),
+            "ARBOR_LLAMA_SERVER does not name a llama-server binary"
+        );
+        eprintln!("skipped: set ARBOR_LLAMA_SERVER to a llama-server binary");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let cmd = format!(
+        "{} -m {{model}} --host 127.0.0.1 --port {port} -c 4096 -np 4 -t 2",
+        server.display()
+    );
+    let dir = scratch("served");
+    let out = arbor(&[
+        "train",
+        "--model",
+        gguf.to_str().unwrap(),
+        "-k",
+        "hops=1",
+        "--sft-steps",
+        "2",
+        "--steps",
+        "2",
+        "--budget",
+        "128",
+        "--episodes",
+        "2",
+        "--set",
+        "sft.batch=2",
+        "--set",
+        "rl.tasks_per_step=2",
+        "--set",
+        "rl.minibatches=1",
+        "--rollout-server",
+        &url,
+        "--rollout-server-cmd",
+        &cmd,
+        "--out",
+        dir.to_str().unwrap(),
+        "--name",
+        "served",
+    ]);
+    ok(&out);
+    let run = dir.join("served");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 2);
+    assert!(summary["generated_tokens"].as_u64().unwrap() > 0);
+    // The served file is the final policy of the last restart: the weights after the first
+    // RL update (the second step's rollouts), in a GGUF file arbor reads back.
+    let served = rollout::gguf::load_gguf(&run.join("serving").join("policy.gguf")).unwrap();
+    let source = rollout::gguf::load_gguf(&gguf).unwrap();
+    assert_ne!(
+        served.weights, source.weights,
+        "the served policy is the trained one"
+    );
+    assert_eq!(served.config, source.config);
+    // The run stopped its server.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the server is still listening after the run"
+    );
+}

@@ -473,6 +473,157 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, Error> {
     })
 }
 
+/// llama.cpp's row permutation of a q or k projection (the inverse of [`unpermute`]): Hugging
+/// Face row `h·hd + j·hd/2 + i` becomes GGUF row `h·hd + 2i + j`.
+fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let hd = rows / heads;
+    let mut out = vec![0.0; data.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let dst = (h * hd + 2 * i + j) * cols;
+                let src = (h * hd + j * (hd / 2) + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Writes `weights` (the architecture of the GGUF file `source`, e.g. fine-tuned from it) as a
+/// GGUF file at `out` that llama.cpp loads: `source`'s metadata copied byte for byte (tokenizer,
+/// chat template, architecture), then every tensor of `source`, in its order and under its name,
+/// as F32 with the values of `weights` (q and k rows permuted back to llama.cpp's order). F32
+/// keeps a served policy exactly the trained one (a quantized export would not be). Written
+/// atomically (temporary file, fsync, rename).
+pub fn save_gguf_like(source: &Path, out: &Path, weights: &Weights) -> Result<(), Error> {
+    let bytes = std::fs::read(source).map_err(|e| Error::io(source, e))?;
+    let malformed = |reason: String| Error::Malformed {
+        path: source.to_path_buf(),
+        reason,
+    };
+    let mut r = Reader {
+        bytes: &bytes,
+        pos: 0,
+    };
+    if r.take(4).map_err(&malformed)? != b"GGUF" {
+        return Err(malformed("no GGUF magic".into()));
+    }
+    let version = r.u32().map_err(&malformed)?;
+    if !(2..=3).contains(&version) {
+        return Err(Error::Unsupported {
+            path: source.to_path_buf(),
+            what: format!("GGUF version {version}"),
+        });
+    }
+    let n_tensors = r.len().map_err(&malformed)?;
+    let n_meta = r.len().map_err(&malformed)?;
+    let meta_start = r.pos;
+    let mut meta = HashMap::new();
+    for _ in 0..n_meta {
+        let key = r.string().map_err(&malformed)?;
+        let kind = r.u32().map_err(&malformed)?;
+        let value = r
+            .value(kind, 0)
+            .map_err(|e| malformed(format!("metadata {key}: {e}")))?;
+        meta.insert(key, value);
+    }
+    let meta_bytes = &bytes[meta_start..r.pos];
+    let file = MetaView {
+        meta: &meta,
+        path: source,
+    };
+    let n_heads = file.int("llama.attention.head_count")?;
+    let n_kv_heads = file.int("llama.attention.head_count_kv").unwrap_or(n_heads);
+    let align = match meta.get("general.alignment") {
+        Some(Meta::Int(a)) if *a > 0 && *a <= 1 << 16 => *a as u64,
+        _ => 32,
+    };
+    let mut infos = Vec::with_capacity(n_tensors.min(1 << 16));
+    for _ in 0..n_tensors {
+        let name = r.string().map_err(&malformed)?;
+        let n_dims = r.u32().map_err(&malformed)?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(malformed(format!("tensor {name} has {n_dims} dimensions")));
+        }
+        let dims = (0..n_dims)
+            .map(|_| r.u64())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&malformed)?;
+        r.u32().map_err(&malformed)?; // type
+        r.u64().map_err(&malformed)?; // offset
+        infos.push((name, dims));
+    }
+    // The tensors, f32, in GGUF row order.
+    let mut tensors = Vec::with_capacity(infos.len());
+    for (name, dims) in &infos {
+        let hf = hf_name(name).ok_or_else(|| Error::Invalid {
+            path: source.to_path_buf(),
+            reason: format!("unexpected tensor {name}"),
+        })?;
+        let t = weights.get(&hf).ok_or_else(|| Error::Invalid {
+            path: out.to_path_buf(),
+            reason: format!("the weights lack {hf}"),
+        })?;
+        let shape: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
+        if t.shape != shape {
+            return Err(Error::Invalid {
+                path: out.to_path_buf(),
+                reason: format!("{hf} has shape {:?}, {name} {shape:?}", t.shape),
+            });
+        }
+        let heads = if hf.ends_with("q_proj.weight") {
+            Some(n_heads)
+        } else if hf.ends_with("k_proj.weight") {
+            Some(n_kv_heads)
+        } else {
+            None
+        };
+        tensors.push(match (heads, shape.as_slice()) {
+            (Some(h), [rows, cols]) => permute(&t.data, *rows, *cols, h),
+            _ => t.data.clone(),
+        });
+    }
+    let mut head = Vec::with_capacity(meta_bytes.len() + 64 * infos.len() + 32);
+    head.extend_from_slice(b"GGUF");
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(infos.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(n_meta as u64).to_le_bytes());
+    head.extend_from_slice(meta_bytes);
+    let mut offset = 0u64;
+    let mut offsets = Vec::with_capacity(infos.len());
+    for ((name, dims), data) in infos.iter().zip(&tensors) {
+        head.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            head.extend_from_slice(&d.to_le_bytes());
+        }
+        head.extend_from_slice(&0u32.to_le_bytes()); // F32
+        head.extend_from_slice(&offset.to_le_bytes());
+        offsets.push(offset);
+        offset = (offset + 4 * data.len() as u64).div_ceil(align) * align;
+    }
+    let data_start = (head.len() as u64).div_ceil(align) * align;
+    head.resize(data_start as usize, 0);
+    crate::hf::write_atomic(out, |tmp| {
+        use std::io::Write;
+        let io = |e| Error::io(tmp, e);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(io)?);
+        w.write_all(&head).map_err(io)?;
+        let mut written = 0u64;
+        for (data, at) in tensors.iter().zip(offsets) {
+            let pad = at - written;
+            w.write_all(&vec![0u8; pad as usize]).map_err(io)?;
+            for x in data {
+                w.write_all(&x.to_le_bytes()).map_err(io)?;
+            }
+            written = at + 4 * data.len() as u64;
+        }
+        w.flush().map_err(io)
+    })
+}
+
 /// The Hugging Face name of a GGUF tensor (`None` for one arbor does not know).
 fn hf_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
@@ -709,6 +860,7 @@ mod tests {
             }
         }
         assert_eq!(unpermute(&gguf, rows, cols, heads), hf);
+        assert_eq!(permute(&hf, rows, cols, heads), gguf);
     }
 
     #[test]

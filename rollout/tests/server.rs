@@ -381,7 +381,11 @@ fn llama_server_serves_the_samplers() {
         ..ServerConfig::default()
     })
     .unwrap();
-    assert_eq!(remote.max_len(), 4096);
+    assert_eq!(
+        remote.max_len(),
+        1024,
+        "a slot's share of -c 4096 over -np 4"
+    );
 
     // Greedy tokens from the server, scored by the engine.
     use rollout::tokenizer::Tokenizer;

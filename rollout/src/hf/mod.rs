@@ -369,7 +369,10 @@ pub fn load_tokenizer(dir: &Path, loaded: &LoadedConfig) -> Result<HfTokenizer, 
 }
 
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<(), Error> {
+pub(crate) fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), Error>,
+) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(

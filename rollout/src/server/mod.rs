@@ -25,6 +25,15 @@
 //!   cache plus the generated ones, `cached_tokens` the ones it did (`usage.prompt_tokens`,
 //!   `usage.prompt_tokens_details.cached_tokens`, `usage.completion_tokens`).
 //!
+//! # Tokens that end inside a character
+//! A byte-level BPE vocabulary has tokens that hold part of a multi-byte UTF-8 character.
+//! llama.cpp's server withholds such a token until the character is complete, so an answer of
+//! `max_tokens = 1` that drew one carries neither its text nor its id or logprob. Such a draw
+//! is redrawn with a seed derived from the request's (at most 16 times in a row): tokens that
+//! end inside a character are then never sampled through this policy, which conditions the
+//! behaviour distribution on the rest (their mass is tiny in the environments' ASCII text;
+//! the logprobs reported stay the policy's own).
+//!
 //! # Failures
 //! Up to [`ServerConfig::in_flight`] requests run at once. A connection failure, timeout, 5xx or
 //! 429 answer is retried [`ServerConfig::retries`] times with exponential backoff; a 4xx answer,
@@ -193,16 +202,27 @@ impl ServerPolicy {
         body.to_string()
     }
 
-    /// One request with retries.
-    fn complete(&self, body: &str) -> Result<Answer, String> {
+    /// One token after `context`, with retries (see the module docs on partial characters).
+    fn complete(
+        &self,
+        context: &[u32],
+        params: &SamplingParams,
+        rng_key: u64,
+    ) -> Result<Answer, String> {
         let timeout = Duration::from_secs_f64(self.config.timeout_s);
-        let mut attempt = 0;
+        let (mut attempt, mut redraws) = (0, 0u64);
         loop {
+            // A redraw after a token that ends inside a character gets a seed of its own.
+            let key = match redraws {
+                0 => rng_key,
+                n => envs::rng::derive(&[rng_key, PARTIAL_CHARACTER_STREAM, n]),
+            };
+            let body = self.body(context, params, key);
             let outcome = request(
                 &self.endpoint,
                 "POST",
                 "/v1/completions",
-                Some(body),
+                Some(&body),
                 timeout,
             )
             .and_then(|text| {
@@ -212,7 +232,14 @@ impl ServerPolicy {
                 })
             });
             match outcome {
-                Ok(answer) => return Ok(answer),
+                Ok(Some(answer)) => return Ok(answer),
+                Ok(None) if redraws < MAX_REDRAWS => redraws += 1,
+                Ok(None) => {
+                    return Err(format!(
+                        "{MAX_REDRAWS} draws in a row ended inside a UTF-8 character, and the \
+                         server reports no token for those"
+                    ));
+                }
                 Err(e) if e.transient && attempt < self.config.retries => {
                     let wait = self.config.backoff_ms.saturating_mul(1 << attempt.min(6));
                     std::thread::sleep(Duration::from_millis(wait));
@@ -229,13 +256,42 @@ impl ServerPolicy {
     }
 }
 
-/// Reads the first generated token of a `/v1/completions` answer.
-fn parse_answer(text: &str) -> Result<Answer, String> {
+/// The start of an answer, for error messages.
+fn excerpt(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
+/// Stream tag of the seeds of redraws (`envs::rng::derive(&[rng_key, tag, n])`).
+const PARTIAL_CHARACTER_STREAM: u64 = 0x5554_4638; // "UTF8"
+
+/// Redraws of one token before a run of partial characters is an error.
+const MAX_REDRAWS: u64 = 16;
+
+/// Reads the first generated token of a `/v1/completions` answer; `None` for an answer whose
+/// one token ended inside a UTF-8 character (llama.cpp then returns neither text nor logprobs).
+fn parse_answer(text: &str) -> Result<Option<Answer>, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON answer: {e}"))?;
     let choice = v.pointer("/choices/0").ok_or("the answer has no choices")?;
-    let token = choice
-        .pointer("/logprobs/content/0")
-        .ok_or("the answer has no per-token logprobs (the server must return `logprobs.content` for `logprobs` requests, as llama.cpp's llama-server does)")?;
+    let generated = v
+        .pointer("/usage/completion_tokens")
+        .and_then(Value::as_u64);
+    let empty = choice
+        .pointer("/logprobs/content")
+        .is_none_or(|c| c.is_null() || c.as_array().is_some_and(Vec::is_empty));
+    if empty && generated == Some(1) && choice.get("text").and_then(Value::as_str) == Some("") {
+        return Ok(None);
+    }
+    let token = choice.pointer("/logprobs/content/0").ok_or_else(|| {
+        format!(
+            "the answer has no per-token logprobs (the server must return `logprobs.content` \
+             for `logprobs` requests, as llama.cpp's llama-server does): {}",
+            excerpt(text)
+        )
+    })?;
     let id = token
         .get("id")
         .and_then(Value::as_u64)
@@ -255,7 +311,7 @@ fn parse_answer(text: &str) -> Result<Answer, String> {
         }
     }
     let count = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-    Ok(Answer {
+    Ok(Some(Answer {
         sampled: Sampled {
             token: u32::try_from(id).map_err(|_| format!("token id {id} out of range"))?,
             logprob: logprob as f32,
@@ -264,7 +320,7 @@ fn parse_answer(text: &str) -> Result<Answer, String> {
         prompt_tokens: count("/usage/prompt_tokens"),
         cached_tokens: count("/usage/prompt_tokens_details/cached_tokens"),
         completion_tokens: count("/usage/completion_tokens"),
-    })
+    }))
 }
 
 impl Policy for ServerPolicy {
@@ -332,7 +388,7 @@ impl Policy for ServerPolicy {
                 self.config.url
             )));
         }
-        let mut bodies = Vec::with_capacity(requests.len());
+        let mut jobs = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
             if requests[..i].iter().any(|o| o.seq == r.seq) {
                 return Err(Error::Backend(format!(
@@ -347,15 +403,15 @@ impl Policy for ServerPolicy {
                     max: self.max_len,
                 });
             }
-            bodies.push(self.body(context, params, r.rng_key));
+            jobs.push((context.as_slice(), r.rng_key));
         }
-        let mut answers: Vec<Result<Answer, String>> = Vec::with_capacity(bodies.len());
-        for wave in bodies.chunks(self.config.in_flight) {
+        let mut answers: Vec<Result<Answer, String>> = Vec::with_capacity(jobs.len());
+        for wave in jobs.chunks(self.config.in_flight) {
             let this = &*self;
             let results: Vec<Result<Answer, String>> = std::thread::scope(|s| {
                 let handles: Vec<_> = wave
                     .iter()
-                    .map(|body| s.spawn(move || this.complete(body)))
+                    .map(|&(context, key)| s.spawn(move || this.complete(context, params, key)))
                     .collect();
                 handles
                     .into_iter()
@@ -417,7 +473,7 @@ mod tests {
             "top_logprobs":[{"id":97,"logprob":-0.5},{"id":98,"logprob":-1.2}]}]}}],
             "usage":{"prompt_tokens":10,"completion_tokens":1,
             "prompt_tokens_details":{"cached_tokens":7}}}"#;
-        let a = parse_answer(ok).unwrap();
+        let a = parse_answer(ok).unwrap().unwrap();
         assert_eq!(a.sampled.token, 97);
         assert_eq!(a.sampled.logprob, -0.5);
         let h = -(-0.5f64).exp() * -0.5 - (-1.2f64).exp() * -1.2;
@@ -426,6 +482,9 @@ mod tests {
             (a.prompt_tokens, a.cached_tokens, a.completion_tokens),
             (10, 7, 1)
         );
+        let partial = r#"{"choices":[{"text":"","logprobs":null,"finish_reason":"length"}],
+            "usage":{"prompt_tokens":10,"completion_tokens":1}}"#;
+        assert_eq!(parse_answer(partial).unwrap(), None);
         for (bad, says) in [
             ("{", "malformed JSON"),
             (r#"{"choices":[]}"#, "no choices"),
