@@ -140,7 +140,7 @@ fn config_facts(out: &mut String, cfg: &TrainConfig) {
         cfg.rl.steps,
         cfg.rl.tasks_per_step,
         cfg.rl.estimator,
-        cfg.rl.lr,
+        cfg.rl_lr(),
         cfg.rl.kl_coef
     );
     let _ = writeln!(

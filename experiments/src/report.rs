@@ -205,7 +205,10 @@ pub fn run_data(dir: &Path, max_nodes: usize) -> anyhow::Result<ReportData> {
             "RL".into(),
             format!(
                 "{} steps, {} tasks per step, estimator {}, lr {}",
-                cfg.rl.steps, cfg.rl.tasks_per_step, cfg.rl.estimator, cfg.rl.lr
+                cfg.rl.steps,
+                cfg.rl.tasks_per_step,
+                cfg.rl.estimator,
+                cfg.rl_lr()
             ),
         ),
         (

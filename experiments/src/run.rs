@@ -295,6 +295,7 @@ impl Run {
     /// Creates (or with `opts.resume`, continues) the run of a resolved config: what
     /// `arbor train` does after parsing its flags.
     pub fn open(mut cfg: TrainConfig, opts: &RunOptions) -> anyhow::Result<Run> {
+        cfg.resolve_defaults();
         let (spec, model) = check(&cfg)?;
         let tcfg = trainer_config(&cfg);
         // Likewise a bad `init` checkpoint.
@@ -706,7 +707,7 @@ impl Run {
         if self.trainer.state().rl_steps == 0 {
             self.trainer.reset_optimizer();
         }
-        self.trainer.set_lr(self.cfg.rl.lr);
+        self.trainer.set_lr(self.cfg.rl_lr());
         self.rl_since = Some(Instant::now());
         Ok(())
     }

@@ -186,6 +186,13 @@ fn dir_state(
         },
         ..found
     };
+    let want = &TrainConfig {
+        rl: crate::config::RlSection {
+            lr: Some(want.rl_lr()),
+            ..want.rl.clone()
+        },
+        ..want.clone()
+    };
     let (found, want) = (view(&found), view(want));
     if found != want {
         let diff = first_difference(&found, &want).unwrap_or_else(|| "settings differ".into());
