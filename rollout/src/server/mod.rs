@@ -28,7 +28,8 @@
 //! # Tokens that end inside a character
 //! A byte-level BPE vocabulary has tokens that hold part of a multi-byte UTF-8 character.
 //! llama.cpp's server withholds such a token until the character is complete, so an answer of
-//! `max_tokens = 1` that drew one carries neither its text nor its id or logprob. Such a draw
+//! `max_tokens = 1` that drew one carries no id and no logprob (an answer that reports one
+//! generated token without its logprob is taken for such a draw). Such a draw
 //! is redrawn with a seed derived from the request's (at most 16 times in a row): tokens that
 //! end inside a character are then never sampled through this policy, which conditions the
 //! behaviour distribution on the rest (their mass is tiny in the environments' ASCII text;
@@ -282,7 +283,8 @@ fn parse_answer(text: &str) -> Result<Option<Answer>, String> {
     let empty = choice
         .pointer("/logprobs/content")
         .is_none_or(|c| c.is_null() || c.as_array().is_some_and(Vec::is_empty));
-    if empty && generated == Some(1) && choice.get("text").and_then(Value::as_str) == Some("") {
+    // The text is then empty or U+FFFD, depending on the server's version.
+    if empty && generated == Some(1) {
         return Ok(None);
     }
     let token = choice.pointer("/logprobs/content/0").ok_or_else(|| {
