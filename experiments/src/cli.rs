@@ -383,6 +383,10 @@ pub struct TrainArgs {
     /// `rl.steps` [default: 15].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// `model.device`: train on `cpu`, `cuda[:N]` or `wgpu[:N]` (GPU backends need arbor built
+    /// with `--features cuda` / `wgpu`) [default: cpu].
+    #[arg(long)]
+    pub device: Option<trainer::device::DeviceChoice>,
     /// `rollout.server`: sample RL rollouts on the OpenAI-compatible completions endpoint at
     /// this URL (`http://host:port`) instead of the in-process engine.
     #[arg(long, value_name = "URL")]

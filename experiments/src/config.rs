@@ -228,6 +228,10 @@ pub struct ModelSection {
     /// model directory's `tokenizer_config.json`) when it has one: prompts and observations
     /// become chat turns (`rollout::chat`). Presets have none. Default: true.
     pub chat: bool,
+    /// The device training runs on: `cpu`, `cuda[:N]` or `wgpu[:N]` (the last two need arbor
+    /// built with `--features cuda` / `wgpu`; `trainer::device`). Rollouts stay on the CPU
+    /// engine or go to `[rollout] server`. Default: `cpu`.
+    pub device: trainer::device::DeviceChoice,
     /// Keep only each decoder layer's input in the forward pass and re-run one layer at a time
     /// in the backward pass (`trainer::trainer::TrainerConfig::gradient_checkpointing`): the
     /// same updates, bit for bit, at the activation memory of one layer, for about one more
@@ -500,6 +504,7 @@ impl Default for ModelSection {
             dir: None,
             max_seq_len: 2048,
             chat: true,
+            device: trainer::device::DeviceChoice::Cpu,
             gradient_checkpointing: false,
             parallel_shards: 0,
             init: None,
@@ -635,6 +640,7 @@ impl TrainConfig {
         }
         self.sampler.validate()?;
         self.validate_rollout()?;
+        trainer::device::check_available(self.model.device)?;
         if self.model.dir.is_none() {
             ModelConfig::preset(&self.model.preset)?;
         }

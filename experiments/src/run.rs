@@ -50,11 +50,12 @@ use rollout::tokenizer::Tokenizer;
 use rollout::tree::TaskRollout;
 use serde::{Deserialize, Serialize};
 use trainer::checkpoint;
+use trainer::device::{DeviceChoice, training_device};
 use trainer::loss::PpoConfig;
 use trainer::optim::AdamWConfig;
 use trainer::pack::{Packing, minibatches};
 use trainer::sft::sft_batch;
-use trainer::trainer::{Trainer, TrainerConfig, TrainerState, default_device};
+use trainer::trainer::{Trainer, TrainerConfig, TrainerState};
 
 use crate::config::TrainConfig;
 use crate::evaluate::{EvalResult, evaluate_with_stats};
@@ -300,7 +301,9 @@ impl Run {
         let tcfg = trainer_config(&cfg);
         // Likewise a bad `init` checkpoint.
         let mut init_trainer = match &cfg.model.init {
-            Some(init) if !opts.resume => Some(trainer_from(init, &model.config, tcfg)?),
+            Some(init) if !opts.resume => {
+                Some(trainer_from(init, &model.config, tcfg, cfg.model.device)?)
+            }
             _ => None,
         };
         let (dir, lock) = run_dir(&mut cfg, opts.resume)?;
@@ -340,7 +343,8 @@ impl Run {
                 Err(trainer::TrainerError::MissingFile { .. }) => {
                     say("no checkpoint yet: starting the run over".into());
                     if let Some(init) = &cfg.model.init {
-                        init_trainer = Some(trainer_from(init, &model_cfg, tcfg)?);
+                        init_trainer =
+                            Some(trainer_from(init, &model_cfg, tcfg, cfg.model.device)?);
                     }
                     None
                 }
@@ -348,6 +352,7 @@ impl Run {
             },
         };
         let resume = resume_from.is_some();
+        let device = training_device(cfg.model.device)?;
         let (trainer, state) = if let Some(latest) = resume_from {
             let trainer = resume_trainer(&latest, &cfg, &model_cfg)
                 .with_context(|| format!("cannot resume from {}", latest.display()))?;
@@ -361,10 +366,12 @@ impl Run {
         } else if let Some(trainer) = init_trainer {
             (trainer, RunState::default())
         } else if let Some(w) = &model.weights {
-            let trainer = Trainer::from_weights(&model_cfg, w, tcfg, &default_device())?;
+            let trainer = Trainer::from_weights(&model_cfg, w, tcfg, &device)?;
             (trainer, RunState::default())
         } else {
-            (Trainer::new(&model_cfg, tcfg)?, RunState::default())
+            let weights = Weights::random(&model_cfg, tcfg.seed);
+            let trainer = Trainer::from_weights(&model_cfg, &weights, tcfg, &device)?;
+            (trainer, RunState::default())
         };
         let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
         let metrics = if resume {
@@ -992,7 +999,7 @@ fn resume_trainer(
     if ckpt.reference_is_initial {
         ckpt.reference = Some(initial_weights(cfg, model_cfg)?);
     }
-    Ok(ckpt.into_trainer(&default_device())?)
+    Ok(ckpt.into_trainer(&training_device(cfg.model.device)?)?)
 }
 
 /// A trainer continuing the checkpoint in `dir` under a new run's settings (see
@@ -1001,6 +1008,7 @@ fn trainer_from(
     dir: &Path,
     model_cfg: &ModelConfig,
     tcfg: TrainerConfig,
+    device: DeviceChoice,
 ) -> anyhow::Result<Trainer> {
     let dir = &resolve_checkpoint(dir)?.checkpoint;
     let ckpt = checkpoint::load(dir)
@@ -1024,7 +1032,7 @@ fn trainer_from(
         None,
         &ckpt.optimizer,
         state,
-        &default_device(),
+        &training_device(device)?,
     )?;
     Ok(trainer)
 }

@@ -19,6 +19,8 @@
 //!   entropy bonus; the same function scores packed and flattened batches.
 //! - [`sft`] — cross-entropy on the action tokens of encoded demonstrations.
 //! - [`optim`] — AdamW with global gradient-norm clipping and a name-keyed, checkpointable state.
+//! - [`device`] — [`device::DeviceChoice`]: `cpu`, `cuda[:N]` or `wgpu[:N]` (features `cuda`,
+//!   `wgpu`), the device training runs on.
 //! - [`trainer`] — [`Trainer`]: policy + reference + optimizer + counters;
 //!   [`Trainer::sft_step`], [`Trainer::rl_step`], [`Trainer::weights`] for engine sync. Each
 //!   update splits its batch into [`TrainerConfig::shards`] token-balanced shards (default 2)
@@ -54,6 +56,7 @@
 
 pub mod attn;
 pub mod checkpoint;
+pub mod device;
 mod error;
 pub mod loss;
 pub mod model;
