@@ -283,17 +283,27 @@ fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-/// Reads a GGUF file: see the module docs.
-pub fn load_gguf(path: &Path) -> Result<GgufModel, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::io(path, source))?;
+/// A GGUF file's header: metadata (parsed, and its raw bytes) and tensor infos.
+struct Header {
+    /// The metadata count of the header.
+    n_meta: usize,
+    /// The key-value pairs, as the file stores them.
+    meta_bytes: std::ops::Range<usize>,
+    meta: HashMap<String, Meta>,
+    infos: Vec<TensorInfo>,
+    /// `general.alignment` (32 when absent).
+    align: usize,
+    /// Where the tensor data start.
+    data_start: usize,
+}
+
+/// Reads the header of the GGUF file `path` whose contents are `bytes`.
+fn read_header(bytes: &[u8], path: &Path) -> Result<Header, Error> {
     let malformed = |reason: String| Error::Malformed {
         path: path.to_path_buf(),
         reason,
     };
-    let mut r = Reader {
-        bytes: &bytes,
-        pos: 0,
-    };
+    let mut r = Reader { bytes, pos: 0 };
     if r.take(4).map_err(&malformed)? != b"GGUF" {
         return Err(malformed("no GGUF magic".into()));
     }
@@ -306,6 +316,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, Error> {
     }
     let n_tensors = r.len().map_err(&malformed)?;
     let n_meta = r.len().map_err(&malformed)?;
+    let meta_start = r.pos;
     let mut meta = HashMap::new();
     for _ in 0..n_meta {
         let key = r.string().map_err(&malformed)?;
@@ -315,6 +326,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, Error> {
             .map_err(|e| malformed(format!("metadata {key}: {e}")))?;
         meta.insert(key, value);
     }
+    let meta_bytes = meta_start..r.pos;
     let mut infos = Vec::with_capacity(n_tensors.min(1 << 16));
     for _ in 0..n_tensors {
         let name = r.string().map_err(&malformed)?;
@@ -339,7 +351,29 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, Error> {
         Some(Meta::Int(a)) if *a > 0 && *a <= 1 << 16 => *a as usize,
         _ => 32,
     };
-    let data_start = r.pos.div_ceil(align) * align;
+    Ok(Header {
+        n_meta,
+        meta_bytes,
+        meta,
+        infos,
+        align,
+        data_start: r.pos.div_ceil(align) * align,
+    })
+}
+
+/// Reads a GGUF file: see the module docs.
+pub fn load_gguf(path: &Path) -> Result<GgufModel, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::io(path, source))?;
+    let malformed = |reason: String| Error::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Header {
+        meta,
+        infos,
+        data_start,
+        ..
+    } = read_header(&bytes, path)?;
 
     let file = MetaView { meta: &meta, path };
     let arch = file.string("general.architecture")?;
@@ -498,65 +532,21 @@ fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
 /// atomically (temporary file, fsync, rename).
 pub fn save_gguf_like(source: &Path, out: &Path, weights: &Weights) -> Result<(), Error> {
     let bytes = std::fs::read(source).map_err(|e| Error::io(source, e))?;
-    let malformed = |reason: String| Error::Malformed {
-        path: source.to_path_buf(),
-        reason,
-    };
-    let mut r = Reader {
-        bytes: &bytes,
-        pos: 0,
-    };
-    if r.take(4).map_err(&malformed)? != b"GGUF" {
-        return Err(malformed("no GGUF magic".into()));
-    }
-    let version = r.u32().map_err(&malformed)?;
-    if !(2..=3).contains(&version) {
-        return Err(Error::Unsupported {
-            path: source.to_path_buf(),
-            what: format!("GGUF version {version}"),
-        });
-    }
-    let n_tensors = r.len().map_err(&malformed)?;
-    let n_meta = r.len().map_err(&malformed)?;
-    let meta_start = r.pos;
-    let mut meta = HashMap::new();
-    for _ in 0..n_meta {
-        let key = r.string().map_err(&malformed)?;
-        let kind = r.u32().map_err(&malformed)?;
-        let value = r
-            .value(kind, 0)
-            .map_err(|e| malformed(format!("metadata {key}: {e}")))?;
-        meta.insert(key, value);
-    }
-    let meta_bytes = &bytes[meta_start..r.pos];
+    let header = read_header(&bytes, source)?;
     let file = MetaView {
-        meta: &meta,
+        meta: &header.meta,
         path: source,
     };
     let n_heads = file.int("llama.attention.head_count")?;
     let n_kv_heads = file.int("llama.attention.head_count_kv").unwrap_or(n_heads);
-    let align = match meta.get("general.alignment") {
-        Some(Meta::Int(a)) if *a > 0 && *a <= 1 << 16 => *a as u64,
-        _ => 32,
-    };
-    let mut infos = Vec::with_capacity(n_tensors.min(1 << 16));
-    for _ in 0..n_tensors {
-        let name = r.string().map_err(&malformed)?;
-        let n_dims = r.u32().map_err(&malformed)?;
-        if n_dims == 0 || n_dims > 4 {
-            return Err(malformed(format!("tensor {name} has {n_dims} dimensions")));
-        }
-        let dims = (0..n_dims)
-            .map(|_| r.u64())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(&malformed)?;
-        r.u32().map_err(&malformed)?; // type
-        r.u64().map_err(&malformed)?; // offset
-        infos.push((name, dims));
-    }
+    let align = header.align as u64;
+    let infos: Vec<(&String, &Vec<u64>)> =
+        header.infos.iter().map(|t| (&t.name, &t.dims)).collect();
+    let meta_bytes = &bytes[header.meta_bytes.clone()];
+    let n_meta = header.n_meta;
     // The tensors, f32, in GGUF row order.
     let mut tensors = Vec::with_capacity(infos.len());
-    for (name, dims) in &infos {
+    for &(name, dims) in &infos {
         let hf = hf_name(name).ok_or_else(|| Error::Invalid {
             path: source.to_path_buf(),
             reason: format!("unexpected tensor {name}"),
@@ -592,7 +582,7 @@ pub fn save_gguf_like(source: &Path, out: &Path, weights: &Weights) -> Result<()
     head.extend_from_slice(meta_bytes);
     let mut offset = 0u64;
     let mut offsets = Vec::with_capacity(infos.len());
-    for ((name, dims), data) in infos.iter().zip(&tensors) {
+    for (&(name, dims), data) in infos.iter().zip(&tensors) {
         head.extend_from_slice(&(name.len() as u64).to_le_bytes());
         head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(&(dims.len() as u32).to_le_bytes());
