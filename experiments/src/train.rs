@@ -45,6 +45,7 @@ pub fn resolve_resume(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         None => stored.clone(),
     };
     apply_overrides(&mut want, args)?;
+    want.resolve_defaults();
     want.name = stored.name.clone();
     want.out = stored.out.clone();
     if let Some(diff) = first_difference(&stored, &want) {
