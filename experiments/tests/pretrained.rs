@@ -88,15 +88,7 @@ fn a_checkpoint_of_a_gguf_run_is_a_model_directory_of_the_trained_weights() {
 #[test]
 fn rl_steps_sample_on_a_llama_server_that_serves_each_new_policy() {
     let Some(gguf) = model() else { return };
-    let server = std::env::var_os("ARBOR_LLAMA_SERVER")
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.is_file());
-    let Some(server) = server else {
-        assert!(
-            std::env::var("ARBOR_REQUIRE_LLAMA_SERVER").as_deref() != Ok("1"),
-            "ARBOR_LLAMA_SERVER does not name a llama-server binary"
-        );
-        eprintln!("skipped: set ARBOR_LLAMA_SERVER to a llama-server binary");
+    let Some(server) = smollm2::llama_server() else {
         return;
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -269,13 +269,25 @@ fn dequantize(kind: u32, bytes: &[u8], n: usize) -> Vec<f32> {
 /// Undoes llama.cpp's row permutation of a q or k projection with `heads` heads: GGUF row
 /// `h·hd + 2i + j` is Hugging Face row `h·hd + j·hd/2 + i`.
 fn unpermute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_rows(data, rows, cols, heads, false)
+}
+
+/// llama.cpp's row permutation of a q or k projection (the inverse of [`unpermute`]).
+fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    move_rows(data, rows, cols, heads, true)
+}
+
+/// Moves rows between the Hugging Face order (`h·hd + j·hd/2 + i`) and llama.cpp's
+/// (`h·hd + 2i + j`), towards llama.cpp's when `to_gguf`.
+fn move_rows(data: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
     let hd = rows / heads;
     let mut out = vec![0.0; data.len()];
     for h in 0..heads {
         for i in 0..hd / 2 {
             for j in 0..2 {
-                let src = (h * hd + 2 * i + j) * cols;
-                let dst = (h * hd + j * (hd / 2) + i) * cols;
+                let gguf = (h * hd + 2 * i + j) * cols;
+                let hf = (h * hd + j * (hd / 2) + i) * cols;
+                let (src, dst) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
             }
         }
@@ -505,23 +517,6 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel, Error> {
         chat_template,
         add_bos,
     })
-}
-
-/// llama.cpp's row permutation of a q or k projection (the inverse of [`unpermute`]): Hugging
-/// Face row `h·hd + j·hd/2 + i` becomes GGUF row `h·hd + 2i + j`.
-fn permute(data: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let hd = rows / heads;
-    let mut out = vec![0.0; data.len()];
-    for h in 0..heads {
-        for i in 0..hd / 2 {
-            for j in 0..2 {
-                let dst = (h * hd + 2 * i + j) * cols;
-                let src = (h * hd + j * (hd / 2) + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
-            }
-        }
-    }
-    out
 }
 
 /// Writes `weights` (the architecture of the GGUF file `source`, e.g. fine-tuned from it) as a

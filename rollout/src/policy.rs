@@ -115,3 +115,133 @@ pub trait Policy: Send {
     /// Zeroes the token counters (KV bytes are a gauge and stay).
     fn reset_stats(&mut self);
 }
+
+/// The contexts of a policy that holds its sequences as plain token lists (a model-free policy,
+/// or one whose model runs elsewhere, such as [`crate::server::ServerPolicy`]): handles, and the
+/// checks of [`Policy`]'s contract on lengths, the context window and decode requests. Token
+/// counters stay with the policy, which knows what its model computes.
+#[derive(Debug, Clone, Default)]
+pub struct Contexts {
+    seqs: std::collections::HashMap<SeqHandle, Vec<u32>>,
+    next: u64,
+    max_len: usize,
+}
+
+impl Contexts {
+    /// No sequences, a context window of `max_len` tokens.
+    pub fn new(max_len: usize) -> Self {
+        Contexts {
+            max_len,
+            ..Contexts::default()
+        }
+    }
+
+    /// The context window.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Number of live sequences.
+    pub fn live(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// The tokens of `seq`.
+    pub fn get(&self, seq: SeqHandle) -> Result<&[u32], Error> {
+        self.seqs
+            .get(&seq)
+            .map(Vec::as_slice)
+            .ok_or(Error::UnknownSequence(seq))
+    }
+
+    fn insert(&mut self, tokens: Vec<u32>) -> SeqHandle {
+        let handle = SeqHandle(self.next);
+        self.next += 1;
+        self.seqs.insert(handle, tokens);
+        handle
+    }
+
+    /// [`Policy::start`]: `tokens` non-empty and within the window.
+    pub fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, Error> {
+        if tokens.is_empty() {
+            return Err(Error::BadLength { len: 0, have: 0 });
+        }
+        if tokens.len() > self.max_len {
+            return Err(Error::ContextOverflow {
+                len: tokens.len(),
+                max: self.max_len,
+            });
+        }
+        Ok(self.insert(tokens.to_vec()))
+    }
+
+    /// [`Policy::fork`].
+    pub fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, Error> {
+        let tokens = self.get(seq)?.to_vec();
+        Ok(self.insert(tokens))
+    }
+
+    /// [`Policy::fork_at`]: `1 <= len <= len(seq)`.
+    pub fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, Error> {
+        let tokens = self.get(seq)?;
+        if len == 0 || len > tokens.len() {
+            return Err(Error::BadLength {
+                len,
+                have: tokens.len(),
+            });
+        }
+        let prefix = tokens[..len].to_vec();
+        Ok(self.insert(prefix))
+    }
+
+    /// [`Policy::append`], within the window.
+    pub fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), Error> {
+        let have = self.get(seq)?.len();
+        if have + tokens.len() > self.max_len {
+            return Err(Error::ContextOverflow {
+                len: have + tokens.len(),
+                max: self.max_len,
+            });
+        }
+        self.seqs
+            .get_mut(&seq)
+            .expect("checked above")
+            .extend_from_slice(tokens);
+        Ok(())
+    }
+
+    /// Checks a decode batch before anything changes: every sequence live, none twice, each
+    /// with room for one more token.
+    pub fn check_decode(&self, requests: &[DecodeRequest]) -> Result<(), Error> {
+        for (i, r) in requests.iter().enumerate() {
+            let have = self.get(r.seq)?.len();
+            if requests[..i].iter().any(|o| o.seq == r.seq) {
+                return Err(Error::Backend(format!(
+                    "sequence {:?} appears twice in one decode call",
+                    r.seq
+                )));
+            }
+            if have + 1 > self.max_len {
+                return Err(Error::ContextOverflow {
+                    len: have + 1,
+                    max: self.max_len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a decoded token to `seq` (after [`Contexts::check_decode`]).
+    pub fn push(&mut self, seq: SeqHandle, token: u32) -> Result<(), Error> {
+        self.seqs
+            .get_mut(&seq)
+            .ok_or(Error::UnknownSequence(seq))?
+            .push(token);
+        Ok(())
+    }
+
+    /// [`Policy::release`]: the sequence's tokens, if it was live.
+    pub fn release(&mut self, seq: SeqHandle) -> Option<Vec<u32>> {
+        self.seqs.remove(&seq)
+    }
+}

@@ -8,10 +8,10 @@
 //! a whole phrase) and `noise` on lower-case letters and `<eos>`. Logprobs and entropies are
 //! exact for that distribution, so estimators and trainers can be fed honest numbers.
 
-use std::collections::HashMap;
-
 use crate::Error;
-use crate::policy::{DecodeRequest, Policy, PolicyStats, Sampled, SamplingParams, SeqHandle};
+use crate::policy::{
+    Contexts, DecodeRequest, Policy, PolicyStats, Sampled, SamplingParams, SeqHandle,
+};
 use crate::tokenizer::{ByteTokenizer, Tokenizer};
 
 /// A phrase-emitting policy over the byte tokenizer (see the module docs).
@@ -19,9 +19,7 @@ use crate::tokenizer::{ByteTokenizer, Tokenizer};
 pub struct ScriptedPolicy {
     phrases: Vec<Vec<u32>>,
     noise: f32,
-    max_len: usize,
-    seqs: HashMap<SeqHandle, Vec<u32>>,
-    next: u64,
+    contexts: Contexts,
     stats: PolicyStats,
     released: Vec<Vec<u32>>,
 }
@@ -34,9 +32,7 @@ impl ScriptedPolicy {
         ScriptedPolicy {
             phrases: phrases.iter().map(|p| tok.encode(p)).collect(),
             noise: noise.clamp(0.0, 1.0),
-            max_len,
-            seqs: HashMap::new(),
-            next: 0,
+            contexts: Contexts::new(max_len),
             stats: PolicyStats::default(),
             released: Vec::new(),
         }
@@ -50,7 +46,7 @@ impl ScriptedPolicy {
 
     /// Number of live sequences.
     pub fn live(&self) -> usize {
-        self.seqs.len()
+        self.contexts.live()
     }
 
     /// The next-token distribution after `context`.
@@ -83,17 +79,6 @@ impl ScriptedPolicy {
         probs
     }
 
-    fn handle(&mut self, tokens: Vec<u32>) -> SeqHandle {
-        let h = SeqHandle(self.next);
-        self.next += 1;
-        self.seqs.insert(h, tokens);
-        h
-    }
-
-    fn get(&self, seq: SeqHandle) -> Result<&Vec<u32>, Error> {
-        self.seqs.get(&seq).ok_or(Error::UnknownSequence(seq))
-    }
-
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), Error> {
         match tokens.iter().find(|&&t| t as usize >= ByteTokenizer::VOCAB) {
             Some(&token) => Err(Error::BadToken {
@@ -107,60 +92,34 @@ impl ScriptedPolicy {
 
 impl Policy for ScriptedPolicy {
     fn max_len(&self) -> usize {
-        self.max_len
+        self.contexts.max_len()
     }
 
     fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, Error> {
-        if tokens.is_empty() {
-            return Err(Error::BadLength { len: 0, have: 0 });
-        }
-        if tokens.len() > self.max_len {
-            return Err(Error::ContextOverflow {
-                len: tokens.len(),
-                max: self.max_len,
-            });
-        }
         self.check_tokens(tokens)?;
+        let seq = self.contexts.start(tokens)?;
         self.stats.computed_tokens += tokens.len() as u64;
-        Ok(self.handle(tokens.to_vec()))
+        Ok(seq)
     }
 
     fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, Error> {
-        let tokens = self.get(seq)?.clone();
-        self.stats.cached_tokens += tokens.len() as u64;
-        Ok(self.handle(tokens))
+        let forked = self.contexts.fork(seq)?;
+        self.stats.cached_tokens += self.contexts.get(seq)?.len() as u64;
+        Ok(forked)
     }
 
     fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, Error> {
-        let tokens = self.get(seq)?;
-        if len == 0 || len > tokens.len() {
-            return Err(Error::BadLength {
-                len,
-                have: tokens.len(),
-            });
-        }
-        let prefix = tokens[..len].to_vec();
+        let forked = self.contexts.fork_at(seq, len)?;
         // Like the engine: the prefix but its last token is served from cache.
         self.stats.cached_tokens += len as u64 - 1;
         self.stats.computed_tokens += 1;
-        Ok(self.handle(prefix))
+        Ok(forked)
     }
 
     fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), Error> {
         self.check_tokens(tokens)?;
-        let max = self.max_len;
-        let have = self.get(seq)?.len();
-        if have + tokens.len() > max {
-            return Err(Error::ContextOverflow {
-                len: have + tokens.len(),
-                max,
-            });
-        }
+        self.contexts.append(seq, tokens)?;
         self.stats.computed_tokens += tokens.len() as u64;
-        self.seqs
-            .get_mut(&seq)
-            .expect("checked above")
-            .extend_from_slice(tokens);
         Ok(())
     }
 
@@ -169,16 +128,10 @@ impl Policy for ScriptedPolicy {
         requests: &[DecodeRequest],
         params: &SamplingParams,
     ) -> Result<Vec<Sampled>, Error> {
+        self.contexts.check_decode(requests)?;
         let mut out = Vec::with_capacity(requests.len());
         for r in requests {
-            let context = self.get(r.seq)?;
-            if context.len() >= self.max_len {
-                return Err(Error::ContextOverflow {
-                    len: context.len() + 1,
-                    max: self.max_len,
-                });
-            }
-            let probs = self.distribution(context);
+            let probs = self.distribution(self.contexts.get(r.seq)?);
             let token = if params.temperature == 0.0 {
                 // Greedy; ties go to the lowest id.
                 probs
@@ -214,21 +167,18 @@ impl Policy for ScriptedPolicy {
                 logprob: probs[token as usize].ln(),
                 entropy,
             });
-            self.seqs
-                .get_mut(&r.seq)
-                .expect("checked above")
-                .push(token);
+            self.contexts.push(r.seq, token)?;
             self.stats.computed_tokens += 1;
         }
         Ok(out)
     }
 
     fn seq_len(&self, seq: SeqHandle) -> Result<usize, Error> {
-        Ok(self.get(seq)?.len())
+        Ok(self.contexts.get(seq)?.len())
     }
 
     fn release(&mut self, seq: SeqHandle) {
-        if let Some(tokens) = self.seqs.remove(&seq) {
+        if let Some(tokens) = self.contexts.release(seq) {
             self.released.push(tokens);
         }
     }

@@ -298,22 +298,6 @@ impl Drop for LlamaServer {
     }
 }
 
-/// The `llama-server` binary: `ARBOR_LLAMA_SERVER` (required to exist when
-/// `ARBOR_REQUIRE_LLAMA_SERVER=1`, as in CI).
-fn llama_server_binary() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("ARBOR_LLAMA_SERVER")
-        .map(std::path::PathBuf::from)
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("ARBOR_REQUIRE_LLAMA_SERVER").as_deref() != Ok("1"),
-            "ARBOR_LLAMA_SERVER does not name a llama-server binary"
-        );
-        eprintln!("skipped: set ARBOR_LLAMA_SERVER to a llama-server binary");
-    }
-    found
-}
-
 fn start_llama_server(binary: &std::path::Path, model: &std::path::Path) -> LlamaServer {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -371,7 +355,7 @@ fn start_llama_server(binary: &std::path::Path, model: &std::path::Path) -> Llam
 ///   the server.
 #[test]
 fn llama_server_serves_the_samplers() {
-    let (Some(binary), Some(model)) = (llama_server_binary(), smollm2::model()) else {
+    let (Some(binary), Some(model)) = (smollm2::llama_server(), smollm2::model()) else {
         return;
     };
     let gguf = rollout::gguf::load_gguf(&model).unwrap();

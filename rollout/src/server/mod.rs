@@ -51,7 +51,6 @@
 
 mod http;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -60,7 +59,9 @@ pub use http::Endpoint;
 use http::{HttpError, request};
 
 use crate::Error;
-use crate::policy::{DecodeRequest, Policy, PolicyStats, Sampled, SamplingParams, SeqHandle};
+use crate::policy::{
+    Contexts, DecodeRequest, Policy, PolicyStats, Sampled, SamplingParams, SeqHandle,
+};
 
 /// Settings of a [`ServerPolicy`] (`[rollout]` of a run's TOML, `--rollout-server URL`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -107,9 +108,7 @@ impl Default for ServerConfig {
 pub struct ServerPolicy {
     config: ServerConfig,
     endpoint: Endpoint,
-    max_len: usize,
-    seqs: HashMap<SeqHandle, Vec<u32>>,
-    next: u64,
+    contexts: Contexts,
     stats: PolicyStats,
 }
 
@@ -156,9 +155,7 @@ impl ServerPolicy {
         Ok(ServerPolicy {
             config,
             endpoint,
-            max_len,
-            seqs: HashMap::new(),
-            next: 0,
+            contexts: Contexts::new(max_len),
             stats: PolicyStats::default(),
         })
     }
@@ -166,17 +163,6 @@ impl ServerPolicy {
     /// The settings.
     pub fn config(&self) -> &ServerConfig {
         &self.config
-    }
-
-    fn tokens(&self, seq: SeqHandle) -> Result<&Vec<u32>, Error> {
-        self.seqs.get(&seq).ok_or(Error::UnknownSequence(seq))
-    }
-
-    fn insert(&mut self, tokens: Vec<u32>) -> SeqHandle {
-        let handle = SeqHandle(self.next);
-        self.next += 1;
-        self.seqs.insert(handle, tokens);
-        handle
     }
 
     /// The request body for one token after `context`.
@@ -327,54 +313,24 @@ fn parse_answer(text: &str) -> Result<Option<Answer>, String> {
 
 impl Policy for ServerPolicy {
     fn max_len(&self) -> usize {
-        self.max_len
+        self.contexts.max_len()
     }
 
     fn start(&mut self, tokens: &[u32]) -> Result<SeqHandle, Error> {
-        if tokens.is_empty() {
-            return Err(Error::BadLength { len: 0, have: 0 });
-        }
-        if tokens.len() > self.max_len {
-            return Err(Error::ContextOverflow {
-                len: tokens.len(),
-                max: self.max_len,
-            });
-        }
-        Ok(self.insert(tokens.to_vec()))
+        self.contexts.start(tokens)
     }
 
+    // Cache reads are counted when the server reports them, at the next request.
     fn fork(&mut self, seq: SeqHandle) -> Result<SeqHandle, Error> {
-        // Cache reads are counted when the server reports them, at the next request.
-        let tokens = self.tokens(seq)?.clone();
-        Ok(self.insert(tokens))
+        self.contexts.fork(seq)
     }
 
     fn fork_at(&mut self, seq: SeqHandle, len: usize) -> Result<SeqHandle, Error> {
-        let tokens = self.tokens(seq)?;
-        if len == 0 || len > tokens.len() {
-            return Err(Error::BadLength {
-                len,
-                have: tokens.len(),
-            });
-        }
-        let prefix = tokens[..len].to_vec();
-        Ok(self.insert(prefix))
+        self.contexts.fork_at(seq, len)
     }
 
     fn append(&mut self, seq: SeqHandle, tokens: &[u32]) -> Result<(), Error> {
-        let max = self.max_len;
-        let have = self.tokens(seq)?.len();
-        if have + tokens.len() > max {
-            return Err(Error::ContextOverflow {
-                len: have + tokens.len(),
-                max,
-            });
-        }
-        self.seqs
-            .get_mut(&seq)
-            .expect("checked above")
-            .extend_from_slice(tokens);
-        Ok(())
+        self.contexts.append(seq, tokens)
     }
 
     fn decode(
@@ -390,23 +346,11 @@ impl Policy for ServerPolicy {
                 self.config.url
             )));
         }
-        let mut jobs = Vec::with_capacity(requests.len());
-        for (i, r) in requests.iter().enumerate() {
-            if requests[..i].iter().any(|o| o.seq == r.seq) {
-                return Err(Error::Backend(format!(
-                    "sequence {:?} appears twice in one decode call",
-                    r.seq
-                )));
-            }
-            let context = self.tokens(r.seq)?;
-            if context.len() + 1 > self.max_len {
-                return Err(Error::ContextOverflow {
-                    len: context.len() + 1,
-                    max: self.max_len,
-                });
-            }
-            jobs.push((context.as_slice(), r.rng_key));
-        }
+        self.contexts.check_decode(requests)?;
+        let jobs = requests
+            .iter()
+            .map(|r| Ok((self.contexts.get(r.seq)?, r.rng_key)))
+            .collect::<Result<Vec<_>, Error>>()?;
         let mut answers: Vec<Result<Answer, String>> = Vec::with_capacity(jobs.len());
         for wave in jobs.chunks(self.config.in_flight) {
             let this = &*self;
@@ -432,10 +376,7 @@ impl Policy for ServerPolicy {
             .map_err(|m| Error::Backend(format!("rollout server {}: {m}", self.config.url)))?;
         let mut out = Vec::with_capacity(answers.len());
         for (r, a) in requests.iter().zip(answers) {
-            self.seqs
-                .get_mut(&r.seq)
-                .expect("checked above")
-                .push(a.sampled.token);
+            self.contexts.push(r.seq, a.sampled.token)?;
             let cached = a.cached_tokens.min(a.prompt_tokens);
             self.stats.computed_tokens += a.prompt_tokens - cached + a.completion_tokens;
             self.stats.cached_tokens += cached;
@@ -445,11 +386,11 @@ impl Policy for ServerPolicy {
     }
 
     fn seq_len(&self, seq: SeqHandle) -> Result<usize, Error> {
-        Ok(self.tokens(seq)?.len())
+        Ok(self.contexts.get(seq)?.len())
     }
 
     fn release(&mut self, seq: SeqHandle) {
-        self.seqs.remove(&seq);
+        self.contexts.release(seq);
     }
 
     fn stats(&self) -> PolicyStats {

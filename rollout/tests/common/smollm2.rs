@@ -1,4 +1,5 @@
-//! Shared by the tests that use the real SmolLM2 model: where its GGUF file is, and the
+//! Shared by the tests that use the real SmolLM2 model: where its GGUF file is (and the
+//! `llama-server` binary that serves it), and the
 //! independent numpy reference (`tests/ci/gguf_reference.py`). Included with `#[path]` by the
 //! test files of `rollout` and `experiments`.
 #![allow(dead_code)] // each test file uses a different subset
@@ -70,4 +71,20 @@ pub fn max_logit_difference(ours: &ndarray::Array2<f32>, theirs: &serde_json::Va
         }
     }
     worst
+}
+
+/// The `llama-server` binary: `ARBOR_LLAMA_SERVER` (required to exist when
+/// `ARBOR_REQUIRE_LLAMA_SERVER=1`, as in CI).
+pub fn llama_server() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("ARBOR_LLAMA_SERVER")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("ARBOR_REQUIRE_LLAMA_SERVER").as_deref() != Ok("1"),
+            "ARBOR_LLAMA_SERVER does not name a llama-server binary"
+        );
+        eprintln!("skipped: set ARBOR_LLAMA_SERVER to a llama-server binary");
+    }
+    found
 }
