@@ -236,7 +236,6 @@ fn sweep_rollout_inspect() {
     let bytes = std::fs::read(&nodes).unwrap();
     std::fs::write(&nodes, &bytes[..bytes.len() / 2]).unwrap();
     assert_one_line_error(&arbor(&["inspect", ro.to_str().unwrap()]), "nodes.parquet");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -280,7 +279,6 @@ fn bad_input_is_one_clear_line() {
         "does not exist",
     );
     assert!(!out.exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// With `--eval-every`, every run evaluates during RL: its metrics hold `eval` rows at steps
@@ -338,7 +336,6 @@ fn sweep_learning_curves() {
     );
     let svg = std::fs::read_to_string(sweep.join("plots").join("success_vs_tokens.svg")).unwrap();
     assert!(svg.contains("B=64") && svg.contains("chain final"), "{svg}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `--rl-steps 0` measures each model's shared SFT policy at every budget with each sampler
@@ -431,5 +428,4 @@ fn test_time_sweep_measures_models_at_each_budget() {
         std::fs::read_to_string(sweep.join("summary.csv")).unwrap(),
         csv
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

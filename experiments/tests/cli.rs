@@ -71,7 +71,6 @@ fn bad_input_is_one_clear_line() {
         .filter(|e| e.path().is_dir())
         .collect();
     assert!(entries.is_empty(), "{entries:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -177,7 +176,6 @@ fn resumed_run_equals_uninterrupted_run_and_corrupt_checkpoint_is_an_error() {
         metrics_before,
         std::fs::read(dir.join("part").join("metrics.csv")).unwrap()
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -218,7 +216,6 @@ fn sigkill_mid_run_leaves_complete_parquet_files() {
     let summary = datasets::export::check_run_files(dir.join("killed")).unwrap();
     assert!(summary.trajectories > 0, "{summary:?}");
     datasets::export::read_metrics(dir.join("killed").join("metrics.parquet")).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -297,7 +294,6 @@ fn train_starts_from_a_hugging_face_model_directory() {
         dir.to_str().unwrap(),
     ]);
     assert_one_line_error(&out, "cannot load model directory");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -331,7 +327,6 @@ fn same_config_and_seed_give_byte_identical_rollout_files() {
             "{file} differs between two runs of the same config and seed"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -372,7 +367,6 @@ fn bench_sampler_samples_with_the_given_checkpoint() {
     assert!(trained.contains("checkpoints"), "{trained}");
     assert!(random.contains("seeded random weights"), "{random}");
     assert_eq!(trained.lines().count(), 2, "chain and tree rows");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Two runs started together with the same name: exactly one gets the run directory, the other
@@ -397,7 +391,6 @@ fn concurrent_starts_with_one_name_leave_one_run() {
     let failed = outs.iter().find(|o| !o.status.success()).unwrap();
     assert_one_line_error(failed, "exists");
     datasets::export::check_run_files(dir.join("same")).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -450,7 +443,6 @@ fn init_starts_a_new_run_from_a_checkpoint_without_redoing_sft() {
         .map(|l| l.split(',').nth(1).unwrap())
         .collect();
     assert_eq!(phases, ["eval", "rl", "eval"]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The files of a finished run that must not depend on how often it was interrupted: the final
@@ -551,7 +543,6 @@ fn a_crash_anywhere_in_checkpoint_writing_resumes_to_the_same_files() {
             });
         }
     });
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Every check that the config, the task set and the model allow is made before any work and
@@ -670,7 +661,6 @@ fn hostile_inputs_fail_before_any_work() {
         !Path::new(rollout_out).exists(),
         "a rejected rollout creates nothing"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The defects of a hostile pass over every command, each now a one-line error before any
@@ -804,7 +794,6 @@ fn hostile_pass_cases_are_handled() {
     ]);
     assert_one_line_error(&export, "has no Hugging Face form");
     assert!(!dir.join("hf-out").exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Off a terminal (a log under `nohup`) a run prints a line per step of its progress.
@@ -824,5 +813,4 @@ fn a_run_off_a_terminal_logs_its_steps() {
     ] {
         assert!(stderr.contains(needle), "'{needle}' not in:\n{stderr}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

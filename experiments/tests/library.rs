@@ -4,6 +4,10 @@
 use experiments::config::TrainConfig;
 use experiments::run::{Run, Summary};
 
+#[path = "../../rollout/tests/common/scratch.rs"]
+mod scratch_dir;
+use scratch_dir::scratch;
+
 fn tiny(out: &std::path::Path, name: &str) -> TrainConfig {
     let mut cfg = TrainConfig {
         out: out.to_path_buf(),
@@ -24,8 +28,7 @@ fn tiny(out: &std::path::Path, name: &str) -> TrainConfig {
 
 #[test]
 fn a_run_stopped_between_steps_and_resumed_equals_one_run() {
-    let out = std::env::temp_dir().join(format!("arbor-lib-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = scratch("lib");
 
     let whole = Run::create(tiny(&out, "whole")).unwrap();
     let whole = {
@@ -74,7 +77,6 @@ fn a_run_stopped_between_steps_and_resumed_equals_one_run() {
     let err = Run::resume(&out.join("parts")).err().unwrap().to_string();
     assert!(err.contains("in use"), "{err}");
     drop(open);
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 /// A run that starts RL from its initial weights (a `model.init` checkpoint that already has
@@ -83,8 +85,7 @@ fn a_run_stopped_between_steps_and_resumed_equals_one_run() {
 /// resumed, such a run still ends where an uninterrupted one ends.
 #[test]
 fn an_initial_kl_reference_is_not_stored_and_survives_a_resume() {
-    let out = std::env::temp_dir().join(format!("arbor-lib-ref-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = scratch("lib-ref");
     let mut base = tiny(&out, "base");
     base.rl.steps = 0;
     let base = Run::create(base).unwrap().finish().unwrap();
@@ -135,7 +136,6 @@ fn an_initial_kl_reference_is_not_stored_and_survives_a_resume() {
     };
     assert_eq!(weights(&whole.dir), weights(&parts.dir));
     assert_eq!(whole.after.success, parts.after.success);
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[path = "../examples/custom_env.rs"]
@@ -157,8 +157,7 @@ fn a_registered_environment_trains_and_exports_by_name() {
         "taken",
         |_: &LockKnobs, _| unreachable()
     ));
-    let out = std::env::temp_dir().join(format!("arbor-lib-env-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = scratch("lib-env");
     let mut cfg = tiny(&out, "lock");
     cfg.env = experiments::config::EnvSection {
         name: "lock".into(),
@@ -187,7 +186,6 @@ fn a_registered_environment_trains_and_exports_by_name() {
     };
     let err = Run::create(bad).err().unwrap().to_string();
     assert!(err.contains("bad value '0' for lock knob 'max'"), "{err}");
-    std::fs::remove_dir_all(&out).unwrap();
 }
 
 /// Knobs of a stand-in environment that is never built (the registrations above are refused).
@@ -270,8 +268,7 @@ fn instruct_models_see_tasks_as_chat_turns() {
 /// TensorBoard's own reader in CI.
 #[test]
 fn tensorboard_events_follow_the_metrics_across_a_resume() {
-    let out = std::env::temp_dir().join(format!("arbor-lib-tb-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = scratch("lib-tb");
     let mut cfg = tiny(&out, "tb");
     cfg.log.tensorboard = true;
     let mut run = Run::create(cfg).unwrap();
@@ -295,5 +292,4 @@ fn tensorboard_events_follow_the_metrics_across_a_resume() {
         records += 1;
     }
     assert_eq!(records, rows.len() + 1);
-    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -14,9 +14,21 @@ use smollm2::{ids_arg, max_logit_difference, model, reference};
 use rollout::engine::Engine;
 use rollout::tokenizer::Tokenizer;
 
+/// The runs of this file write a 135M model's checkpoints (weights, AdamW moments, the KL
+/// reference: up to 4 GB at once). They run one at a time so that the suite's peak disk use is
+/// one run's, not the sum.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_run_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn a_checkpoint_of_a_gguf_run_is_a_model_directory_of_the_trained_weights() {
     let Some(gguf) = model() else { return };
+    let _one = one_run_at_a_time();
     let dir = scratch("pretrained");
     ok(&arbor(&[
         "train",
@@ -77,7 +89,6 @@ fn a_checkpoint_of_a_gguf_run_is_a_model_directory_of_the_trained_weights() {
     );
     // f32 both sides, different summation orders (the GGUF test sees 7e-5 on these sizes).
     assert!(worst < 5e-4, "max logit difference {worst}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `arbor train --rollout-server URL --rollout-server-cmd CMD` on SmolLM2 with llama.cpp's
@@ -101,6 +112,7 @@ fn rl_steps_sample_on_a_llama_server_that_serves_each_new_policy() {
         "{} -m {{model}} --host 127.0.0.1 --port {port} -c 4096 -np 4 -t 2",
         server.display()
     );
+    let _one = one_run_at_a_time();
     let dir = scratch("served");
     let out = arbor(&[
         "train",

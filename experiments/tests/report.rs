@@ -130,7 +130,6 @@ fn run_report_holds_every_metrics_row_and_the_exported_trees() {
         "is not a directory",
     );
     assert_one_line_error(&arbor(&["report", dir.to_str().unwrap()]), "neither a run");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -175,5 +174,4 @@ fn sweep_report_holds_the_table_and_the_plots() {
             .any(|p| p[0] == "budget_success_vs_budget"
                 && p[1].as_str().unwrap().starts_with("<svg"))
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

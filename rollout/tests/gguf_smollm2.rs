@@ -8,8 +8,11 @@ use rollout::engine::Engine;
 use rollout::gguf::load_gguf;
 use rollout::tokenizer::Tokenizer;
 
+#[path = "common/scratch.rs"]
+mod scratch;
 #[path = "common/smollm2.rs"]
 mod smollm2;
+use scratch::scratch;
 use smollm2::{ids_arg, max_logit_difference, model, reference};
 
 /// ChatML, the template SmolLM2's `tokenizer.chat_template` renders for one user turn.
@@ -167,8 +170,7 @@ fn smollm2_prompts_carry_no_bos() {
 fn smollm2_gguf_exports_a_hugging_face_directory() {
     let Some(path) = model() else { return };
     let m = load_gguf(&path).unwrap();
-    let dir = std::env::temp_dir().join(format!("arbor-gguf-hf-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch("gguf-hf");
     m.save_hf(&dir, &m.weights).unwrap();
     let hf = rollout::hf::load_model_dir(&dir).unwrap();
     assert_eq!(hf.config, m.config);
@@ -178,7 +180,6 @@ fn smollm2_gguf_exports_a_hugging_face_directory() {
     assert_eq!(hf.tokenizer.encode(text), m.tokenizer.encode(text));
     assert_eq!(hf.meta.chat_template(), m.chat_template);
     assert!(dir.join("generation_config.json").is_file());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A fine-tuned copy written by `save_gguf_like` (F32 tensors, the source's metadata) reads back
@@ -198,8 +199,7 @@ fn smollm2_weights_round_trip_through_a_written_gguf() {
             *x += (i % 7) as f32 * 1e-3;
         }
     }
-    let dir = std::env::temp_dir().join(format!("arbor-gguf-write-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("gguf-write");
     let out = dir.join("tuned.gguf");
     rollout::gguf::save_gguf_like(&path, &out, &tuned).unwrap();
     let back = load_gguf(&out).unwrap();
@@ -212,5 +212,4 @@ fn smollm2_weights_round_trip_through_a_written_gguf() {
     let theirs = reference(&["logits", out.to_str().unwrap(), &ids_arg(&ids)], None);
     let worst = max_logit_difference(&engine.forward_full(&ids), &theirs);
     assert!(worst < 1e-3, "{worst}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "../../../rollout/tests/common/scratch.rs"]
+mod scratch_dir;
+pub use scratch_dir::scratch;
+
 /// Runs the `arbor` binary with `args`.
 pub fn arbor(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_arbor"))
@@ -20,14 +24,6 @@ pub fn ok(out: &Output) -> (String, String) {
     );
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     (stdout, stderr)
-}
-
-/// A fresh, empty directory unique to this test process and `tag`.
-pub fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("arbor-e2e-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Writes a config small enough for a test (a few SFT steps, `rl_steps` RL steps on 1-hop
