@@ -90,6 +90,7 @@
 //! `fork_at` (tests check all of these). Samples depend only on the logits and the `rng_key`.
 
 mod config;
+mod gemm;
 mod kv;
 mod model;
 mod runtime;
