@@ -35,6 +35,10 @@ fn engine(args: &EngineBenchArgs) -> anyhow::Result<()> {
     if !args.quick {
         opts.presets = args.presets.clone();
     }
+    if args.kv.is_empty() {
+        anyhow::bail!("--kv names no KV cache precision");
+    }
+    opts.kv = args.kv.clone();
     let rows = match &args.model {
         None => rollout::engine::bench::run(&opts)?,
         Some(dir) => {
@@ -57,14 +61,15 @@ fn engine(args: &EngineBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<10} {:<7} {:>6} {:>8} {:>12} {:>9} {:>9}",
-        "bench", "preset", "batch", "context", "tokens/s", "GFLOP/s", "of peak"
+        "{:<13} {:<7} {:<4} {:>6} {:>8} {:>12} {:>9} {:>9}",
+        "bench", "preset", "kv", "batch", "context", "tokens/s", "GFLOP/s", "of peak"
     );
     for r in &rows {
         println!(
-            "{:<10} {:<7} {:>6} {:>8} {:>12.0} {:>9.1} {:>8.1}%",
+            "{:<13} {:<7} {:<4} {:>6} {:>8} {:>12.0} {:>9.1} {:>8.1}%",
             r.bench,
             r.preset,
+            r.kv,
             r.batch,
             r.context_len,
             r.tokens_per_s,
@@ -79,6 +84,7 @@ fn engine(args: &EngineBenchArgs) -> anyhow::Result<()> {
 struct EngineJson<'a> {
     bench: &'a str,
     preset: &'a str,
+    kv: &'a str,
     batch: usize,
     tokens_per_s: f64,
     gflops: f64,
@@ -89,6 +95,7 @@ fn engine_json(r: &EngineBenchRow) -> EngineJson<'_> {
     EngineJson {
         bench: &r.bench,
         preset: &r.preset,
+        kv: &r.kv,
         batch: r.batch,
         tokens_per_s: r.tokens_per_s,
         gflops: r.gflops,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use ndarray::{Array2, linalg::general_mat_mul};
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, ModelConfig, Weights};
+use super::{Engine, KvPrecision, ModelConfig, Weights};
 use crate::Error;
 use crate::policy::{DecodeRequest, Policy, SamplingParams};
 
@@ -31,6 +31,9 @@ pub struct BenchOptions {
     pub repeats: usize,
     /// Seed of the random weights and prompts. By default 0.
     pub seed: u64,
+    /// KV cache number formats, each measured in its own prefill and decode rows. By default
+    /// f32 and bf16.
+    pub kv: Vec<KvPrecision>,
 }
 
 impl Default for BenchOptions {
@@ -44,6 +47,7 @@ impl Default for BenchOptions {
             gemm_size: 1024,
             repeats: 3,
             seed: 0,
+            kv: vec![KvPrecision::F32, KvPrecision::Bf16],
         }
     }
 }
@@ -60,6 +64,7 @@ impl BenchOptions {
             gemm_size: 128,
             repeats: 1,
             seed: 0,
+            kv: vec![KvPrecision::F32],
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct EngineBenchRow {
     pub bench: String,
     /// Model preset (empty for `gemm_peak`).
     pub preset: String,
+    /// KV cache number format, `f32` or `bf16` (empty for `gemm_peak`).
+    pub kv: String,
     /// Sequences per decode step; 1 for prefill; the matrix side for `gemm_peak`.
     pub batch: usize,
     /// Mean number of positions each timed token attended to (0 for `gemm_peak`).
@@ -90,8 +97,8 @@ pub struct EngineBenchRow {
     pub peak_gflops: f64,
 }
 
-/// Runs the benchmark. Rows: `gemm_peak` first, then per preset one `prefill` row and per
-/// batch size a `decode` row and (batch > 1) a `decode_shared` row.
+/// Runs the benchmark. Rows: `gemm_peak` first, then per preset and KV format one `prefill` row
+/// and per batch size a `decode` row and (batch > 1) a `decode_shared` row.
 pub fn run(opts: &BenchOptions) -> Result<Vec<EngineBenchRow>, Error> {
     let models = opts
         .presets
@@ -118,6 +125,7 @@ pub fn run_models(
     let mut rows = vec![EngineBenchRow {
         bench: "gemm_peak".into(),
         preset: String::new(),
+        kv: String::new(),
         batch: opts.gemm_size,
         context_len: 0,
         tokens: 0,
@@ -128,102 +136,107 @@ pub fn run_models(
     }];
     for (name, cfg, weights) in models {
         let mut engine = Engine::new(cfg.clone(), &weights)?;
-        let vocab = 256u64; // byte tokens: valid for every preset
-        let prompt = |i: u64, n: usize| -> Vec<u32> {
-            (0..n as u64)
-                .map(|j| (envs::rng::derive(&[opts.seed, i, j]) % vocab) as u32)
-                .collect()
-        };
+        for &kv in &opts.kv {
+            engine.set_kv_precision(kv);
+            let vocab = 256u64; // byte tokens: valid for every preset
+            let prompt = |i: u64, n: usize| -> Vec<u32> {
+                (0..n as u64)
+                    .map(|j| (envs::rng::derive(&[opts.seed, i, j]) % vocab) as u32)
+                    .collect()
+            };
 
-        // Prefill: one sequence of `prefill_len` tokens.
-        let len = opts.prefill_len.clamp(1, cfg.max_seq_len);
-        let tokens = prompt(u64::MAX, len);
-        let mut best = f64::INFINITY;
-        for _ in 0..repeats {
-            let t = Instant::now();
-            let seq = engine.start(&tokens)?;
-            best = best.min(t.elapsed().as_secs_f64());
-            engine.release(seq);
-        }
-        let flops: u64 = (1..=len).map(|c| cfg.flops_per_token(c)).sum();
-        rows.push(row(
-            "prefill",
-            &name,
-            1,
-            len.div_ceil(2),
-            len,
-            best,
-            flops,
-            peak,
-        ));
+            // Prefill: one sequence of `prefill_len` tokens.
+            let len = opts.prefill_len.clamp(1, cfg.max_seq_len);
+            let tokens = prompt(u64::MAX, len);
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats {
+                let t = Instant::now();
+                let seq = engine.start(&tokens)?;
+                best = best.min(t.elapsed().as_secs_f64());
+                engine.release(seq);
+            }
+            let flops: u64 = (1..=len).map(|c| cfg.flops_per_token(c)).sum();
+            rows.push(row(
+                "prefill",
+                &name,
+                kv,
+                1,
+                len.div_ceil(2),
+                len,
+                best,
+                flops,
+                peak,
+            ));
 
-        // Decode: `batch` sequences, one batch per step; with distinct prompts ("decode") and,
-        // for batch > 1, as forks of one prompt ("decode_shared", what a tree sampler runs).
-        let prompt_len = opts.prompt_len.clamp(1, cfg.max_seq_len);
-        let steps = opts
-            .decode_steps
-            .min(cfg.max_seq_len.saturating_sub(prompt_len + 1));
-        for &batch in &opts.batches {
-            let batch = batch.max(1);
-            for shared in [false, true] {
-                if shared && batch == 1 {
-                    continue;
-                }
-                let mut best = f64::INFINITY;
-                for rep in 0..repeats {
-                    let seqs = if shared {
-                        let root = engine.start(&prompt(0, prompt_len))?;
-                        let forks = (0..batch)
-                            .map(|_| engine.fork(root))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        engine.release(root);
-                        forks
-                    } else {
-                        (0..batch as u64)
-                            .map(|i| engine.start(&prompt(i, prompt_len)))
-                            .collect::<Result<Vec<_>, _>>()?
-                    };
-                    let params = SamplingParams::default();
-                    let step = |engine: &mut Engine, s: usize| {
-                        let reqs: Vec<DecodeRequest> = seqs
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &seq)| DecodeRequest {
-                                seq,
-                                rng_key: envs::rng::derive(&[
-                                    opts.seed, rep as u64, i as u64, s as u64,
-                                ]),
-                            })
-                            .collect();
-                        engine.decode(&reqs, &params).map(|_| ())
-                    };
-                    step(&mut engine, 0)?; // warm-up
-                    let t = Instant::now();
-                    for s in 1..=steps {
-                        step(&mut engine, s)?;
+            // Decode: `batch` sequences, one batch per step; with distinct prompts ("decode") and,
+            // for batch > 1, as forks of one prompt ("decode_shared", what a tree sampler runs).
+            let prompt_len = opts.prompt_len.clamp(1, cfg.max_seq_len);
+            let steps = opts
+                .decode_steps
+                .min(cfg.max_seq_len.saturating_sub(prompt_len + 1));
+            for &batch in &opts.batches {
+                let batch = batch.max(1);
+                for shared in [false, true] {
+                    if shared && batch == 1 {
+                        continue;
                     }
-                    best = best.min(t.elapsed().as_secs_f64());
-                    for seq in seqs {
-                        engine.release(seq);
+                    let mut best = f64::INFINITY;
+                    for rep in 0..repeats {
+                        let seqs = if shared {
+                            let root = engine.start(&prompt(0, prompt_len))?;
+                            let forks = (0..batch)
+                                .map(|_| engine.fork(root))
+                                .collect::<Result<Vec<_>, _>>()?;
+                            engine.release(root);
+                            forks
+                        } else {
+                            (0..batch as u64)
+                                .map(|i| engine.start(&prompt(i, prompt_len)))
+                                .collect::<Result<Vec<_>, _>>()?
+                        };
+                        let params = SamplingParams::default();
+                        let step = |engine: &mut Engine, s: usize| {
+                            let reqs: Vec<DecodeRequest> = seqs
+                                .iter()
+                                .enumerate()
+                                .map(|(i, &seq)| DecodeRequest {
+                                    seq,
+                                    rng_key: envs::rng::derive(&[
+                                        opts.seed, rep as u64, i as u64, s as u64,
+                                    ]),
+                                })
+                                .collect();
+                            engine.decode(&reqs, &params).map(|_| ())
+                        };
+                        step(&mut engine, 0)?; // warm-up
+                        let t = Instant::now();
+                        for s in 1..=steps {
+                            step(&mut engine, s)?;
+                        }
+                        best = best.min(t.elapsed().as_secs_f64());
+                        for seq in seqs {
+                            engine.release(seq);
+                        }
                     }
+                    // Timed token of step s sits at position prompt_len + s and attends to one more.
+                    let per_seq: u64 = (1..=steps)
+                        .map(|s| cfg.flops_per_token(prompt_len + s + 1))
+                        .sum();
+                    let ctx = prompt_len + 1 + steps.div_ceil(2);
+                    let flops = per_seq * batch as u64;
+                    let bench = if shared { "decode_shared" } else { "decode" };
+                    rows.push(row(
+                        bench,
+                        &name,
+                        kv,
+                        batch,
+                        ctx,
+                        batch * steps,
+                        best,
+                        flops,
+                        peak,
+                    ));
                 }
-                // Timed token of step s sits at position prompt_len + s and attends to one more.
-                let per_seq: u64 = (1..=steps)
-                    .map(|s| cfg.flops_per_token(prompt_len + s + 1))
-                    .sum();
-                let ctx = prompt_len + 1 + steps.div_ceil(2);
-                let flops = per_seq * batch as u64;
-                let bench = if shared { "decode_shared" } else { "decode" };
-                rows.push(row(
-                    bench,
-                    &name,
-                    batch,
-                    ctx,
-                    batch * steps,
-                    best,
-                    flops,
-                    peak,
-                ));
             }
         }
     }
@@ -244,6 +257,7 @@ pub fn run_models(
 fn row(
     bench: &str,
     preset: &str,
+    kv: KvPrecision,
     batch: usize,
     context_len: usize,
     tokens: usize,
@@ -255,6 +269,7 @@ fn row(
     EngineBenchRow {
         bench: bench.into(),
         preset: preset.into(),
+        kv: kv.name().into(),
         batch,
         context_len,
         tokens,

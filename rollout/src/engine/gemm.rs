@@ -112,18 +112,21 @@ impl PackedMatrix {
                     out,
                 })
             });
-        y.par_chunks_mut(n).enumerate().for_each(|(r, yr)| {
-            for (p, yc) in yr.chunks_mut(NR).enumerate() {
-                let src = &out[(p * m + r) * NR..][..yc.len()];
-                if accumulate {
-                    for (y, s) in yc.iter_mut().zip(src) {
-                        *y += s;
+        y.par_chunks_mut(n)
+            .enumerate()
+            .with_min_len(super::model::min_tasks_len(n))
+            .for_each(|(r, yr)| {
+                for (p, yc) in yr.chunks_mut(NR).enumerate() {
+                    let src = &out[(p * m + r) * NR..][..yc.len()];
+                    if accumulate {
+                        for (y, s) in yc.iter_mut().zip(src) {
+                            *y += s;
+                        }
+                    } else {
+                        yc.copy_from_slice(src);
                     }
-                } else {
-                    yc.copy_from_slice(src);
                 }
-            }
-        });
+            });
     }
 }
 

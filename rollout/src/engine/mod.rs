@@ -103,7 +103,7 @@ pub mod bench;
 mod tests;
 
 pub use config::{ModelConfig, RopeScaling};
-pub use kv::BLOCK_SIZE;
+pub use kv::{BLOCK_SIZE, KvPrecision};
 pub use runtime::Engine;
 pub use sampling::{argmax, log_partition_and_entropy, sample_from_logits};
 pub use weights::{INIT_STD, WeightTensor, Weights};

@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Slice};
 use rayon::prelude::*;
 
 use super::gemm::PackedMatrix;
-use super::kv::{self, BLOCK_SIZE, Block, KvDims};
+use super::kv::{self, BLOCK_SIZE, Block, KvDims, KvElem, KvPrecision};
 use super::{ModelConfig, Weights};
 use crate::Error;
 
@@ -45,6 +45,18 @@ pub(crate) struct Model {
     rope_cos: Vec<f32>,
     /// `[max_seq_len, head_dim / 2]`.
     rope_sin: Vec<f32>,
+    /// Number format of the KV cache this model writes and reads.
+    pub kv_precision: KvPrecision,
+}
+
+/// Numbers a rayon task should at least touch: below, splitting costs more (waking a thread,
+/// joining) than the work.
+pub(crate) const MIN_TASK_FLOATS: usize = 32 * 1024;
+
+/// The `with_min_len` of a parallel loop whose items touch `per_item` numbers each: no task
+/// gets less than [`MIN_TASK_FLOATS`] of work, so a small loop runs on the calling thread.
+pub(crate) fn min_tasks_len(per_item: usize) -> usize {
+    MIN_TASK_FLOATS.div_ceil(per_item.max(1))
 }
 
 /// With at least this many tokens in a forward call, attention runs one task per token;
@@ -153,6 +165,7 @@ impl Model {
             lm_head_t,
             rope_cos,
             rope_sin,
+            kv_precision: KvPrecision::F32,
         })
     }
 
@@ -161,6 +174,7 @@ impl Model {
             n_layers: self.cfg.n_layers,
             n_kv_heads: self.cfg.n_kv_heads,
             head_dim: self.cfg.head_dim(),
+            precision: self.kv_precision,
         }
     }
 
@@ -231,15 +245,20 @@ impl Model {
                     parts.push((g, mine));
                     rest = tail;
                 }
-                parts.par_iter_mut().for_each(|(g, rows)| {
-                    for (i, row) in rows.chunks_exact_mut(width).enumerate() {
-                        let pos = g.start + i;
-                        // q and k heads are adjacent: rotate all n_heads + n_kv_heads of them.
-                        self.rope(&mut row[..qw + kvw], pos);
-                        let (k, v) = row[qw..].split_at(kvw);
-                        kv::write(g.blocks, dims, l, pos, k, v);
-                    }
-                });
+                // One task per sequence only when there is enough work to pay for a task.
+                let per_seq = width * rows / parts.len().max(1);
+                parts
+                    .par_iter_mut()
+                    .with_min_len(min_tasks_len(per_seq))
+                    .for_each(|(g, rows)| {
+                        for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+                            let pos = g.start + i;
+                            // q and k heads are adjacent: rotate all n_heads + n_kv_heads of them.
+                            self.rope(&mut row[..qw + kvw], pos);
+                            let (k, v) = row[qw..].split_at(kvw);
+                            kv::write(g.blocks, dims, l, pos, k, v);
+                        }
+                    });
             }
             {
                 let tables: Vec<&[Arc<Block>]> =
@@ -446,6 +465,7 @@ fn swiglu_into(gu: &Array2<f32>, act: &mut Array2<f32>) {
     let act = act.as_slice_mut().expect("standard layout");
     act.par_chunks_mut(ff)
         .zip(gu.par_chunks(2 * ff))
+        .with_min_len(min_tasks_len(2 * ff))
         .for_each(|(a, g)| {
             let (gate, up) = g.split_at(ff);
             for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
@@ -494,16 +514,24 @@ impl pulp::WithSimd for Attend<'_> {
             scratch,
         } = self;
         // Specialise the common head sizes so that inner loops have constant trip counts.
-        match dims.head_dim {
-            32 => attend_hd(
-                32, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
-            ),
-            64 => attend_hd(
-                64, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
-            ),
-            hd => attend_hd(
-                hd, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
-            ),
+        macro_rules! by_head_dim {
+            ($e:ty) => {
+                match dims.head_dim {
+                    32 => attend_hd::<$e>(
+                        32, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
+                    ),
+                    64 => attend_hd::<$e>(
+                        64, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
+                    ),
+                    hd => attend_hd::<$e>(
+                        hd, blocks, dims, layer, group_size, heads, pos, q, scale, out, scratch,
+                    ),
+                }
+            };
+        }
+        match dims.precision {
+            KvPrecision::F32 => by_head_dim!(f32),
+            KvPrecision::Bf16 => by_head_dim!(u16),
         }
     }
 }
@@ -513,7 +541,7 @@ const LANES: usize = 16;
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_hd(
+fn attend_hd<E: KvElem>(
     hd: usize,
     blocks: &[Arc<Block>],
     dims: KvDims,
@@ -539,7 +567,8 @@ fn attend_hd(
 
     // Pass 1: scores[h, j] = q_h · k_j, 16 positions of a block as independent lanes.
     for (b, blk) in blocks[..nb].iter().enumerate() {
-        let kl = &blk.k[layer_at..layer_at + layer_len];
+        let (bk, _) = kv_of::<E>(blk);
+        let kl = &bk[layer_at..layer_at + layer_len];
         for (i, h) in heads.clone().enumerate() {
             let g = h / group_size;
             let kt = &kl[g * tile_len..(g + 1) * tile_len];
@@ -547,7 +576,7 @@ fn attend_hd(
             let mut acc = [0.0f32; BLOCK_SIZE];
             for (krow, &qd) in kt.chunks_exact(BLOCK_SIZE).zip(qh) {
                 for s in 0..BLOCK_SIZE {
-                    acc[s] = qd.mul_add(krow[s], acc[s]);
+                    acc[s] = qd.mul_add(krow[s].to_f32(), acc[s]);
                 }
             }
             scores[i * stride + b * BLOCK_SIZE..][..BLOCK_SIZE].copy_from_slice(&acc);
@@ -568,7 +597,8 @@ fn attend_hd(
     // Pass 2: out_h = Σ_j p[h, j] v_j, accumulated LANES dimensions at a time in registers.
     out.fill(0.0);
     for (b, blk) in blocks[..nb].iter().enumerate() {
-        let vl = &blk.v[layer_at..layer_at + layer_len];
+        let (_, bv) = kv_of::<E>(blk);
+        let vl = &bv[layer_at..layer_at + layer_len];
         let valid = BLOCK_SIZE.min(n - b * BLOCK_SIZE);
         for (i, h) in heads.clone().enumerate() {
             let g = h / group_size;
@@ -582,14 +612,14 @@ fn attend_hd(
                 for (s, &p) in ph.iter().enumerate() {
                     let v = &vt[s * hd + c..s * hd + c + LANES];
                     for e in 0..LANES {
-                        acc[e] = p.mul_add(v[e], acc[e]);
+                        acc[e] = p.mul_add(v[e].to_f32(), acc[e]);
                     }
                 }
                 oh[c..c + LANES].copy_from_slice(&acc);
             }
             for e in full..hd {
                 for (s, &p) in ph.iter().enumerate() {
-                    oh[e] = p.mul_add(vt[s * hd + e], oh[e]);
+                    oh[e] = p.mul_add(vt[s * hd + e].to_f32(), oh[e]);
                 }
             }
         }
@@ -599,6 +629,14 @@ fn attend_hd(
             *o *= inv;
         }
     }
+}
+
+/// The keys and values of a block of the engine's precision `E`.
+#[inline(always)]
+fn kv_of<E: KvElem>(block: &Block) -> (&[E], &[E]) {
+    // Blocks are made by `kv::prepare` with the model's precision, so the type always matches.
+    E::of(block)
+        .unwrap_or_else(|| unreachable!("a KV block of another precision than its engine's"))
 }
 
 /// Maximum of a non-empty slice (NaNs ignored), with vectorisable lane-wise comparisons.

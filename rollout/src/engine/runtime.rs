@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use ndarray::{Array2, ArrayView1};
 use rayon::prelude::*;
 
-use super::kv::{self, SeqState};
-use super::model::{Model, RowGroup};
+use super::kv::{self, KvPrecision, SeqState};
+use super::model::{Model, RowGroup, min_tasks_len};
 use super::sampling::sample_from_logits;
 use super::{ModelConfig, Weights};
 use crate::Error;
@@ -54,9 +54,25 @@ impl Engine {
     /// weights, so its handle now answers [`Error::UnknownSequence`]. Samplers sync weights
     /// between steps, when no sequence is live. On error nothing changes.
     pub fn load_weights(&mut self, weights: &Weights) -> Result<(), Error> {
-        self.model = Model::new(&self.model.cfg, weights)?;
+        let mut model = Model::new(&self.model.cfg, weights)?;
+        model.kv_precision = self.model.kv_precision;
+        self.model = model;
         self.seqs.clear();
         Ok(())
+    }
+
+    /// The number format of the KV cache ([`KvPrecision::F32`] unless set).
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.model.kv_precision
+    }
+
+    /// Sets the number format of the KV cache. Every live sequence is dropped when it changes
+    /// (their blocks are in the old format), as with [`Engine::load_weights`].
+    pub fn set_kv_precision(&mut self, precision: KvPrecision) {
+        if precision != self.model.kv_precision {
+            self.model.kv_precision = precision;
+            self.seqs.clear();
+        }
     }
 
     /// Tokens pushed through the model per prefill chunk (`start`, `append`). By default 64.
@@ -252,6 +268,7 @@ impl Policy for Engine {
         }
         let sampled: Vec<Sampled> = requests
             .par_iter()
+            .with_min_len(min_tasks_len(self.model.cfg.vocab_size))
             .map(|r| sample_from_logits(&self.seqs[&r.seq.0].logits, params, r.rng_key))
             .collect();
         let tokens: Vec<u32> = sampled.iter().map(|s| s.token).collect();

@@ -732,8 +732,13 @@ fn kv_memory_grows_with_unique_tokens() {
 
 /// Starts 64 sequences with distinct prompts of different lengths and decodes `steps` steps,
 /// either one request per call or all in one batch. Returns the samples and final logits.
-fn decode_64(batched: bool, steps: usize) -> (Vec<Vec<crate::policy::Sampled>>, Vec<Vec<u32>>) {
+fn decode_64(
+    batched: bool,
+    steps: usize,
+    kv: KvPrecision,
+) -> (Vec<Vec<crate::policy::Sampled>>, Vec<Vec<u32>>) {
     let mut e = tiny(5);
+    e.set_kv_precision(kv);
     let seqs: Vec<SeqHandle> = (0..64)
         .map(|i| e.start(&toks(1000 + i, 1 + (i as usize * 7) % 40)).unwrap())
         .collect();
@@ -771,18 +776,64 @@ fn batch_and_thread_invariance() {
             .build()
             .unwrap()
     };
-    let alone = pool(2).install(|| decode_64(false, 6));
-    let batched = pool(2).install(|| decode_64(true, 6));
-    let one_thread = pool(1).install(|| decode_64(true, 6));
-    // Sampled tokens, logprobs and entropies (compared as f32 values, i.e. bitwise for these
-    // finite numbers) and the final logits bit patterns all agree.
-    assert_eq!(alone.0, batched.0);
-    assert_eq!(alone.1, batched.1);
-    assert_eq!(batched, one_thread);
-    // The sampling settings did let several tokens through.
-    let distinct: std::collections::HashSet<u32> =
-        batched.0.iter().flatten().map(|s| s.token).collect();
-    assert!(distinct.len() > 10);
+    let mut finals = Vec::new();
+    for kv in [KvPrecision::F32, KvPrecision::Bf16] {
+        let alone = pool(2).install(|| decode_64(false, 6, kv));
+        let batched = pool(2).install(|| decode_64(true, 6, kv));
+        let one_thread = pool(1).install(|| decode_64(true, 6, kv));
+        // Sampled tokens, logprobs and entropies (compared as f32 values, i.e. bitwise for
+        // these finite numbers) and the final logits bit patterns all agree.
+        assert_eq!(alone.0, batched.0, "{kv:?}");
+        assert_eq!(alone.1, batched.1, "{kv:?}");
+        assert_eq!(batched, one_thread, "{kv:?}");
+        // The sampling settings did let several tokens through.
+        let distinct: std::collections::HashSet<u32> =
+            batched.0.iter().flatten().map(|s| s.token).collect();
+        assert!(distinct.len() > 10);
+        finals.push(batched.1);
+    }
+    assert_ne!(finals[0], finals[1], "bf16 keys and values are rounded");
+}
+
+/// Largest logit difference of the bf16 KV cache against the exact full forward pass allowed
+/// by [`bf16_kv_cache_costs_a_stated_tolerance`] on `tiny` (O(1) logits): measured 7.3e-3.
+const BF16_KV_TOL: f32 = 2e-2;
+
+/// The bf16 KV cache (an option) rounds cached keys and values only: logits stay within
+/// [`BF16_KV_TOL`] of the exact f32 forward pass over 200 positions, prefill chunking and
+/// token-by-token decoding still agree bitwise, and a block takes half the bytes.
+#[test]
+fn bf16_kv_cache_costs_a_stated_tolerance() {
+    let mut e = tiny(1);
+    let f32_block = e.kv_block_bytes();
+    e.set_kv_precision(KvPrecision::Bf16);
+    assert_eq!(e.kv_precision(), KvPrecision::Bf16);
+    assert_eq!(2 * e.kv_block_bytes(), f32_block);
+    let n = 200;
+    let s = e.start(&[ByteTokenizer::BOS]).unwrap();
+    let mut per_pos = vec![logits(&e, s)];
+    for i in 1..n {
+        e.decode(&[req(s, i as u64)], &SamplingParams::default())
+            .unwrap();
+        per_pos.push(logits(&e, s));
+    }
+    let tokens = e.tokens(s).unwrap().to_vec();
+    let full = e.forward_full(&tokens);
+    let mut worst = 0.0f32;
+    for (i, l) in per_pos.iter().enumerate() {
+        worst = worst.max(max_abs_diff(l, full.row(i).as_slice().unwrap()));
+    }
+    eprintln!("bf16 KV cache: max |logit difference| {worst:.2e} over {n} positions");
+    assert!(worst <= BF16_KV_TOL, "max abs diff {worst}");
+    assert!(worst > REF_TOL, "the cache should be rounded: {worst}");
+    for chunk in [1, 16, 64] {
+        e.set_prefill_chunk(chunk);
+        let c = e.start(&tokens).unwrap();
+        assert_eq!(bits(&logits(&e, c)), bits(&per_pos[n - 1]), "chunk {chunk}");
+    }
+    // Switching the format drops the live sequences (their blocks are in the old one).
+    e.set_kv_precision(KvPrecision::F32);
+    assert_eq!(e.num_sequences(), 0);
 }
 
 // ---------------------------------------------------------------- sampling
