@@ -34,6 +34,10 @@ fn engine(args: &EngineBenchArgs) -> anyhow::Result<()> {
     }
     if !args.quick {
         opts.presets = args.presets.clone();
+        opts.batches = args.batches.clone();
+    }
+    if args.batches.is_empty() || args.batches.contains(&0) {
+        anyhow::bail!("--batches takes batch sizes of at least 1");
     }
     if args.kv.is_empty() {
         anyhow::bail!("--kv names no KV cache precision");

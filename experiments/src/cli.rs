@@ -293,6 +293,9 @@ pub struct EngineBenchArgs {
     /// Measure a local Hugging Face model directory or GGUF file instead of the presets.
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
+    /// Decode batch sizes (sequences per decode step).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub batches: Vec<usize>,
     /// KV cache number formats to measure, each in its own rows: `f32` (exact) and `bf16`.
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     pub kv: Vec<rollout::engine::KvPrecision>,

@@ -538,6 +538,8 @@ impl pulp::WithSimd for Attend<'_> {
 
 /// Lanes of the vectorised reductions in [`attend_hd`].
 const LANES: usize = 16;
+/// Interleaved partial sums of a query-key dot product in [`attend_hd`].
+const SPLIT: usize = 4;
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -565,7 +567,9 @@ fn attend_hd<E: KvElem>(
     scratch.resize(nheads * stride + nheads, 0.0);
     let (scores, inv_sums) = scratch.split_at_mut(nheads * stride);
 
-    // Pass 1: scores[h, j] = q_h · k_j, 16 positions of a block as independent lanes.
+    // Pass 1: scores[h, j] = q_h · k_j, 16 positions of a block as independent lanes, the
+    // head dimensions summed in SPLIT interleaved partial sums (independent FMA chains) that are
+    // added in a fixed order at the end.
     for (b, blk) in blocks[..nb].iter().enumerate() {
         let (bk, _) = kv_of::<E>(blk);
         let kl = &bk[layer_at..layer_at + layer_len];
@@ -573,13 +577,32 @@ fn attend_hd<E: KvElem>(
             let g = h / group_size;
             let kt = &kl[g * tile_len..(g + 1) * tile_len];
             let qh = &q[h * hd..(h + 1) * hd];
-            let mut acc = [0.0f32; BLOCK_SIZE];
-            for (krow, &qd) in kt.chunks_exact(BLOCK_SIZE).zip(qh) {
-                for s in 0..BLOCK_SIZE {
-                    acc[s] = qd.mul_add(krow[s].to_f32(), acc[s]);
+            let mut acc = [[0.0f32; BLOCK_SIZE]; SPLIT];
+            let whole = hd / SPLIT * SPLIT;
+            for d0 in (0..whole).step_by(SPLIT) {
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let krow: &[E; BLOCK_SIZE] = kt[(d0 + t) * BLOCK_SIZE..][..BLOCK_SIZE]
+                        .try_into()
+                        .expect("a block row");
+                    let kf: [f32; BLOCK_SIZE] = std::array::from_fn(|s| krow[s].to_f32());
+                    let qd = qh[d0 + t];
+                    for s in 0..BLOCK_SIZE {
+                        a[s] = qd.mul_add(kf[s], a[s]);
+                    }
                 }
             }
-            scores[i * stride + b * BLOCK_SIZE..][..BLOCK_SIZE].copy_from_slice(&acc);
+            for (krow, &qd) in kt[whole * BLOCK_SIZE..]
+                .chunks_exact(BLOCK_SIZE)
+                .zip(&qh[whole..])
+            {
+                for s in 0..BLOCK_SIZE {
+                    acc[0][s] = qd.mul_add(krow[s].to_f32(), acc[0][s]);
+                }
+            }
+            let dst = &mut scores[i * stride + b * BLOCK_SIZE..][..BLOCK_SIZE];
+            for s in 0..BLOCK_SIZE {
+                dst[s] = (acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]);
+            }
         }
     }
 
@@ -605,17 +628,15 @@ fn attend_hd<E: KvElem>(
             let vt = &vl[g * tile_len..(g + 1) * tile_len];
             let oh = &mut out[i * hd..(i + 1) * hd];
             let ph = &scores[i * stride + b * BLOCK_SIZE..][..valid];
+            // Chunks of 2 LANES dimensions (four 8-lane FMA chains), then of LANES, then single
+            // dimensions; each dimension sums over the positions in order either way.
+            let wide = hd / (2 * LANES) * (2 * LANES);
+            for c in (0..wide).step_by(2 * LANES) {
+                value_chunk::<E, { 2 * LANES }>(ph, vt, hd, c, oh);
+            }
             let full = hd / LANES * LANES;
-            for c in (0..full).step_by(LANES) {
-                let mut acc = [0.0f32; LANES];
-                acc.copy_from_slice(&oh[c..c + LANES]);
-                for (s, &p) in ph.iter().enumerate() {
-                    let v = &vt[s * hd + c..s * hd + c + LANES];
-                    for e in 0..LANES {
-                        acc[e] = p.mul_add(v[e].to_f32(), acc[e]);
-                    }
-                }
-                oh[c..c + LANES].copy_from_slice(&acc);
+            for c in (wide..full).step_by(LANES) {
+                value_chunk::<E, LANES>(ph, vt, hd, c, oh);
             }
             for e in full..hd {
                 for (s, &p) in ph.iter().enumerate() {
@@ -629,6 +650,27 @@ fn attend_hd<E: KvElem>(
             *o *= inv;
         }
     }
+}
+
+/// `oh[c..c + W] += Σ_s ph[s] · v_s[c..c + W]` over a block's value rows `vt` (`[16, hd]`),
+/// accumulated in registers, positions in order.
+#[inline(always)]
+fn value_chunk<E: KvElem, const W: usize>(
+    ph: &[f32],
+    vt: &[E],
+    hd: usize,
+    c: usize,
+    oh: &mut [f32],
+) {
+    let mut acc = [0.0f32; W];
+    acc.copy_from_slice(&oh[c..c + W]);
+    for (s, &p) in ph.iter().enumerate() {
+        let v = &vt[s * hd + c..s * hd + c + W];
+        for e in 0..W {
+            acc[e] = p.mul_add(v[e].to_f32(), acc[e]);
+        }
+    }
+    oh[c..c + W].copy_from_slice(&acc);
 }
 
 /// The keys and values of a block of the engine's precision `E`.
