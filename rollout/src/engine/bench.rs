@@ -299,7 +299,8 @@ pub fn gemm_peak_by(n: usize, repeats: usize) -> (f64, f64, &'static str) {
     let mut c = Array2::<f32>::zeros((n, n));
     let packed = super::gemm::PackedMatrix::pack(b.view());
     let a_rows = a.as_slice().expect("standard layout");
-    let mut products: [(&'static str, Box<dyn FnMut()>); 2] = [
+    type Product<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+    let mut products: [Product<'_>; 2] = [
         (
             "matrixmultiply",
             Box::new(|| general_mat_mul(1.0, &a, &b, 0.0, &mut c)),
