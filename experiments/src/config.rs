@@ -70,8 +70,9 @@ pub struct TrainConfig {
     pub rollout: RolloutSection,
 }
 
-/// `[rollout]`: an inference server that samples the RL rollouts instead of the in-process
-/// engine (`rollout::server`; the held-out evaluations stay on the engine).
+/// `[rollout]`: the in-process engine's KV cache format, or an inference server that samples
+/// the RL rollouts instead of the engine (`rollout::server`; the held-out evaluations stay on
+/// the engine).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RolloutSection {
@@ -92,6 +93,9 @@ pub struct RolloutSection {
     /// Seconds the server may take to answer once started (and one request to complete).
     /// Default: 120.
     pub timeout_s: f64,
+    /// Number format of the engine's KV cache: `f32` (exact) or `bf16` (half the memory, logits
+    /// within a tested tolerance: `rollout::engine::KvPrecision`). Default: `f32`.
+    pub kv_cache: rollout::engine::KvPrecision,
 }
 
 impl Default for RolloutSection {
@@ -101,6 +105,7 @@ impl Default for RolloutSection {
             server_cmd: None,
             in_flight: 8,
             timeout_s: 120.0,
+            kv_cache: rollout::engine::KvPrecision::F32,
         }
     }
 }
@@ -967,6 +972,20 @@ mod tests {
             TrainConfig::default(),
             "a refused --set changes nothing"
         );
+    }
+
+    /// `[rollout] kv_cache` takes `f32` or `bf16`; anything else is an error naming the
+    /// accepted values.
+    #[test]
+    fn the_kv_cache_format_is_f32_or_bf16() {
+        use rollout::engine::KvPrecision;
+        assert_eq!(TrainConfig::default().rollout.kv_cache, KvPrecision::F32);
+        let cfg = parse("[rollout]\nkv_cache = \"bf16\"\n").unwrap();
+        assert_eq!(cfg.rollout.kv_cache, KvPrecision::Bf16);
+        let text = "[rollout]\nkv_cache = \"f16\"\n";
+        let err = toml_error(text, &parse(text).unwrap_err());
+        assert!(err.contains("f32") && err.contains("bf16"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     /// `--set` reaches every key, nested tables included, with TOML values or plain text.

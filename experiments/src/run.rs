@@ -392,7 +392,8 @@ impl Run {
             (_, false) => Some(RolloutWriter::create(&dir, &cfg.name)?),
             (_, true) => Some(RolloutWriter::resume(&dir, &cfg.name, rl_done)?),
         };
-        let engine = Engine::new(model_cfg, &trainer.weights())?;
+        let mut engine = Engine::new(model_cfg, &trainer.weights())?;
+        engine.set_kv_precision(cfg.rollout.kv_cache);
         let served = crate::serve::Served::new(&cfg, &dir)?;
         let train_set = TaskSet::new(spec.clone(), Split::Train);
         let eval_ids = train_set.eval_ids(cfg.eval.episodes);

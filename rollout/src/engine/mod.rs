@@ -80,13 +80,14 @@
 //! [`Engine::prefill_chunk`] tokens. Weights are packed once, when they are loaded, into panels of
 //! 16 output columns, and every product runs one 6 × 16 register-tile kernel with fused
 //! multiply-adds (`gemm`, private): each weight is one contiguous stream, no call re-packs it, and
-//! rayon tasks split the panels (or, for a weight of at most 512 KiB and enough rows, the rows).
+//! rayon tasks split the panels, so a weight is read once per call whatever the batch.
 //! Attention runs on rayon, one task per token (per (token, head) for small batches), reading the
 //! token's own blocks: pass 1 scores a query against the 16 keys of a block as 16 independent
 //! lanes (keys are stored transposed per block, dimensions summed in four interleaved chains),
 //! pass 2 sums the values 32 dimensions at a time. The hot loops run under `pulp`'s run-time
 //! dispatch, so they compile for AVX2 + FMA on CPUs that have them (plain code elsewhere); parallel
-//! loops too small to pay for a task stay on the calling thread.
+//! loops too small to pay for a task stay on the calling thread, and a whole forward pass runs on
+//! a rayon worker, so that its parallel loops do not each block and wake the caller's thread.
 //!
 //! Every token's arithmetic is independent of the other tokens in the batch: each output of a
 //! product is one chain of fused multiply-adds over the inputs in order, whatever the batch, the
@@ -102,18 +103,17 @@
 //! hold in either format.
 //!
 //! # Where the time goes
-//! Measured with `perf record` on `arbor bench engine` (two cores, AVX2 + FMA dispatch), after
-//! the packed GEMM replaced matrixmultiply:
-//! - SmolLM2-135M, decode at batch 64: the GEMM kernel takes most of the time (the lm_head alone
-//!   is 57% of the model's multiply-adds at d = 576, vocabulary 49,152) and runs near the machine's
-//!   GEMM peak; batch 1 is a stream of the 540 MB of f32 weights per token, bound by memory
-//!   bandwidth (63 tokens/s, 34 GB/s).
-//! - `small` and `tiny`, decode at batch 64 with distinct prompts: about half the samples are in
-//!   the GEMM kernel, a quarter in attention (64 contexts of 161 tokens: 10-40 MB of keys and
-//!   values per step, beyond the L2 caches), and 15-20% in the kernel's scheduler: with d = 128
-//!   or 256, a layer is a few hundred microseconds of work split into about ten parallel loops, and
-//!   a core waits for the other at each join. With one shared prompt (`decode_shared`, the tree
-//!   sampler's case) the keys and values stay in cache and the same models reach 35-55%.
+//! `perf record` of `arbor bench engine --batches 64` on two cores with AVX2 + FMA, after the
+//! packed GEMM (`experiments/assets/engine/`, with the before and after tables):
+//! - SmolLM2-135M: the GEMM kernel takes 70% of the samples, attention 10%, sampling's `exp`
+//!   over the 49,152-token vocabulary about 6%. Batch 64 decodes at about 60% of the GEMM peak.
+//!   Batch 1 streams the 540 MB of f32 weights once per token: 83 tokens/s is 45 GB/s.
+//! - `small` (d = 256) and `tiny` (d = 128): GEMM 53% and 38%, attention 20% each, the
+//!   scheduler and rayon 7-10%. A timer around the phases of a `tiny` batch-64 decode step put
+//!   attention at 38-46%. Attention per token costs more at batch 64 than at batch 8, with the
+//!   same context. It does not get cheaper with bf16 keys and values, so it is bound by the
+//!   latency of reaching 64 × 11 paged blocks per layer, not by bandwidth. One shared prompt
+//!   (`decode_shared`, the tree sampler's case) keeps the blocks in cache: 37-55% of the peak.
 
 mod config;
 mod gemm;
