@@ -85,9 +85,34 @@ impl PackedMatrix {
         if m == 0 || n == 0 {
             return;
         }
-        // Row blocks of x as [k, MR] strips (the last one zero-padded).
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let (strips, out) = &mut *scratch;
+                self.matmul_with(x, y, accumulate, strips, out)
+            }
+            // This thread is already inside a product (rayon let it pick up another one while
+            // it waited): fresh buffers for this one.
+            Err(_) => self.matmul_with(x, y, accumulate, &mut Vec::new(), &mut Vec::new()),
+        });
+    }
+
+    /// [`PackedMatrix::matmul`] with the caller's scratch buffers (grown as needed, never
+    /// cleared: every number the kernel reads from them was written by this call).
+    fn matmul_with(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        accumulate: bool,
+        strips: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) {
+        let (k, n) = (self.k, self.n);
+        let m = x.len() / k;
+        // Row blocks of x as [k, MR] strips (the padding rows of the last one are not read:
+        // its tile is only as tall as the rows it has).
         let blocks = m.div_ceil(MR);
-        let mut strips = vec![0.0f32; blocks * k * MR];
+        grow(strips, blocks * k * MR);
+        let strips = &mut strips[..blocks * k * MR];
         for (b, strip) in strips.chunks_exact_mut(k * MR).enumerate() {
             for r in 0..MR.min(m - b * MR) {
                 let row = &x[(b * MR + r) * k..(b * MR + r + 1) * k];
@@ -98,7 +123,9 @@ impl PackedMatrix {
         }
         // Results per panel ([np, m, NR]), then scattered into y.
         let np = n.div_ceil(NR);
-        let mut out = vec![0.0f32; np * m * NR];
+        grow(out, np * m * NR);
+        let out = &mut out[..np * m * NR];
+        let strips = &*strips;
         let per_task = panels_per_task(np, m, k);
         let arch = pulp::Arch::new();
         out.par_chunks_mut(per_task * m * NR)
@@ -107,7 +134,7 @@ impl PackedMatrix {
                 arch.dispatch(Panels {
                     k,
                     m,
-                    strips: &strips,
+                    strips,
                     panels,
                     out,
                 })
@@ -127,6 +154,21 @@ impl PackedMatrix {
                     }
                 }
             });
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch of [`PackedMatrix::matmul`]: the packed rows of x and the per-panel
+    /// results, kept between calls so that a decode step does not allocate and zero them for
+    /// every product.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Makes `v` at least `len` long (new numbers are 0; old ones are kept).
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
     }
 }
 
@@ -253,6 +295,27 @@ mod tests {
         }
         let w = matrix(9, 4, 3);
         assert_eq!(PackedMatrix::pack_transposed(w.view()).unpack(), w.t());
+    }
+
+    /// The reused scratch never leaks into a result: a small product after a large one, and a
+    /// product started while this thread's scratch is in use (rayon can hand a waiting thread
+    /// another product), give what a fresh call gives.
+    #[test]
+    fn scratch_reuse_and_nesting_do_not_change_results() {
+        let (k, n) = (40, 50);
+        let w = PackedMatrix::pack(matrix(k, n, 6).view());
+        let small = matrix(7, k, 7);
+        let mut want = vec![0.0; 7 * n];
+        SCRATCH.with(|s| {
+            let _held = s.borrow_mut();
+            w.matmul(small.as_slice().unwrap(), &mut want, false);
+        });
+        let big = matrix(31, k, 8);
+        let mut sink = vec![0.0; 31 * n];
+        w.matmul(big.as_slice().unwrap(), &mut sink, false);
+        let mut got = vec![0.0; 7 * n];
+        w.matmul(small.as_slice().unwrap(), &mut got, false);
+        assert_eq!(got, want);
     }
 
     /// A row's result is bitwise the same whatever the other rows of the call and the number
