@@ -257,7 +257,7 @@ impl Model {
                 let per_seq = width * rows / parts.len().max(1);
                 parts
                     .par_iter_mut()
-                    .with_min_len(min_tasks_len(per_seq))
+                    .with_min_len(min_tasks_len(8 * per_seq))
                     .for_each(|(g, rows)| {
                         for (i, row) in rows.chunks_exact_mut(width).enumerate() {
                             let pos = g.start + i;
