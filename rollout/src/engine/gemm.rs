@@ -5,7 +5,7 @@
 //! [`NR`] = 16 output columns; panel `p` stores `W[i, 16 p + j]` at `16 i + j`, zero-padded past
 //! `n`. A panel is one contiguous stream of `64 k` bytes, read front to back by the kernel, so
 //! no call re-packs a weight (matrixmultiply, which the engine used before, packs both operands
-//! on every call: about a third of decode time for the 135M model).
+//! on every call: about a third of its GEMM time went to re-packing weights).
 //!
 //! # Kernel
 //! Rows of `x` go through in blocks of up to [`MR`] = 6, copied once per call into `[k, MR]`
@@ -141,7 +141,7 @@ impl PackedMatrix {
             });
         y.par_chunks_mut(n)
             .enumerate()
-            .with_min_len(super::model::min_tasks_len(n))
+            .with_min_len(min_tasks_len(n))
             .for_each(|(r, yr)| {
                 for (p, yc) in yr.chunks_mut(NR).enumerate() {
                     let src = &out[(p * m + r) * NR..][..yc.len()];
@@ -155,6 +155,16 @@ impl PackedMatrix {
                 }
             });
     }
+}
+
+/// Numbers a rayon task should at least touch: below, splitting costs more (waking a thread,
+/// joining) than the work.
+pub(crate) const MIN_TASK_FLOATS: usize = 32 * 1024;
+
+/// The `with_min_len` of a parallel loop whose items touch `per_item` numbers each: no task
+/// gets less than [`MIN_TASK_FLOATS`] of work, so a small loop runs on the calling thread.
+pub(crate) fn min_tasks_len(per_item: usize) -> usize {
+    MIN_TASK_FLOATS.div_ceil(per_item.max(1))
 }
 
 thread_local! {

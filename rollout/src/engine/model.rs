@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis, Slice};
 use rayon::prelude::*;
 
-use super::gemm::PackedMatrix;
+use super::gemm::{PackedMatrix, min_tasks_len};
 use super::kv::{self, BLOCK_SIZE, Block, KvDims, KvElem, KvPrecision};
 use super::{ModelConfig, Weights};
 use crate::Error;
@@ -47,16 +47,6 @@ pub(crate) struct Model {
     rope_sin: Vec<f32>,
     /// Number format of the KV cache this model writes and reads.
     pub kv_precision: KvPrecision,
-}
-
-/// Numbers a rayon task should at least touch: below, splitting costs more (waking a thread,
-/// joining) than the work.
-pub(crate) const MIN_TASK_FLOATS: usize = 32 * 1024;
-
-/// The `with_min_len` of a parallel loop whose items touch `per_item` numbers each: no task
-/// gets less than [`MIN_TASK_FLOATS`] of work, so a small loop runs on the calling thread.
-pub(crate) fn min_tasks_len(per_item: usize) -> usize {
-    MIN_TASK_FLOATS.div_ceil(per_item.max(1))
 }
 
 /// With at least this many tokens in a forward call, attention runs one task per token;
@@ -546,8 +536,10 @@ impl pulp::WithSimd for Attend<'_> {
 
 /// Lanes of the vectorised reductions in [`attend_hd`].
 const LANES: usize = 16;
-/// Interleaved partial sums of a query-key dot product in [`attend_hd`].
+/// Interleaved partial sums of a query-key dot product in [`attend_hd`] (which adds them as
+/// `(s0 + s1) + (s2 + s3)`).
 const SPLIT: usize = 4;
+const _: () = assert!(SPLIT == 4);
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]

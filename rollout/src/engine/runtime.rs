@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use ndarray::{Array2, ArrayView1};
 use rayon::prelude::*;
 
+use super::gemm::min_tasks_len;
 use super::kv::{self, KvPrecision, SeqState};
-use super::model::{Model, RowGroup, min_tasks_len};
+use super::model::{Model, RowGroup};
 use super::sampling::sample_from_logits;
 use super::{ModelConfig, Weights};
 use crate::Error;

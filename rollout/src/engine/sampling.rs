@@ -17,20 +17,47 @@ pub fn log_partition_and_entropy(logits: &[f32]) -> (f64, f64) {
 /// # Shapes
 /// `logits`: `[vocab]`.
 fn tempered_partition_and_entropy(logits: &[f32], temperature: f32) -> (f64, f64) {
-    let inv = 1.0 / temperature as f64;
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64 * inv;
-    let mut z = 0.0f64;
-    let mut zl = 0.0f64;
-    for &l in logits {
-        let x = l as f64 * inv - m;
-        let e = x.exp();
-        z += e;
-        zl += e * x;
+    Partition::new(logits, temperature).lse_and_entropy()
+}
+
+/// The sums behind the tempered softmax `p_i = w_i / z` with `w_i = exp(l_i / T − m)`, `m` the
+/// largest tempered logit, in f64, token-id order.
+struct Partition {
+    /// `1 / T`.
+    inv: f64,
+    /// The largest tempered logit.
+    m: f64,
+    /// `z = Σ w_i`.
+    z: f64,
+    /// `Σ w_i (l_i / T − m)`.
+    zl: f64,
+}
+
+impl Partition {
+    fn new(logits: &[f32], temperature: f32) -> Self {
+        let inv = 1.0 / temperature as f64;
+        let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64 * inv;
+        let (mut z, mut zl) = (0.0f64, 0.0f64);
+        for &l in logits {
+            let x = l as f64 * inv - m;
+            let e = x.exp();
+            z += e;
+            zl += e * x;
+        }
+        Partition { inv, m, z, zl }
     }
-    let lse = m + z.ln();
-    // H = -Σ p (l - lse) = lse - Σ p l = ln z - Σ e (l - m) / z.
-    let entropy = z.ln() - zl / z;
-    (lse, entropy.max(0.0))
+
+    /// `w_i` of a logit.
+    fn weight(&self, l: f32) -> f64 {
+        (l as f64 * self.inv - self.m).exp()
+    }
+
+    fn lse_and_entropy(&self) -> (f64, f64) {
+        let lse = self.m + self.z.ln();
+        // H = -Σ p (l - lse) = lse - Σ p l = ln z - Σ e (l - m) / z.
+        let entropy = self.z.ln() - self.zl / self.z;
+        (lse, entropy.max(0.0))
+    }
 }
 
 /// The index of the largest logit; ties go to the lowest index.
@@ -64,8 +91,9 @@ pub fn argmax(logits: &[f32]) -> usize {
 /// `logits`: `[vocab]`.
 pub fn sample_from_logits(logits: &[f32], params: &SamplingParams, rng_key: u64) -> Sampled {
     let t = params.scoring_temperature();
-    let token = choose(logits, params, rng_key);
-    let (lse, entropy) = tempered_partition_and_entropy(logits, t);
+    let partition = Partition::new(logits, t);
+    let token = choose(logits, params, rng_key, &partition);
+    let (lse, entropy) = partition.lse_and_entropy();
     let logprob = logits[token] as f64 / t as f64 - lse;
     Sampled {
         token: token as u32,
@@ -74,20 +102,32 @@ pub fn sample_from_logits(logits: &[f32], params: &SamplingParams, rng_key: u64)
     }
 }
 
-fn choose(logits: &[f32], params: &SamplingParams, rng_key: u64) -> usize {
+/// The token `params` draws with `rng_key`; `partition` holds the sums of the tempered softmax
+/// at the sampling temperature (whenever this samples rather than takes the argmax).
+fn choose(logits: &[f32], params: &SamplingParams, rng_key: u64, partition: &Partition) -> usize {
     let t = params.temperature;
     if t.is_nan() || t <= 0.0 || params.top_k == 1 || logits.len() == 1 {
         return argmax(logits);
     }
-    let m = logits[argmax(logits)];
-    let weight = |l: f32| ((l as f64 - m as f64) / t as f64).exp();
+    // The caller's partition is at the scoring temperature, which is `t` unless `t` is
+    // infinite (sampling then is uniform; the scores use T = 1).
+    let own;
+    let partition = if t == params.scoring_temperature() {
+        partition
+    } else {
+        own = Partition::new(logits, t);
+        &own
+    };
+    let weight = |l: f32| partition.weight(l);
     let truncate_k = params.top_k > 0 && params.top_k < logits.len();
     let truncate_p = params.top_p < 1.0;
     let u = envs::rng::uniform(&[rng_key]);
 
     if !truncate_k && !truncate_p {
-        // Full distribution: inverse CDF in token-id order, no sort needed.
-        let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+        // Full distribution: inverse CDF in token-id order, no sort needed. The total is the
+        // partition's (the same weights summed in the same order), so one scan that stops at
+        // the drawn token computes the rest: half the exponentials of two full passes.
+        let total = partition.z;
         let target = u * total;
         let mut acc = 0.0;
         for (i, &l) in logits.iter().enumerate() {

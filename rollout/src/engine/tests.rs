@@ -1133,3 +1133,38 @@ fn bench_full() {
         );
     }
 }
+
+/// An infinite temperature samples uniformly (the scores stay those of T = 1), and a finite one
+/// draws from the tempered softmax with the partition it reports: over many draws the
+/// frequencies follow `exp(logprob)`.
+#[test]
+fn sampling_uses_its_own_temperature_and_the_reported_partition() {
+    let logits = [3.0f32, 0.0, -1.0, -3.0];
+    let uniform = SamplingParams {
+        temperature: f32::INFINITY,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let mut counts = [0usize; 4];
+    for key in 0..4000u64 {
+        let s = sample_from_logits(&logits, &uniform, key);
+        counts[s.token as usize] += 1;
+    }
+    assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+    let tempered = SamplingParams {
+        temperature: 0.7,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let mut counts = [0usize; 4];
+    let mut probs = [0.0f64; 4];
+    for key in 0..20000u64 {
+        let s = sample_from_logits(&logits, &tempered, key);
+        counts[s.token as usize] += 1;
+        probs[s.token as usize] = f64::from(s.logprob).exp();
+    }
+    for (c, p) in counts.iter().zip(probs) {
+        let freq = *c as f64 / 20000.0;
+        assert!((freq - p).abs() < 0.01, "{counts:?} vs {probs:?}");
+    }
+}
