@@ -106,8 +106,9 @@
 //! `perf record` of `arbor bench engine --batches 64` on two cores with AVX2 + FMA, after the
 //! packed GEMM (`experiments/assets/engine/`, with the before and after tables):
 //! - SmolLM2-135M: the GEMM kernel takes 70% of the samples, attention 10%, sampling's `exp`
-//!   over the 49,152-token vocabulary about 6%. Batch 64 decodes at about 60% of the GEMM peak.
-//!   Batch 1 streams the 540 MB of f32 weights once per token: 83 tokens/s is 45 GB/s.
+//!   over the 49,152-token vocabulary about 6% (since halved: one partition pass serves the
+//!   draw and the scores). Batch 64 decodes at 60-64% of the GEMM peak. Batch 1 streams the
+//!   540 MB of f32 weights once per token: 74-83 tokens/s is 40-45 GB/s.
 //! - `small` (d = 256) and `tiny` (d = 128): GEMM 53% and 38%, attention 20% each, the
 //!   scheduler and rayon 7-10%. A timer around the phases of a `tiny` batch-64 decode step put
 //!   attention at 38-46%. Attention per token costs more at batch 64 than at batch 8, with the
