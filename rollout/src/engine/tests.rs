@@ -1150,7 +1150,10 @@ fn sampling_uses_its_own_temperature_and_the_reported_partition() {
         let s = sample_from_logits(&logits, &uniform, key);
         counts[s.token as usize] += 1;
     }
-    assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+    assert!(
+        counts.iter().all(|&c| (850..1150).contains(&c)),
+        "{counts:?}"
+    );
     let tempered = SamplingParams {
         temperature: 0.7,
         top_k: 0,
