@@ -93,8 +93,9 @@ pub struct RolloutSection {
     /// Seconds the server may take to answer once started (and one request to complete).
     /// Default: 120.
     pub timeout_s: f64,
-    /// Number format of the engine's KV cache: `f32` (exact) or `bf16` (half the memory, logits
-    /// within a tested tolerance: `rollout::engine::KvPrecision`). Default: `f32`.
+    /// Number format of the engine's KV cache in a run and in a sweep's test-time points: `f32`
+    /// (exact) or `bf16` (half the memory, logits within a tested tolerance:
+    /// `rollout::engine::KvPrecision`). Default: `f32`.
     pub kv_cache: rollout::engine::KvPrecision,
 }
 

@@ -335,6 +335,7 @@ fn budget_eval(
         },
     };
     let mut engine = rollout::engine::Engine::new(model_config, &weights)?;
+    engine.set_kv_precision(cfg.rollout.kv_cache);
     let ids =
         datasets::TaskSet::new(spec.clone(), datasets::Split::Train).eval_ids(cfg.eval.episodes);
     let result = crate::evaluate::evaluate_at_budget(
