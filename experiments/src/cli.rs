@@ -390,9 +390,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// `model.device`: train on `cpu`, `cuda[:N]` or `wgpu[:N]` (GPU backends need arbor built
-    /// with `--features cuda` / `wgpu`) [default: cpu].
+    /// with `--features cuda` / `wgpu`), or data-parallel on `cuda:0,cuda:1,…`
+    /// [default: cpu].
     #[arg(long)]
-    pub device: Option<trainer::device::DeviceChoice>,
+    pub device: Option<trainer::device::DeviceSet>,
     /// `rollout.server`: sample RL rollouts on the OpenAI-compatible completions endpoint at
     /// this URL (`http://host:port`) instead of the in-process engine.
     #[arg(long, value_name = "URL")]

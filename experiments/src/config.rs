@@ -235,9 +235,11 @@ pub struct ModelSection {
     /// become chat turns (`rollout::chat`). Presets have none. Default: true.
     pub chat: bool,
     /// The device training runs on: `cpu`, `cuda[:N]` or `wgpu[:N]` (the last two need arbor
-    /// built with `--features cuda` / `wgpu`; `trainer::device`). Rollouts stay on the CPU
+    /// built with `--features cuda` / `wgpu`; `trainer::device`), or several CUDA devices,
+    /// `cuda:0,cuda:1,…`, for data-parallel training (burn's all-reduce collective sums their
+    /// gradients; `trainer::trainer::Trainer::set_data_parallel`). Rollouts stay on the CPU
     /// engine or go to `[rollout] server`. Default: `cpu`.
-    pub device: trainer::device::DeviceChoice,
+    pub device: trainer::device::DeviceSet,
     /// Keep only each decoder layer's input in the forward pass and re-run one layer at a time
     /// in the backward pass (`trainer::trainer::TrainerConfig::gradient_checkpointing`): the
     /// same updates, bit for bit, at the activation memory of one layer, for about one more
@@ -510,7 +512,7 @@ impl Default for ModelSection {
             dir: None,
             max_seq_len: 2048,
             chat: true,
-            device: trainer::device::DeviceChoice::Cpu,
+            device: trainer::device::DeviceSet::default(),
             gradient_checkpointing: false,
             parallel_shards: 0,
             init: None,
@@ -646,7 +648,9 @@ impl TrainConfig {
         }
         self.sampler.validate()?;
         self.validate_rollout()?;
-        trainer::device::check_available(self.model.device)?;
+        for &device in self.model.device.devices() {
+            trainer::device::check_available(device)?;
+        }
         if self.model.dir.is_none() {
             ModelConfig::preset(&self.model.preset)?;
         }
@@ -987,6 +991,23 @@ mod tests {
         let err = toml_error(text, &parse(text).unwrap_err());
         assert!(err.contains("f32") && err.contains("bf16"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    /// `model.device` is one device or several CUDA devices (data parallelism); each must be
+    /// built in; other lists are one-line errors.
+    #[test]
+    fn the_training_devices_are_one_or_several_cuda_devices() {
+        use trainer::device::DeviceChoice;
+        let cfg = parse("[model]\ndevice = \"cuda:0,cuda:1\"\n").unwrap();
+        assert_eq!(cfg.model.device.primary(), DeviceChoice::Cuda(0));
+        assert_eq!(cfg.model.device.replicas(), [DeviceChoice::Cuda(1)]);
+        if !cfg!(feature = "cuda") {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+        let text = "[model]\ndevice = \"wgpu:0,wgpu:1\"\n";
+        let err = toml_error(text, &parse(text).unwrap_err());
+        assert!(err.contains("CUDA") && !err.contains('\n'), "{err}");
     }
 
     /// `--set` reaches every key, nested tables included, with TOML values or plain text.

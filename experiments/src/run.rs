@@ -301,9 +301,12 @@ impl Run {
         let tcfg = trainer_config(&cfg);
         // Likewise a bad `init` checkpoint.
         let mut init_trainer = match &cfg.model.init {
-            Some(init) if !opts.resume => {
-                Some(trainer_from(init, &model.config, tcfg, cfg.model.device)?)
-            }
+            Some(init) if !opts.resume => Some(trainer_from(
+                init,
+                &model.config,
+                tcfg,
+                cfg.model.device.primary(),
+            )?),
             _ => None,
         };
         let (dir, lock) = run_dir(&mut cfg, opts.resume)?;
@@ -343,8 +346,12 @@ impl Run {
                 Err(trainer::TrainerError::MissingFile { .. }) => {
                     say("no checkpoint yet: starting the run over".into());
                     if let Some(init) = &cfg.model.init {
-                        init_trainer =
-                            Some(trainer_from(init, &model_cfg, tcfg, cfg.model.device)?);
+                        init_trainer = Some(trainer_from(
+                            init,
+                            &model_cfg,
+                            tcfg,
+                            cfg.model.device.primary(),
+                        )?);
                     }
                     None
                 }
@@ -352,8 +359,8 @@ impl Run {
             },
         };
         let resume = resume_from.is_some();
-        let device = training_device(cfg.model.device)?;
-        let (trainer, state) = if let Some(latest) = resume_from {
+        let device = training_device(cfg.model.device.primary())?;
+        let (mut trainer, state) = if let Some(latest) = resume_from {
             let trainer = resume_trainer(&latest, &cfg, &model_cfg)
                 .with_context(|| format!("cannot resume from {}", latest.display()))?;
             let state = RunState::load(&latest, &dir)?;
@@ -373,6 +380,7 @@ impl Run {
             let trainer = Trainer::from_weights(&model_cfg, &weights, tcfg, &device)?;
             (trainer, RunState::default())
         };
+        trainer.set_data_parallel(cfg.model.device.replicas())?;
         let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
         let metrics = if resume {
             MetricsWriter::resume(&dir, |m| {
@@ -1000,7 +1008,7 @@ fn resume_trainer(
     if ckpt.reference_is_initial {
         ckpt.reference = Some(initial_weights(cfg, model_cfg)?);
     }
-    Ok(ckpt.into_trainer(&training_device(cfg.model.device)?)?)
+    Ok(ckpt.into_trainer(&training_device(cfg.model.device.primary())?)?)
 }
 
 /// A trainer continuing the checkpoint in `dir` under a new run's settings (see

@@ -74,8 +74,8 @@ fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()
         cfg.model.dir = Some(d.clone());
     }
     args.sampling.apply(cfg);
-    if let Some(device) = args.device {
-        cfg.model.device = device;
+    if let Some(device) = &args.device {
+        cfg.model.device = device.clone();
     }
     if let Some(url) = &args.rollout_server {
         cfg.rollout.server = Some(url.clone());

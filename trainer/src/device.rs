@@ -4,6 +4,13 @@
 //! 0); asking for a backend the build lacks is a one-line error, not a fallback. Only training
 //! moves: the rollout engine stays on the CPU (rollouts scale out through an inference server,
 //! `rollout::server`). No other crate names a backend.
+//!
+//! **Several GPUs.** A [`DeviceSet`] such as `cuda:0,cuda:1` trains data-parallel: the first
+//! device holds the policy, the optimizer and the KL reference, every further one a replica of
+//! the policy; each update's shards are split among the devices and their gradients summed by
+//! burn's own all-reduce collective (`burn::tensor::distributed::all_reduce`), see
+//! [`crate::trainer::Trainer::set_data_parallel`]. burn 0.22 implements collectives on CUDA
+//! only (NCCL): a set of several `cpu` or `wgpu` devices is a one-line error.
 
 use std::fmt;
 use std::str::FromStr;
@@ -68,6 +75,89 @@ impl fmt::Display for DeviceChoice {
             DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
             DeviceChoice::Wgpu(n) => write!(f, "wgpu:{n}"),
         }
+    }
+}
+
+/// One or more training devices of one kind, written `cpu`, `cuda:1` or `cuda:0,cuda:1,…`
+/// (module docs): the first is the primary, the others hold data-parallel replicas.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeviceSet(Vec<DeviceChoice>);
+
+impl DeviceSet {
+    /// The device holding the policy, the optimizer and the reference.
+    pub fn primary(&self) -> DeviceChoice {
+        self.0[0]
+    }
+
+    /// The devices of the data-parallel replicas (empty for one device).
+    pub fn replicas(&self) -> &[DeviceChoice] {
+        &self.0[1..]
+    }
+
+    /// All devices, the primary first.
+    pub fn devices(&self) -> &[DeviceChoice] {
+        &self.0
+    }
+}
+
+impl Default for DeviceSet {
+    fn default() -> Self {
+        DeviceSet(vec![DeviceChoice::Cpu])
+    }
+}
+
+impl From<DeviceChoice> for DeviceSet {
+    fn from(d: DeviceChoice) -> Self {
+        DeviceSet(vec![d])
+    }
+}
+
+impl FromStr for DeviceSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let devices = s
+            .split(',')
+            .map(|d| d.trim().parse::<DeviceChoice>())
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, d) in devices.iter().enumerate() {
+            if devices[..i].contains(d) {
+                return Err(format!("devices `{s}`: {d} is listed twice"));
+            }
+        }
+        if devices.len() > 1 && !devices.iter().all(|d| matches!(d, DeviceChoice::Cuda(_))) {
+            return Err(format!(
+                "devices `{s}`: data-parallel training over several devices needs CUDA \
+                 devices (burn's all-reduce collective runs on CUDA only)"
+            ));
+        }
+        Ok(DeviceSet(devices))
+    }
+}
+
+impl TryFrom<String> for DeviceSet {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSet> for String {
+    fn from(d: DeviceSet) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DeviceSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ",")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
     }
 }
 
@@ -136,5 +226,40 @@ mod tests {
         }
         #[cfg(not(feature = "wgpu"))]
         assert!(training_device(DeviceChoice::Wgpu(0)).is_err());
+    }
+
+    #[test]
+    fn device_sets_list_cuda_devices_for_data_parallel_training() {
+        let set: DeviceSet = "cuda:0, cuda:2,cuda:1".parse().unwrap();
+        assert_eq!(set.primary(), DeviceChoice::Cuda(0));
+        assert_eq!(
+            set.replicas(),
+            [DeviceChoice::Cuda(2), DeviceChoice::Cuda(1)]
+        );
+        assert_eq!(set.to_string(), "cuda:0,cuda:2,cuda:1");
+        assert_eq!(set.to_string().parse::<DeviceSet>().unwrap(), set);
+        let one: DeviceSet = "wgpu:1".parse().unwrap();
+        assert_eq!(
+            (one.primary(), one.replicas().len()),
+            (DeviceChoice::Wgpu(1), 0)
+        );
+        assert_eq!(DeviceSet::default().to_string(), "cpu");
+        for bad in [
+            "cpu,cpu",
+            "cuda:0,cuda:0",
+            "wgpu:0,wgpu:1",
+            "cuda:0,cpu",
+            "cuda:0,",
+            "",
+        ] {
+            let e = bad.parse::<DeviceSet>().unwrap_err();
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+        assert!(
+            "wgpu:0,wgpu:1"
+                .parse::<DeviceSet>()
+                .unwrap_err()
+                .contains("CUDA")
+        );
     }
 }

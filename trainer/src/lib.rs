@@ -20,7 +20,8 @@
 //! - [`sft`] — cross-entropy on the action tokens of encoded demonstrations.
 //! - [`optim`] — AdamW with global gradient-norm clipping and a name-keyed, checkpointable state.
 //! - [`device`] — [`device::DeviceChoice`]: `cpu`, `cuda[:N]` or `wgpu[:N]` (features `cuda`,
-//!   `wgpu`), the device training runs on.
+//!   `wgpu`), the device training runs on; [`device::DeviceSet`]: several CUDA devices for
+//!   data-parallel training ([`Trainer::set_data_parallel`]).
 //! - [`trainer`] — [`Trainer`]: policy + reference + optimizer + counters;
 //!   [`Trainer::sft_step`], [`Trainer::rl_step`], [`Trainer::weights`] for engine sync. Each
 //!   update splits its batch into [`TrainerConfig::shards`] token-balanced shards (default 2)

@@ -28,6 +28,7 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::optim::GradientsParams;
 use burn::tensor::activation::{silu, softmax};
+use burn::tensor::distributed::{ReduceOperation, all_reduce};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rollout::engine::{ModelConfig, Weights};
 
@@ -245,6 +246,25 @@ impl ModuleVisitor for AddGrads<'_> {
     }
 }
 
+/// Replaces every gradient by its sum over `devices` with burn's all-reduce collective, in
+/// the module's parameter order (every device must issue the same collectives in the same
+/// order); a parameter without a gradient contributes zeros.
+struct AllReduceGrads<'a> {
+    grads: &'a mut GradientsParams,
+    devices: &'a [Device],
+}
+
+impl ModuleVisitor for AllReduceGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let grad = match self.grads.remove::<D>(param.id) {
+            Some(g) => g,
+            None => param.val().inner().zeros_like(),
+        };
+        let sum = all_reduce(grad, ReduceOperation::Sum, self.devices.to_vec()).resolve();
+        self.grads.register(param.id, sum);
+    }
+}
+
 /// The policy transformer. Build it with [`PolicyModel::init`] (burn initialisers) or
 /// [`PolicyModel::from_weights`] (engine / checkpoint weights).
 #[derive(Module, Debug)]
@@ -444,6 +464,20 @@ impl PolicyModel {
     }
 
     /// Adds the gradients of `from` into `into`, parameter by parameter.
+    /// `grads` summed over `devices` (this model's replicas there) by burn's all-reduce
+    /// collective ([`crate::trainer::GradReduce::AllReduce`]).
+    pub(crate) fn all_reduce_grads(
+        &self,
+        mut grads: GradientsParams,
+        devices: &[Device],
+    ) -> GradientsParams {
+        self.visit(&mut AllReduceGrads {
+            grads: &mut grads,
+            devices,
+        });
+        grads
+    }
+
     pub(crate) fn add_grads(&self, into: &mut GradientsParams, mut from: GradientsParams) {
         self.visit(&mut AddGrads {
             into,

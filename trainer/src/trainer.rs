@@ -3,11 +3,13 @@
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
+use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOperation};
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rollout::engine::{ModelConfig, Weights};
 
 use crate::TrainerError;
+use crate::device::{DeviceChoice, training_device};
 use crate::loss::{LossStats, PpoConfig, policy_loss_from, target_logprobs};
 use crate::model::PolicyModel;
 use crate::optim::{AdamW, AdamWConfig, AdamWState};
@@ -133,6 +135,36 @@ pub struct Trainer {
     reference_is_initial: bool,
     optim: AdamW,
     state: TrainerState,
+    /// Data-parallel replicas on further devices ([`Trainer::set_data_parallel`]).
+    parallel: Option<DataParallel>,
+}
+
+/// How the gradients of data-parallel replicas are summed ([`Trainer::set_data_parallel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradReduce {
+    /// burn's all-reduce collective (`burn::tensor::distributed::all_reduce`, NCCL on CUDA):
+    /// every replica receives the sum of all replicas' gradients, on its own device.
+    AllReduce,
+    /// Every replica's gradients copied to the primary device and added there in device
+    /// order: for backends without collectives (burn 0.22's CPU and wgpu backends have none),
+    /// and the reference the collective path is checked against.
+    Gather,
+}
+
+/// Replicas of the policy on the devices after the primary, and how their gradients meet.
+#[derive(Debug)]
+struct DataParallel {
+    replicas: Vec<Replica>,
+    reduce: GradReduce,
+    /// Keeps burn's communication server of [`GradReduce::AllReduce`] up (closed on drop).
+    _context: Option<DistributedContext>,
+}
+
+/// A copy of the policy on one device, refreshed from the primary after every update.
+#[derive(Debug)]
+struct Replica {
+    device: Device,
+    model: PolicyModel,
 }
 
 impl Trainer {
@@ -163,6 +195,7 @@ impl Trainer {
             },
             config,
             device,
+            parallel: None,
         })
     }
 
@@ -305,16 +338,124 @@ impl Trainer {
         self.reference.as_ref().map(PolicyModel::to_weights)
     }
 
-    /// One optimizer update on the summed gradients of `loss` over the shards (each on its own
-    /// thread); returns the gradient norm and the merged loss statistics. `loss(model, hidden,
-    /// i)` is shard `i`'s loss from its final hidden states (by layer-wise recomputation with
-    /// [`TrainerConfig::gradient_checkpointing`]).
+    /// Trains data-parallel over this trainer's device and `replicas` (after [`Self::device`],
+    /// in this order; module docs of [`crate::device`]): each gets a copy of the policy, every
+    /// update splits its batch into at least as many shards as there are devices and gives
+    /// each device a contiguous run of them, and the devices' gradients are summed by burn's
+    /// all-reduce collective before the primary's optimizer steps; the replicas then take the
+    /// new weights. The update is the single-device one up to float summation order. The
+    /// optimizer and the KL reference stay on the primary. Collectives need CUDA devices in
+    /// burn 0.22; anything else is an error. An empty list returns to one device.
+    pub fn set_data_parallel(&mut self, replicas: &[DeviceChoice]) -> Result<(), TrainerError> {
+        if let Some(d) = replicas
+            .iter()
+            .find(|d| !matches!(d, DeviceChoice::Cuda(_)))
+        {
+            return Err(TrainerError::Config {
+                reason: format!(
+                    "data-parallel replica on {d}: burn's all-reduce collective runs on CUDA \
+                     devices only"
+                ),
+            });
+        }
+        let devices = replicas
+            .iter()
+            .map(|&d| training_device(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.set_data_parallel_with(devices, GradReduce::AllReduce);
+        Ok(())
+    }
+
+    /// [`Self::set_data_parallel`] on burn devices, summing gradients with `reduce`
+    /// ([`GradReduce::AllReduce`] needs a backend with collectives: CUDA).
+    pub fn set_data_parallel_with(&mut self, replicas: Vec<Device>, reduce: GradReduce) {
+        self.parallel = None; // closes an earlier communication server first
+        if replicas.is_empty() {
+            return;
+        }
+        let replicas: Vec<Replica> = replicas
+            .into_iter()
+            .map(|device| {
+                let device = device.autodiff();
+                Replica {
+                    model: self.model.clone().fork(&device),
+                    device,
+                }
+            })
+            .collect();
+        let context = (reduce == GradReduce::AllReduce).then(|| {
+            let devices = std::iter::once(self.device.clone())
+                .chain(replicas.iter().map(|r| r.device.clone()))
+                .collect();
+            DistributedContext::init(
+                devices,
+                DistributedConfig {
+                    all_reduce_op: ReduceOperation::Sum,
+                },
+            )
+        });
+        self.parallel = Some(DataParallel {
+            replicas,
+            reduce,
+            _context: context,
+        });
+    }
+
+    /// Devices training runs on: 1, or 1 + the data-parallel replicas.
+    pub fn num_devices(&self) -> usize {
+        1 + self.parallel.as_ref().map_or(0, |p| p.replicas.len())
+    }
+
+    /// The device of shard `i` of `n` (contiguous runs of shards per device, the primary's
+    /// first).
+    fn shard_device(&self, i: usize, n: usize) -> &Device {
+        match &self.parallel {
+            None => &self.device,
+            Some(p) => match i * self.num_devices() / n {
+                0 => &self.device,
+                d => &p.replicas[d - 1].device,
+            },
+        }
+    }
+
+    /// One optimizer update on the summed gradients of `loss` over the shards; returns the
+    /// gradient norm and the merged loss statistics. `loss(model, hidden, i)` is shard `i`'s
+    /// loss from its final hidden states (by layer-wise recomputation with
+    /// [`TrainerConfig::gradient_checkpointing`]), on shard `i`'s device.
     fn update<F>(&mut self, shards: &[DeviceBatch], loss: F) -> (f32, LossStats)
     where
         F: Fn(&PolicyModel, Tensor<3>, usize) -> (Tensor<1>, LossStats) + Sync,
     {
-        let model = &self.model;
-        let device = &self.device;
+        let all = 0..shards.len();
+        let (grads, stats) = match &self.parallel {
+            None => self
+                .grads_of(&self.model, &self.device, shards, all, &loss)
+                .expect("an update has at least one shard"),
+            Some(p) => self.data_parallel_grads(p, shards, &loss),
+        };
+        let (model, norm) = self.optim.step(self.model.clone(), &grads);
+        self.model = model;
+        if let Some(p) = &mut self.parallel {
+            for r in &mut p.replicas {
+                r.model = self.model.clone().fork(&r.device);
+            }
+        }
+        (norm as f32, stats)
+    }
+
+    /// The summed gradients of shards `range` (on `device`) and their merged statistics, or
+    /// `None` for an empty range.
+    fn grads_of<F>(
+        &self,
+        model: &PolicyModel,
+        device: &Device,
+        shards: &[DeviceBatch],
+        range: std::ops::Range<usize>,
+        loss: &F,
+    ) -> Option<(GradientsParams, LossStats)>
+    where
+        F: Fn(&PolicyModel, Tensor<3>, usize) -> (Tensor<1>, LossStats) + Sync,
+    {
         let recompute = self.config.gradient_checkpointing;
         let grads_of = |model: &PolicyModel, i: usize| {
             let b = &shards[i];
@@ -329,7 +470,6 @@ impl Trainer {
                 (GradientsParams::from_grads(l.backward(), model), stats)
             }
         };
-        let shards = shards.len();
         // Plain threads, one per shard (measured faster than rayon's pool here: the backend's
         // kernels nest their own rayon jobs), at most `parallel_shards` at a time. Each thread
         // differentiates its own copy of the policy: `fork` onto the trainer's device shares
@@ -338,12 +478,12 @@ impl Trainer {
         // leaves would share one autodiff graph, and one shard's backward pass could consume
         // nodes the other still needs (seen as a rare "graph tape has already been consumed"
         // panic). A shard run alone uses the policy itself.
-        let at_once = self.shards_at_once(shards);
+        let at_once = self.shards_at_once(range.len());
         // Summed in shard order as each wave ends, so the result depends neither on thread
         // timing nor on the wave size.
         let mut total: Option<(GradientsParams, LossStats)> = None;
-        for start in (0..shards).step_by(at_once) {
-            let end = (start + at_once).min(shards);
+        for start in range.clone().step_by(at_once) {
+            let end = (start + at_once).min(range.end);
             let parts: Vec<(GradientsParams, LossStats)> = if end - start == 1 {
                 vec![grads_of(model, start)]
             } else {
@@ -365,16 +505,74 @@ impl Trainer {
                 total = Some(match total.take() {
                     None => (g, st),
                     Some((mut grads, stats)) => {
-                        self.model.add_grads(&mut grads, g);
+                        model.add_grads(&mut grads, g);
                         (grads, stats.merge(&st))
                     }
                 });
             }
         }
-        let (grads, stats) = total.expect("an update has at least one shard");
-        let (model, norm) = self.optim.step(self.model.clone(), &grads);
-        self.model = model;
-        (norm as f32, stats)
+        total
+    }
+
+    /// Gradients of the shards summed over the data-parallel devices, on the primary, with
+    /// the statistics merged in device order. One thread per device computes its shards'
+    /// gradients; a device without shards contributes zeros, so that every device takes part
+    /// in every collective.
+    fn data_parallel_grads<F>(
+        &self,
+        parallel: &DataParallel,
+        shards: &[DeviceBatch],
+        loss: &F,
+    ) -> (GradientsParams, LossStats)
+    where
+        F: Fn(&PolicyModel, Tensor<3>, usize) -> (Tensor<1>, LossStats) + Sync,
+    {
+        let n = shards.len();
+        let devices = self.num_devices();
+        let members: Vec<(&PolicyModel, &Device)> = std::iter::once((&self.model, &self.device))
+            .chain(parallel.replicas.iter().map(|r| (&r.model, &r.device)))
+            .collect();
+        let all_devices: Vec<Device> = members.iter().map(|(_, d)| (*d).clone()).collect();
+        let parts: Vec<(GradientsParams, Option<LossStats>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = members
+                .iter()
+                .enumerate()
+                .map(|(d, &(model, device))| {
+                    // Shards i with i * devices / n == d.
+                    let range = (d * n).div_ceil(devices)..((d + 1) * n).div_ceil(devices);
+                    let all_devices = &all_devices;
+                    s.spawn(move || {
+                        let (grads, stats) = match self.grads_of(model, device, shards, range, loss)
+                        {
+                            Some((g, st)) => (g, Some(st)),
+                            None => (GradientsParams::new(), None),
+                        };
+                        let grads = match parallel.reduce {
+                            GradReduce::AllReduce => model.all_reduce_grads(grads, all_devices),
+                            GradReduce::Gather => grads,
+                        };
+                        (grads, stats)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a device's backward pass panicked"))
+                .collect()
+        });
+        let mut parts = parts.into_iter();
+        let (mut grads, mut stats) = parts.next().expect("the primary device");
+        for (g, st) in parts {
+            if parallel.reduce == GradReduce::Gather {
+                self.model
+                    .add_grads(&mut grads, g.to_device(&self.device, &self.model));
+            }
+            stats = match (stats, st) {
+                (Some(a), Some(b)) => Some(a.merge(&b)),
+                (a, b) => a.or(b),
+            };
+        }
+        (grads, stats.expect("an update has at least one shard"))
     }
 
     /// How many of `shards` run at the same time ([`TrainerConfig::parallel_shards`]).
@@ -387,7 +585,8 @@ impl Trainer {
     }
 
     /// Reference-model logprobs of every target of each shard (forward only, one thread per
-    /// shard, as many at a time as the updates run).
+    /// shard, as many at a time as the updates run), computed on the primary device and handed
+    /// to the shard's own.
     fn reference_logprobs(
         &self,
         shards: &[TrainBatch],
@@ -411,6 +610,12 @@ impl Trainer {
                     .collect();
                 for h in handles {
                     let logp = h.join().expect("a reference forward pass panicked")?;
+                    let device = self.shard_device(out.len(), shards.len());
+                    let logp = if self.parallel.is_some() {
+                        logp.to_device(&device.clone().without_autodiff())
+                    } else {
+                        logp
+                    };
                     out.push(Some(logp.autodiff()));
                 }
                 Ok(())
@@ -419,21 +624,24 @@ impl Trainer {
         Ok(out)
     }
 
-    /// `batch` split into the configured shards, on the host and on the device.
+    /// `batch` split into the configured shards (at least one per device), on the host and
+    /// each on its device.
     fn shard(
         &self,
         batch: &TrainBatch,
     ) -> Result<(Vec<TrainBatch>, Vec<DeviceBatch>), TrainerError> {
-        let shards = batch.shards(self.config.shards);
+        let shards = batch.shards(self.config.shards.max(self.num_devices()));
         if shards.is_empty() {
             // No shard has a target (or the batch has no rows): the same error as uploading
             // the whole batch gives.
             batch.to_device(&self.device)?;
             return Err(TrainerError::batch("batch has no targets"));
         }
+        let n = shards.len();
         let on_device = shards
             .iter()
-            .map(|b| b.to_device(&self.device))
+            .enumerate()
+            .map(|(i, b)| b.to_device(self.shard_device(i, n)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((shards, on_device))
     }
@@ -570,28 +778,81 @@ pub(crate) mod tests {
         let (w1, s1) = run(1);
         for shards in [2, 3] {
             let (w, s) = run(shards);
-            for (a, b) in s1.iter().zip(&s) {
-                for (x, y) in [
-                    (a.loss, b.loss),
-                    (a.kl, b.kl),
-                    (a.clip_frac, b.clip_frac),
-                    (a.grad_norm, b.grad_norm),
-                ] {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
-                        "{shards}: {a:?} vs {b:?}"
-                    );
-                }
-                assert_eq!((a.targets, a.tokens), (b.targets, b.tokens));
+            assert_same_updates(&(&w1, &s1), &(&w, &s), &format!("{shards} shards"));
+        }
+    }
+
+    /// Weights and step statistics equal up to float summation order (relative 1e-5).
+    fn assert_same_updates(
+        (w1, s1): &(&Weights, &[StepStats]),
+        (w, s): &(&Weights, &[StepStats]),
+        what: &str,
+    ) {
+        assert_eq!(s1.len(), s.len());
+        for (a, b) in s1.iter().zip(s.iter()) {
+            for (x, y) in [
+                (a.loss, b.loss),
+                (a.kl, b.kl),
+                (a.clip_frac, b.clip_frac),
+                (a.grad_norm, b.grad_norm),
+            ] {
+                assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
+                    "{what}: {a:?} vs {b:?}"
+                );
             }
-            for (name, t) in w1.iter() {
-                let u = w.get(name).unwrap();
-                let diff: Vec<f32> = t.data.iter().zip(&u.data).map(|(x, y)| x - y).collect();
-                let rel =
-                    crate::test_util::norm(&diff) / crate::test_util::norm(&t.data).max(1e-12);
-                assert!(rel <= 1e-5, "{shards} shards: {name} rel diff {rel}");
+            assert_eq!((a.targets, a.tokens), (b.targets, b.tokens), "{what}");
+        }
+        for (name, t) in w1.iter() {
+            let u = w.get(name).unwrap();
+            let diff: Vec<f32> = t.data.iter().zip(&u.data).map(|(x, y)| x - y).collect();
+            let rel = crate::test_util::norm(&diff) / crate::test_util::norm(&t.data).max(1e-12);
+            assert!(rel <= 1e-5, "{what}: {name} rel diff {rel}");
+        }
+    }
+
+    /// Data-parallel replicas give the single-device updates up to float summation order:
+    /// SFT and RL steps with a KL reference, the replicas refreshed after every update, and
+    /// more devices than a batch has shards (those devices contribute zeros). CPU devices
+    /// stand in for GPUs with the gather reduction: burn's all-reduce collective runs on CUDA
+    /// only.
+    #[test]
+    fn data_parallel_replicas_give_the_single_device_updates() {
+        let cfg = small_config();
+        let trainer = || {
+            Trainer::new(
+                &cfg,
+                TrainerConfig {
+                    shards: 2,
+                    ..config(3)
+                },
+            )
+            .unwrap()
+        };
+        let mut one = trainer();
+        let s1 = run_steps(&mut one, 0, 4);
+        for devices in [2, 3, 6] {
+            let mut t = trainer();
+            t.set_data_parallel_with(vec![Device::flex(); devices - 1], GradReduce::Gather);
+            assert_eq!(t.num_devices(), devices);
+            let s = run_steps(&mut t, 0, 4);
+            let w = t.weights();
+            let what = format!("{devices} devices");
+            assert_same_updates(&(&one.weights(), &s1), &(&w, &s), &what);
+            for r in &t.parallel.as_ref().unwrap().replicas {
+                assert!(r.model.to_weights() == w, "{what}: a replica is stale");
             }
         }
+        // The collective needs CUDA devices, and a build with their backend.
+        let mut t = trainer();
+        let e = t.set_data_parallel(&[DeviceChoice::Cpu]).unwrap_err();
+        assert!(e.to_string().contains("CUDA"), "{e}");
+        #[cfg(not(feature = "cuda"))]
+        {
+            let e = t.set_data_parallel(&[DeviceChoice::Cuda(1)]).unwrap_err();
+            assert!(e.to_string().contains("--features cuda"), "{e}");
+        }
+        assert_eq!(t.num_devices(), 1);
     }
 
     /// Gradient checkpointing recomputes activations instead of keeping them: SFT and RL steps
