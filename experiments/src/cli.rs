@@ -398,11 +398,14 @@ pub struct TrainArgs {
     /// this URL (`http://host:port`) instead of the in-process engine.
     #[arg(long, value_name = "URL")]
     pub rollout_server: Option<String>,
-    /// `rollout.server_cmd`: the command that serves the policy's GGUF file (`{model}`) at
-    /// --rollout-server; arbor restarts it on each new policy, e.g.
-    /// `llama-server -m {model} --port 8080`.
+    /// `rollout.server_cmd`: the command that serves the policy's GGUF file or directory
+    /// (`{model}`) at --rollout-server; with the `restart` reload arbor restarts it on each new
+    /// policy, e.g. `llama-server -m {model} --port 8080`.
     #[arg(long, value_name = "CMD")]
     pub rollout_server_cmd: Option<String>,
+    /// `rollout.reload`: how each new policy reaches --rollout-server [default: restart].
+    #[arg(long, value_name = "HOW")]
+    pub rollout_server_reload: Option<crate::config::ServerReload>,
     /// `seed` [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,

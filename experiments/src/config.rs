@@ -77,16 +77,24 @@ pub struct TrainConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RolloutSection {
     /// An OpenAI-compatible completions server, `http://host:port`, that accepts token-id
-    /// prompts and returns token ids with logprobs (llama.cpp's `llama-server`). Default: none
-    /// (the engine samples).
+    /// prompts and returns token ids with logprobs (llama.cpp's `llama-server`, vLLM, SGLang).
+    /// Default: none (the engine samples).
     pub server: Option<String>,
-    /// The command that serves a GGUF file at `server`, with `{model}` where the file goes,
-    /// e.g. `llama-server -m {model} --port 8080 -c 4096`. Before every RL step whose policy
-    /// is new, arbor writes the policy to `<run>/serving/policy.gguf` (F32, `model.dir`'s
-    /// metadata), stops the server it started last, starts this command, waits until the
-    /// server answers, and checks with a logprob probe that it serves the trained weights.
-    /// Required for RL with a server (the weights have to reach it), and `model.dir` must then
-    /// be a GGUF file. Run through `sh -c`. Default: none.
+    /// How each new policy reaches `server` before an RL step samples on it (`crate::serve`):
+    /// `restart` (llama.cpp: the policy written as a GGUF file and `server_cmd` restarted on
+    /// it), `sglang` (a model directory loaded through `POST /update_weights_from_disk`) or
+    /// `vllm` (a model directory loaded through `POST /collective_rpc` `reload_weights`, which
+    /// needs `VLLM_SERVER_DEV_MODE=1`, then `POST /reset_prefix_cache`). A logprob probe then
+    /// checks that the server serves the trained weights. Default: `restart`.
+    pub reload: ServerReload,
+    /// The command that serves the policy at `server`, with `{model}` where its file (GGUF,
+    /// `reload = "restart"`) or directory goes, e.g. `llama-server -m {model} --port 8080 -c
+    /// 4096`. With `restart`, required for RL (arbor writes the policy to
+    /// `<run>/serving/policy.gguf`, F32 with `model.dir`'s metadata, and restarts this command
+    /// on every new policy; `model.dir` must be a GGUF file). With `sglang` or `vllm`, optional:
+    /// arbor starts it once, on the first policy's directory, and reloads from then on; without
+    /// it the server must already run, on a model of the same architecture. Run through
+    /// `sh -c`; stopped when the run ends. Default: none.
     pub server_cmd: Option<String>,
     /// Requests in flight at once. Default: 8.
     pub in_flight: usize,
@@ -103,10 +111,36 @@ impl Default for RolloutSection {
     fn default() -> Self {
         RolloutSection {
             server: None,
+            reload: ServerReload::Restart,
             server_cmd: None,
             in_flight: 8,
             timeout_s: 120.0,
             kv_cache: rollout::engine::KvPrecision::F32,
+        }
+    }
+}
+
+/// How a new policy reaches the rollout server (`[rollout] reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerReload {
+    /// Restart `server_cmd` on the policy written as a GGUF file (llama.cpp's `llama-server`).
+    #[default]
+    Restart,
+    /// SGLang's `POST /update_weights_from_disk` with the policy as a model directory.
+    Sglang,
+    /// vLLM's `POST /collective_rpc` (`reload_weights` with `weights_path`) with the policy as
+    /// a model directory, then `POST /reset_prefix_cache`.
+    Vllm,
+}
+
+impl ServerReload {
+    /// The name in a config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerReload::Restart => "restart",
+            ServerReload::Sglang => "sglang",
+            ServerReload::Vllm => "vllm",
         }
     }
 }
@@ -604,23 +638,24 @@ impl TrainConfig {
         if r.in_flight == 0 || !r.timeout_s.is_finite() || r.timeout_s <= 0.0 {
             bail!("rollout.in_flight must be at least 1 and rollout.timeout_s a positive number");
         }
-        match (&r.server, &r.server_cmd) {
-            (None, Some(_)) => {
+        match (&r.server, &r.server_cmd, r.reload) {
+            (None, Some(_), _) => {
                 bail!("rollout.server_cmd is set but rollout.server (its URL) is not")
             }
-            (Some(_), None) if self.rl.steps > 0 => bail!(
+            (Some(_), None, ServerReload::Restart) if self.rl.steps > 0 => bail!(
                 "rollout.server without rollout.server_cmd cannot receive the trained weights: \
-                 set rollout.server_cmd (arbor restarts the server on each new policy)"
+                 set rollout.server_cmd (arbor restarts the server on each new policy), or \
+                 rollout.reload = \"sglang\" or \"vllm\" for a server that reloads them"
             ),
-            (Some(_), Some(cmd)) => {
-                if !cmd.contains("{model}") {
+            (Some(_), cmd, ServerReload::Restart) => {
+                if cmd.as_ref().is_some_and(|c| !c.contains("{model}")) {
                     bail!("rollout.server_cmd must contain {{model}} (the policy's GGUF file)");
                 }
                 let gguf = self.model.dir.as_ref().is_some_and(|d| {
                     d.extension()
                         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
                 });
-                if !gguf {
+                if cmd.is_some() && !gguf {
                     bail!(
                         "rollout.server_cmd needs model.dir to be a GGUF file (the served policy \
                          is written in its format)"
@@ -628,7 +663,23 @@ impl TrainConfig {
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            (Some(_), cmd, _) => {
+                if cmd.as_ref().is_some_and(|c| !c.contains("{model}")) {
+                    bail!(
+                        "rollout.server_cmd must contain {{model}} (the policy's model directory)"
+                    );
+                }
+                if self.model.dir.is_none() && self.rl.steps > 0 {
+                    bail!(
+                        "rollout.reload = \"{}\" serves the policy as a model directory, which \
+                         needs model.dir (a GGUF file or a model directory; presets have no \
+                         tokenizer files)",
+                        r.reload.name()
+                    );
+                }
+                Ok(())
+            }
+            (None, None, _) => Ok(()),
         }
     }
 
@@ -1010,11 +1061,11 @@ mod tests {
         assert!(err.contains("CUDA") && !err.contains('\n'), "{err}");
     }
 
-    /// `--set` reaches every key, nested tables included, with TOML values or plain text.
-    /// RL on a server needs the command that gives it the trained weights, with `{model}` in
-    /// it, and a GGUF model; each gap is a one-line error naming the key.
+    /// RL on a server needs a way for the trained weights to reach it: a restart command with
+    /// `{model}` in it and a GGUF model, or a reload protocol and a model with a directory form;
+    /// each gap is a one-line error naming the key.
     #[test]
-    fn a_rollout_server_for_rl_needs_a_command_and_a_gguf_model() {
+    fn a_rollout_server_for_rl_needs_a_way_to_receive_the_weights() {
         let with = |sets: &[&str]| {
             let mut cfg = TrainConfig::default();
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -1038,6 +1089,27 @@ mod tests {
         assert!(err.contains("rollout.server "), "{err}");
         let e = with(&[url, "rl.steps=0", "rollout.in_flight=0"]).unwrap_err();
         assert!(e.contains("in_flight") && !e.contains('\n'), "{e}");
+        // Servers that reload a model directory need no command, but a model with one.
+        let err = with(&[url]).unwrap_err();
+        assert!(err.contains("rollout.reload"), "{err}");
+        for how in ["sglang", "vllm"] {
+            let reload = format!("rollout.reload={how}");
+            let err = with(&[url, &reload]).unwrap_err();
+            assert!(err.contains("model.dir") && err.contains(how), "{err}");
+            assert!(with(&[url, &reload, r#"model.dir="m.gguf""#]).is_ok());
+            assert!(with(&[url, &reload, r#"model.dir="hf-dir""#]).is_ok());
+            let err = with(&[
+                url,
+                &reload,
+                r#"model.dir="d""#,
+                r#"rollout.server_cmd="s""#,
+            ])
+            .unwrap_err();
+            assert!(err.contains("{model}"), "{err}");
+        }
+        let mut cfg = TrainConfig::default();
+        let err = apply_sets(&mut cfg, &["rollout.reload=reboot".into()]).unwrap_err();
+        assert!(err.to_string().contains("sglang"), "{err}");
     }
 
     /// RL's learning rate defaults to 1e-4 from scratch and 1e-6 for a pretrained model; a set
@@ -1056,6 +1128,7 @@ mod tests {
         assert_eq!(cfg.rl_lr(), 3e-5);
     }
 
+    /// `--set` reaches every key, nested tables included, with TOML values or plain text.
     #[test]
     fn set_reaches_any_key() {
         let mut cfg = TrainConfig::default();

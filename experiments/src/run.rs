@@ -402,7 +402,7 @@ impl Run {
         };
         let mut engine = Engine::new(model_cfg, &trainer.weights())?;
         engine.set_kv_precision(cfg.rollout.kv_cache);
-        let served = crate::serve::Served::new(&cfg, &dir)?;
+        let served = crate::serve::Served::new(&cfg, &dir, &model.files)?;
         let train_set = TaskSet::new(spec.clone(), Split::Train);
         let eval_ids = train_set.eval_ids(cfg.eval.episodes);
         Ok(Run {

@@ -1,22 +1,37 @@
-//! RL rollouts on an inference server (`[rollout] server` and `server_cmd`): the run's policy
-//! is written as a GGUF file, served by a command arbor starts (llama.cpp's `llama-server`),
-//! and sampled through [`ServerPolicy`].
+//! RL rollouts on an inference server (`[rollout] server`, `reload` and `server_cmd`): the
+//! run's policy reaches the server before every RL step that samples on it, and is sampled
+//! through [`ServerPolicy`].
 //!
 //! Before each RL step the served policy must be the trainer's. When it is not (the first step
-//! of an invocation, or any step after an update), [`Served::policy`]:
-//! 1. writes the trainer's weights to `<run>/serving/policy.gguf` with
-//!    [`rollout::gguf::save_gguf_like`] (F32 tensors, `model.dir`'s metadata);
-//! 2. stops the server process it started before (if any) and starts `server_cmd` with
-//!    `{model}` replaced by that file (through `sh -c 'exec …'`, so stopping it stops the
-//!    server itself);
-//! 3. waits until `GET /health` answers 200 (at most `rollout.timeout_s`);
-//! 4. **probes** it: the greedy next token after the first held-out prompt, whose logprob the
-//!    server reports, against the engine's logprob of that token with the same weights. More
-//!    than [`PROBE_TOLERANCE`] apart is an error: the server is not serving the trained policy.
+//! of an invocation, or any step after an update), [`Served::policy`] hands it over, as
+//! `[rollout] reload` says:
+//! - **`restart`** (llama.cpp's `llama-server`): writes the trainer's weights to
+//!   `<run>/serving/policy.gguf` with [`rollout::gguf::save_gguf_like`] (F32 tensors,
+//!   `model.dir`'s metadata), stops the server process it started before (if any), starts
+//!   `server_cmd` with `{model}` replaced by that file (through `sh -c 'exec …'`, so stopping it
+//!   stops the server itself) and waits until `GET /health` answers 200 (at most
+//!   `rollout.timeout_s`). Restarting costs a model load per RL step (about a second for a
+//!   135M model).
+//! - **`sglang`** and **`vllm`**: write the trainer's weights as a model directory,
+//!   `<run>/serving/policy-<V>/` (`V` = SFT + RL steps; `config.json`, `model.safetensors` in
+//!   f32 and the model's tokenizer files, as in a checkpoint), and ask the running server to
+//!   load it: SGLang's `POST /update_weights_from_disk` (`model_path`, `flush_cache`; the
+//!   answer's `success` must be true), or vLLM's `POST /collective_rpc` with `reload_weights`
+//!   and `weights_path` (vLLM serves it only with `VLLM_SERVER_DEV_MODE=1`) followed by
+//!   `POST /reset_prefix_cache`, since that reload keeps the prefix cache. With `server_cmd`,
+//!   arbor starts the server once, on the first directory; without it the server must already
+//!   run. The directory of the previous policy is removed once the new one is served.
 //!
-//! The server process is stopped when the run is dropped. Restarting costs a model load per RL
-//! step (about a second for a 135M model); servers with a weight-reload endpoint (SGLang's
-//! `update_weights_from_disk`, vLLM's reload) could skip the restart, but none is tested here.
+//! Either way the server is then **probed**: the greedy next token after the first held-out
+//! prompt, whose logprob the server reports, against the engine's logprob of that token with
+//! the same weights. More than [`PROBE_TOLERANCE`] apart is an error: the server is not
+//! serving the trained policy (a reload that did not happen, or one from stale files).
+//!
+//! A server process arbor started is stopped when the run is dropped. Tested: llama-server
+//! (`experiments/tests/pretrained.rs`), and the SGLang and vLLM reload protocols against an
+//! in-process server that loads the directories it is given into arbor's engine
+//! (`experiments/tests/reload.rs`); a real SGLang or vLLM needs a GPU, which the development
+//! machine lacks.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,8 +41,9 @@ use anyhow::{Context, bail};
 use rollout::engine::Engine;
 use rollout::policy::{DecodeRequest, Policy, SamplingParams};
 use rollout::server::{ServerConfig, ServerPolicy};
+use serde_json::{Value, json};
 
-use crate::config::TrainConfig;
+use crate::config::{ServerReload, TrainConfig};
 
 /// Largest |server − engine| logprob of the probe token accepted as the same policy. The
 /// served file holds the trained f32 weights, so only the summation order of llama.cpp's
@@ -39,39 +55,63 @@ pub const PROBE_TOLERANCE: f32 = 1e-2;
 /// The served policy of a run (see the module docs).
 pub struct Served {
     url: String,
-    command: String,
-    source: PathBuf,
-    file: PathBuf,
+    reload: ServerReload,
+    command: Option<String>,
+    /// The GGUF file the run started from (`restart`).
+    source: Option<PathBuf>,
+    /// The model directory's files besides the weights (`sglang`, `vllm`).
+    files: Vec<(String, Vec<u8>)>,
+    /// `<run>/serving`.
+    dir: PathBuf,
     in_flight: usize,
     timeout: Duration,
     child: Option<Child>,
     policy: Option<ServerPolicy>,
     /// The trainer version (SFT + RL steps) the server holds.
     version: Option<u64>,
+    /// The model directory the server holds (`sglang`, `vllm`).
+    served_dir: Option<PathBuf>,
 }
 
 impl Served {
-    /// The served policy `cfg` asks for, if any (`dir` is the run directory).
-    pub fn new(cfg: &TrainConfig, dir: &Path) -> anyhow::Result<Option<Served>> {
+    /// The served policy `cfg` asks for, if any (`dir` is the run directory, `files` the
+    /// model directory's files besides the weights: `LoadedModel::files`).
+    pub fn new(
+        cfg: &TrainConfig,
+        dir: &Path,
+        files: &[(String, Vec<u8>)],
+    ) -> anyhow::Result<Option<Served>> {
         let r = &cfg.rollout;
-        let (Some(url), Some(command)) = (&r.server, &r.server_cmd) else {
+        let Some(url) = &r.server else {
             return Ok(None);
         };
-        let source = cfg
-            .model
-            .dir
-            .clone()
-            .context("rollout.server_cmd needs model.dir to be a GGUF file")?;
+        let source = match r.reload {
+            ServerReload::Restart if r.server_cmd.is_none() => return Ok(None),
+            ServerReload::Restart => Some(
+                cfg.model
+                    .dir
+                    .clone()
+                    .context("rollout.server_cmd needs model.dir to be a GGUF file")?,
+            ),
+            ServerReload::Sglang | ServerReload::Vllm if files.is_empty() => bail!(
+                "rollout.reload = \"{}\" needs a model with a Hugging Face form (model.dir)",
+                r.reload.name()
+            ),
+            ServerReload::Sglang | ServerReload::Vllm => None,
+        };
         Ok(Some(Served {
             url: url.clone(),
-            command: command.clone(),
+            reload: r.reload,
+            command: r.server_cmd.clone(),
             source,
-            file: dir.join("serving").join("policy.gguf"),
+            files: files.to_vec(),
+            dir: dir.join("serving"),
             in_flight: r.in_flight,
             timeout: Duration::from_secs_f64(r.timeout_s),
             child: None,
             policy: None,
             version: None,
+            served_dir: None,
         }))
     }
 
@@ -86,13 +126,39 @@ impl Served {
         probe: &[u32],
     ) -> anyhow::Result<&mut ServerPolicy> {
         if self.version != Some(version) || self.policy.is_none() {
-            self.stop();
             self.version = None;
-            let dir = self.file.parent().expect("the file is inside serving/");
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            rollout::gguf::save_gguf_like(&self.source, &self.file, &weights())
-                .context("writing the served policy")?;
-            self.start()?;
+            std::fs::create_dir_all(&self.dir)
+                .with_context(|| format!("creating {}", self.dir.display()))?;
+            match self.reload {
+                ServerReload::Restart => {
+                    self.stop();
+                    let file = self.dir.join("policy.gguf");
+                    let source = self.source.as_ref().expect("restart has a source");
+                    rollout::gguf::save_gguf_like(source, &file, &weights())
+                        .context("writing the served policy")?;
+                    self.start(&file)?;
+                }
+                ServerReload::Sglang | ServerReload::Vllm => {
+                    let dir = self.dir.join(format!("policy-{version}"));
+                    remove_dir(&dir)?;
+                    rollout::hf::write_model_dir(&dir, &weights(), &self.files)
+                        .context("writing the served policy")?;
+                    let dir = dir
+                        .canonicalize()
+                        .with_context(|| format!("resolving {}", dir.display()))?;
+                    match (&self.policy, &self.command) {
+                        (None, Some(_)) => self.start(&dir)?,
+                        (None, None) => {
+                            self.connect()?;
+                            self.load(&dir)?;
+                        }
+                        (Some(_), _) => self.load(&dir)?,
+                    }
+                    if let Some(old) = self.served_dir.replace(dir) {
+                        remove_dir(&old)?;
+                    }
+                }
+            }
             let policy = self.policy.as_mut().expect("started");
             check_probe(policy, engine, probe)?;
             self.version = Some(version);
@@ -100,11 +166,59 @@ impl Served {
         Ok(self.policy.as_mut().expect("started"))
     }
 
-    /// Starts `server_cmd` on the policy file and connects once it answers.
-    fn start(&mut self) -> anyhow::Result<()> {
+    /// Asks the running server to load the model directory `dir` (`sglang`, `vllm`).
+    fn load(&self, dir: &Path) -> anyhow::Result<()> {
+        let call = |path: &str, body: Value| {
+            rollout::server::call(
+                &self.url,
+                "POST",
+                path,
+                Some(&body.to_string()),
+                self.timeout,
+            )
+        };
+        let dir = dir.to_string_lossy();
+        match self.reload {
+            ServerReload::Sglang => {
+                let answer = call(
+                    "/update_weights_from_disk",
+                    json!({"model_path": dir, "flush_cache": true}),
+                )
+                .context("SGLang did not load the new policy")?;
+                let v: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+                if v.get("success").and_then(Value::as_bool) != Some(true) {
+                    bail!(
+                        "SGLang did not load the new policy from {dir}: {}",
+                        v.get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or(answer.trim())
+                    );
+                }
+            }
+            ServerReload::Vllm => {
+                call(
+                    "/collective_rpc",
+                    json!({"method": "reload_weights", "kwargs": {"weights_path": dir}}),
+                )
+                .context(
+                    "vLLM did not load the new policy (its /collective_rpc endpoint needs \
+                     VLLM_SERVER_DEV_MODE=1 and a vLLM whose reload_weights takes weights_path)",
+                )?;
+                call("/reset_prefix_cache", json!({}))
+                    .context("vLLM did not reset its prefix cache after the reload")?;
+            }
+            ServerReload::Restart => unreachable!("restart reloads by restarting"),
+        }
+        Ok(())
+    }
+
+    /// Starts `server_cmd` on `model` (a file or a directory) and connects once it answers.
+    fn start(&mut self, model: &Path) -> anyhow::Result<()> {
         let command = self
             .command
-            .replace("{model}", &shell_quote(&self.file.to_string_lossy()));
+            .as_ref()
+            .expect("start needs server_cmd")
+            .replace("{model}", &shell_quote(&model.to_string_lossy()));
         let child = Command::new("sh")
             .arg("-c")
             .arg(format!("exec {command}"))
@@ -138,6 +252,11 @@ impl Served {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        self.connect()
+    }
+
+    /// Connects the policy to the server.
+    fn connect(&mut self) -> anyhow::Result<()> {
         self.policy = Some(ServerPolicy::connect(ServerConfig {
             url: self.url.clone(),
             in_flight: self.in_flight,
@@ -153,6 +272,16 @@ impl Served {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Removes `dir` and everything in it, if it exists.
+fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
     }
 }
 

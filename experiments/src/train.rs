@@ -83,6 +83,9 @@ fn apply_overrides(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()
     if let Some(cmd) = &args.rollout_server_cmd {
         cfg.rollout.server_cmd = Some(cmd.clone());
     }
+    if let Some(reload) = args.rollout_server_reload {
+        cfg.rollout.reload = reload;
+    }
     if let Some(s) = args.sft_steps {
         cfg.sft.steps = s;
     }

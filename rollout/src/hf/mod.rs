@@ -421,6 +421,16 @@ pub fn save_model_dir(
         });
     }
     let files = model_files(meta, cfg, tokenizer)?;
+    write_model_dir(dir, weights, &files)
+}
+
+/// Writes `weights` (f32 safetensors) and the model's other `files` ([`model_files`]: name,
+/// contents) into `dir`, each file atomically: a model directory other tools load.
+pub fn write_model_dir(
+    dir: &Path,
+    weights: &Weights,
+    files: &[(String, Vec<u8>)],
+) -> Result<(), Error> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_atomic(&dir.join(WEIGHTS_FILE), |tmp| {
@@ -432,7 +442,7 @@ pub fn save_model_dir(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(&dir.join(WEIGHTS_INDEX_FILE), e)),
     }
-    for (name, bytes) in &files {
+    for (name, bytes) in files {
         write_bytes_atomic(&dir.join(name), bytes)?;
     }
     Ok(())

@@ -43,11 +43,27 @@
 //! call leaves every sequence (and so every tree and the sampler's budget) as it was, and the
 //! error says which server and what went wrong.
 //!
+//! # Answer formats
+//! Two forms of the sampled token are read, whichever the answer has:
+//! - llama.cpp's `logprobs.content[0]`: `id`, `logprob`, `top_logprobs: [{id, logprob}]`;
+//! - OpenAI's legacy completions form, as vLLM and SGLang write it: `logprobs.token_logprobs[0]`
+//!   and `logprobs.top_logprobs[0]` (`{token: logprob}`), with the token's id from
+//!   `choices[0].token_ids` (the request's `return_token_ids`, SGLang and recent vLLM) or from a
+//!   `token_id:N` token (`return_tokens_as_token_ids`, vLLM). Both flags are sent with every
+//!   request; servers that do not know them ignore them.
+//!
+//! The context window comes from llama.cpp's `GET /props` (`n_ctx`), else from
+//! `GET /v1/models` (`max_model_len`, vLLM and SGLang). Weight reloads between RL steps are the
+//! caller's ([`call`] sends them; `experiments::serve` uses it).
+//!
 //! # Tested servers
 //! llama.cpp's C++ `llama-server` (token-id prompts, per-token ids, logprobs and top-k logprobs,
 //! cached-token counts): `rollout/tests/server.rs`, when `ARBOR_LLAMA_SERVER` names its binary.
 //! The same file drives the sampler through a scripted in-process server with injected
-//! failures. llama-cpp-python's server rejects token-id prompts and cannot be used.
+//! failures. vLLM's and SGLang's answer forms are unit-tested here, and their reload protocols
+//! end to end against an in-process server in `experiments/tests/reload.rs`; neither server
+//! ran here (both need a GPU). llama-cpp-python's server rejects token-id prompts and cannot be
+//! used.
 
 mod http;
 
@@ -134,22 +150,8 @@ impl ServerPolicy {
             ));
         }
         let max_len = match config.max_len {
-            0 => {
-                let timeout = Duration::from_secs_f64(config.timeout_s);
-                let props = request(&endpoint, "GET", "/props", None, timeout).map_err(|e| {
-                    backend(format!("cannot read its context window: {}", e.message))
-                })?;
-                let props: Value = serde_json::from_str(&props)
-                    .map_err(|e| backend(format!("GET /props: malformed JSON: {e}")))?;
-                ["/default_generation_settings/n_ctx", "/n_ctx"]
-                    .iter()
-                    .find_map(|p| props.pointer(p).and_then(Value::as_u64))
-                    .ok_or_else(|| {
-                        backend(
-                            "GET /props names no n_ctx: set the context window (max_len)".into(),
-                        )
-                    })? as usize
-            }
+            0 => context_window(&endpoint, Duration::from_secs_f64(config.timeout_s))
+                .map_err(&backend)?,
             n => n,
         };
         Ok(ServerPolicy {
@@ -182,6 +184,8 @@ impl ServerPolicy {
             "seed": rng_key,
             "cache_prompt": true,
             "stream": false,
+            "return_token_ids": true,
+            "return_tokens_as_token_ids": true,
         });
         if let Some(model) = &self.config.model {
             body["model"] = json!(model);
@@ -243,6 +247,46 @@ impl ServerPolicy {
     }
 }
 
+/// Sends `method path` (with an optional JSON `body`) to the server at `url` once and returns
+/// the body of a 2xx answer: for the endpoints besides completions, such as a weight reload.
+/// Errors name the server and say what went wrong, HTTP status and answer included.
+pub fn call(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<String, Error> {
+    let backend = |m: String| Error::Backend(format!("rollout server {url}: {m}"));
+    let endpoint = Endpoint::parse(url).map_err(&backend)?;
+    request(&endpoint, method, path, body, timeout).map_err(|e| backend(e.message))
+}
+
+/// The server's context window: llama.cpp's `GET /props` (`n_ctx`), else `GET /v1/models`
+/// (`max_model_len`: vLLM, SGLang).
+fn context_window(endpoint: &Endpoint, timeout: Duration) -> Result<usize, String> {
+    let read = |path: &str, pointers: &[&str]| -> Result<Option<u64>, String> {
+        let text = request(endpoint, "GET", path, None, timeout).map_err(|e| e.message)?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("GET {path}: malformed JSON: {e}"))?;
+        Ok(pointers
+            .iter()
+            .find_map(|p| v.pointer(p).and_then(Value::as_u64)))
+    };
+    if let Ok(Some(n)) = read("/props", &["/default_generation_settings/n_ctx", "/n_ctx"]) {
+        return Ok(n as usize);
+    }
+    match read("/v1/models", &["/data/0/max_model_len"]) {
+        Ok(Some(n)) => Ok(n as usize),
+        Ok(None) => Err(
+            "neither GET /props nor GET /v1/models names its context window: set the context \
+             window (max_len)"
+                .into(),
+        ),
+        Err(e) => Err(format!("cannot read its context window: {e}")),
+    }
+}
+
 /// The start of an answer, for error messages.
 fn excerpt(text: &str) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -258,25 +302,46 @@ const PARTIAL_CHARACTER_STREAM: u64 = 0x5554_4638; // "UTF8"
 /// Redraws of one token before a run of partial characters is an error.
 const MAX_REDRAWS: u64 = 16;
 
-/// Reads the first generated token of a `/v1/completions` answer; `None` for an answer whose
-/// one token ended inside a UTF-8 character (llama.cpp then returns neither text nor logprobs).
+/// Reads the first generated token of a `/v1/completions` answer, in either format (module
+/// docs); `None` for an answer whose one token ended inside a UTF-8 character (llama.cpp then
+/// returns neither text nor logprobs).
 fn parse_answer(text: &str) -> Result<Option<Answer>, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON answer: {e}"))?;
     let choice = v.pointer("/choices/0").ok_or("the answer has no choices")?;
     let generated = v
         .pointer("/usage/completion_tokens")
         .and_then(Value::as_u64);
-    let empty = choice
-        .pointer("/logprobs/content")
-        .is_none_or(|c| c.is_null() || c.as_array().is_some_and(Vec::is_empty));
-    // The text is then empty or U+FFFD, depending on the server's version.
-    if empty && generated == Some(1) {
-        return Ok(None);
-    }
+    let legacy = choice
+        .pointer("/logprobs/token_logprobs")
+        .is_some_and(|l| !l.is_null());
+    let sampled = if legacy {
+        legacy_token(choice)?
+    } else {
+        let empty = choice
+            .pointer("/logprobs/content")
+            .is_none_or(|c| c.is_null() || c.as_array().is_some_and(Vec::is_empty));
+        // The text is then empty or U+FFFD, depending on the server's version.
+        if empty && generated == Some(1) {
+            return Ok(None);
+        }
+        llama_token(choice, text)?
+    };
+    let count = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    Ok(Some(Answer {
+        sampled,
+        prompt_tokens: count("/usage/prompt_tokens"),
+        cached_tokens: count("/usage/prompt_tokens_details/cached_tokens"),
+        completion_tokens: count("/usage/completion_tokens"),
+    }))
+}
+
+/// llama.cpp's per-token form: `logprobs.content[0]` with `id`, `logprob` and `top_logprobs`
+/// (`[{id, logprob}]`).
+fn llama_token(choice: &Value, text: &str) -> Result<Sampled, String> {
     let token = choice.pointer("/logprobs/content/0").ok_or_else(|| {
         format!(
-            "the answer has no per-token logprobs (the server must return `logprobs.content` \
-             for `logprobs` requests, as llama.cpp's llama-server does): {}",
+            "the answer has no per-token logprobs (the server must return `logprobs.content`, \
+             as llama.cpp's llama-server does, or OpenAI's `logprobs.token_logprobs`): {}",
             excerpt(text)
         )
     })?;
@@ -288,27 +353,56 @@ fn parse_answer(text: &str) -> Result<Option<Answer>, String> {
         .get("logprob")
         .and_then(Value::as_f64)
         .ok_or("the answer's token has no logprob")?;
-    let mut entropy = 0.0f64;
-    if let Some(top) = token.get("top_logprobs").and_then(Value::as_array) {
-        for alt in top {
-            if let Some(lp) = alt.get("logprob").and_then(Value::as_f64)
-                && lp.is_finite()
-            {
-                entropy -= lp.exp() * lp;
-            }
-        }
-    }
-    let count = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-    Ok(Some(Answer {
-        sampled: Sampled {
-            token: u32::try_from(id).map_err(|_| format!("token id {id} out of range"))?,
-            logprob: logprob as f32,
-            entropy: entropy.max(0.0) as f32,
-        },
-        prompt_tokens: count("/usage/prompt_tokens"),
-        cached_tokens: count("/usage/prompt_tokens_details/cached_tokens"),
-        completion_tokens: count("/usage/completion_tokens"),
-    }))
+    let top = token.get("top_logprobs").and_then(Value::as_array);
+    let alternatives = top
+        .into_iter()
+        .flatten()
+        .filter_map(|alt| alt.get("logprob").and_then(Value::as_f64));
+    sampled(id, logprob, alternatives)
+}
+
+/// OpenAI's legacy completions form (vLLM, SGLang): `logprobs.token_logprobs[0]` and
+/// `logprobs.top_logprobs[0]` (`{token: logprob}`), the id from `token_ids[0]` (SGLang's and
+/// vLLM's `return_token_ids`) or from a `token_id:N` token (vLLM's
+/// `return_tokens_as_token_ids`).
+fn legacy_token(choice: &Value) -> Result<Sampled, String> {
+    let logprob = choice
+        .pointer("/logprobs/token_logprobs/0")
+        .and_then(Value::as_f64)
+        .ok_or("the answer's token has no logprob")?;
+    let id = choice
+        .pointer("/token_ids/0")
+        .and_then(Value::as_u64)
+        .or_else(|| {
+            let token = choice.pointer("/logprobs/tokens/0")?.as_str()?;
+            token.strip_prefix("token_id:")?.parse().ok()
+        })
+        .ok_or(
+            "the answer's token has no id (the server must report token ids: `token_ids`, or \
+             `token_id:N` tokens)",
+        )?;
+    let top = choice
+        .pointer("/logprobs/top_logprobs/0")
+        .and_then(Value::as_object);
+    let alternatives = top.into_iter().flatten().filter_map(|(_, lp)| lp.as_f64());
+    sampled(id, logprob, alternatives)
+}
+
+/// A sampled token with the entropy of its reported alternatives (module docs).
+fn sampled(
+    id: u64,
+    logprob: f64,
+    alternatives: impl Iterator<Item = f64>,
+) -> Result<Sampled, String> {
+    let entropy: f64 = alternatives
+        .filter(|lp| lp.is_finite())
+        .map(|lp| -lp.exp() * lp)
+        .sum();
+    Ok(Sampled {
+        token: u32::try_from(id).map_err(|_| format!("token id {id} out of range"))?,
+        logprob: logprob as f32,
+        entropy: entropy.max(0.0) as f32,
+    })
 }
 
 impl Policy for ServerPolicy {
@@ -439,9 +533,41 @@ mod tests {
                 r#"{"choices":[{"logprobs":{"content":[{"logprob":-1}]}}]}"#,
                 "no id",
             ),
+            (
+                r#"{"choices":[{"logprobs":{"tokens":["a"],"token_logprobs":[-1.0]}}]}"#,
+                "no id",
+            ),
+            (
+                r#"{"choices":[{"token_ids":[5],"logprobs":{"token_logprobs":[null]}}]}"#,
+                "no logprob",
+            ),
         ] {
             let e = parse_answer(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    /// OpenAI's legacy form as vLLM (`token_id:N` tokens) and SGLang (`token_ids`) write it.
+    #[test]
+    fn openai_legacy_answers_parse() {
+        let vllm = r#"{"choices":[{"index":0,"text":"a","logprobs":{"text_offset":[0],
+            "token_logprobs":[-0.5],"tokens":["token_id:97"],
+            "top_logprobs":[{"token_id:97":-0.5,"token_id:98":-1.2}]},"finish_reason":"length"}],
+            "usage":{"prompt_tokens":10,"completion_tokens":1,
+            "prompt_tokens_details":{"cached_tokens":8}}}"#;
+        let sglang = r#"{"choices":[{"index":0,"text":"a","token_ids":[97],"logprobs":{
+            "text_offset":[0],"token_logprobs":[-0.5],"tokens":["a"],
+            "top_logprobs":[{"a":-0.5,"b":-1.2}]}}],
+            "usage":{"prompt_tokens":10,"completion_tokens":1}}"#;
+        let h = -(-0.5f64).exp() * -0.5 - (-1.2f64).exp() * -1.2;
+        for (text, cached) in [(vllm, 8), (sglang, 0)] {
+            let a = parse_answer(text).unwrap().unwrap();
+            assert_eq!((a.sampled.token, a.sampled.logprob), (97, -0.5));
+            assert!((a.sampled.entropy as f64 - h).abs() < 1e-6);
+            assert_eq!(
+                (a.prompt_tokens, a.cached_tokens, a.completion_tokens),
+                (10, cached, 1)
+            );
         }
     }
 }
