@@ -7,8 +7,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+#[path = "../../rollout/tests/common/http_server.rs"]
+mod http_server;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -37,8 +38,6 @@ struct State {
 /// Starts the server on 127.0.0.1 serving the model directory `model`; returns its URL and
 /// state.
 fn start_server(flavor: Flavor, stale: bool, model: &Path) -> (String, Arc<Mutex<State>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let state = Arc::new(Mutex::new(State {
         flavor,
         stale,
@@ -47,12 +46,10 @@ fn start_server(flavor: Flavor, stale: bool, model: &Path) -> (String, Arc<Mutex
         completions: 0,
     }));
     let shared = state.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let state = shared.clone();
-            std::thread::spawn(move || serve(stream, &state));
-        }
+    let url = http_server::serve(move |method, path, body| {
+        let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let (status, answer) = handle(&mut shared.lock().unwrap(), method, path, &body);
+        (status, answer.to_string())
     });
     (url, state)
 }
@@ -62,42 +59,20 @@ fn load(dir: &Path) -> Engine {
     Engine::new(model.config, &model.weights).unwrap()
 }
 
-fn serve(stream: TcpStream, state: &Mutex<State>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let mut length = 0;
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).unwrap();
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).unwrap();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut state = state.lock().unwrap();
+fn handle(state: &mut State, method: &str, path: &str, body: &Value) -> (u16, Value) {
     let flavor = state.flavor;
-    let (status, answer) = match (method, path, flavor) {
+    match (method, path, flavor) {
         ("GET", "/v1/models", _) => (
             200,
             json!({"data": [{"id": "policy", "max_model_len": 256}]}),
         ),
         ("POST", "/v1/completions", _) => {
             state.completions += 1;
-            (200, complete(&state.engine, &body, flavor))
+            (200, complete(&state.engine, body, flavor))
         }
         ("POST", "/update_weights_from_disk", Flavor::Sglang) => {
             let dir = body["model_path"].as_str().unwrap().to_string();
-            reload(&mut state, path, &dir);
+            reload(state, path, &dir);
             (
                 200,
                 json!({"success": true, "message": "Succeeded", "num_paused_requests": 0}),
@@ -106,7 +81,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         ("POST", "/collective_rpc", Flavor::Vllm) => {
             assert_eq!(body["method"], "reload_weights");
             let dir = body["kwargs"]["weights_path"].as_str().unwrap().to_string();
-            reload(&mut state, path, &dir);
+            reload(state, path, &dir);
             (200, json!({"results": [null]}))
         }
         ("POST", "/reset_prefix_cache", Flavor::Vllm) => {
@@ -114,16 +89,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
             (200, json!({"success": true}))
         }
         _ => (404, json!({"detail": "Not Found"})),
-    };
-    drop(state);
-    let answer = answer.to_string();
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{answer}",
-        answer.len()
-    );
+    }
 }
 
 fn reload(state: &mut State, path: &str, dir: &str) {

@@ -3,7 +3,7 @@
 //! `ARBOR_LLAMA_SERVER` names its binary (required when `ARBOR_REQUIRE_LLAMA_SERVER` is set, as
 //! in CI).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,41 +36,9 @@ enum Mode {
 /// next token is a function of the context and the request's seed alone). Returns its URL and
 /// the count of completion requests it received.
 fn scripted_server(mode: Mode) -> (String, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(AtomicU64::new(0));
     let seen = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let seen = seen.clone();
-            std::thread::spawn(move || serve(stream, mode, &seen));
-        }
-    });
-    (url, count)
-}
-
-fn serve(stream: TcpStream, mode: Mode, seen: &AtomicU64) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut length = 0;
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).unwrap();
-        if h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).unwrap();
-    let (status, answer) = match path.as_str() {
+    let url = http_server::serve(move |_, path, body| match path {
         "/props" => (
             200,
             json!({"default_generation_settings": {"n_ctx": CONTEXT}}).to_string(),
@@ -81,20 +49,14 @@ fn serve(stream: TcpStream, mode: Mode, seen: &AtomicU64) {
                 Mode::Scripted { fail_every } if fail_every > 0 && n.is_multiple_of(fail_every) => {
                     (503, "busy".to_string())
                 }
-                Mode::Scripted { .. } => (200, complete(&body)),
+                Mode::Scripted { .. } => (200, complete(body)),
                 Mode::Garbage => (200, "<html>not json".to_string()),
                 Mode::Down => (503, "down".to_string()),
             }
         }
         _ => (404, "no such path".to_string()),
-    };
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{answer}",
-        answer.len()
-    );
+    });
+    (url, count)
 }
 
 /// One token after the request's prompt, sampled by the scripted policy with the request's seed.
@@ -284,6 +246,9 @@ fn server_failures_are_errors_and_change_nothing() {
 
 #[path = "common/smollm2.rs"]
 mod smollm2;
+
+#[path = "common/http_server.rs"]
+mod http_server;
 
 /// `llama-server` started on a free local port, stopped when dropped.
 struct LlamaServer {
