@@ -1,9 +1,10 @@
 //! Where training runs: burn's Flex CPU backend, always built, or a GPU backend compiled in with
 //! the `cuda` or `wgpu` feature of this crate (and of the `arbor` binary). `--device` / the
-//! config's `model.device` names one as `cpu`, `cuda[:N]` or `wgpu[:N]` (the `N`-th GPU, default
-//! 0); asking for a backend the build lacks is a one-line error, not a fallback. Only training
-//! moves: the rollout engine stays on the CPU (rollouts scale out through an inference server,
-//! `rollout::server`). No other crate names a backend.
+//! config's `model.device` names one as `cpu`, `cuda[:N]` or `wgpu[:N]` (the `N`-th GPU; `cuda`
+//! is GPU 0, `wgpu` the best adapter wgpu finds); asking for a backend the build lacks is a
+//! one-line error, not a fallback. Only training moves: the rollout engine stays on the CPU
+//! (rollouts scale out through an inference server, `rollout::server`). No other crate names a
+//! backend.
 //!
 //! **Several GPUs.** A [`DeviceSet`] such as `cuda:0,cuda:1` trains data-parallel: the first
 //! device holds the policy, the optimizer and the KL reference, every further one a replica of
@@ -28,8 +29,11 @@ pub enum DeviceChoice {
     Cpu,
     /// A CUDA GPU (feature `cuda`).
     Cuda(usize),
-    /// A GPU through wgpu: Vulkan, Metal or DirectX (feature `wgpu`).
-    Wgpu(usize),
+    /// A device through wgpu: Vulkan, Metal or DirectX (feature `wgpu`): the `N`-th discrete
+    /// GPU (`wgpu:N`), or the best adapter wgpu finds (`wgpu`; burn's
+    /// `CUBECL_WGPU_DEFAULT_DEVICE` overrides the choice), a software Vulkan device such as
+    /// Mesa's lavapipe included.
+    Wgpu(Option<usize>),
 }
 
 impl FromStr for DeviceChoice {
@@ -39,14 +43,16 @@ impl FromStr for DeviceChoice {
         let (kind, index) = match s.split_once(':') {
             Some((k, i)) => (
                 k,
-                i.parse::<usize>()
-                    .map_err(|_| format!("device `{s}`: `{i}` is not a GPU index"))?,
+                Some(
+                    i.parse::<usize>()
+                        .map_err(|_| format!("device `{s}`: `{i}` is not a GPU index"))?,
+                ),
             ),
-            None => (s, 0),
+            None => (s, None),
         };
         match kind {
-            "cpu" if !s.contains(':') => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda(index)),
+            "cpu" if index.is_none() => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(index.unwrap_or(0))),
             "wgpu" => Ok(DeviceChoice::Wgpu(index)),
             _ => Err(format!(
                 "unknown device `{s}` (expected cpu, cuda[:N] or wgpu[:N])"
@@ -73,7 +79,8 @@ impl fmt::Display for DeviceChoice {
         match self {
             DeviceChoice::Cpu => write!(f, "cpu"),
             DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
-            DeviceChoice::Wgpu(n) => write!(f, "wgpu:{n}"),
+            DeviceChoice::Wgpu(Some(n)) => write!(f, "wgpu:{n}"),
+            DeviceChoice::Wgpu(None) => write!(f, "wgpu"),
         }
     }
 }
@@ -191,7 +198,9 @@ pub fn training_device(choice: DeviceChoice) -> Result<Device, TrainerError> {
         #[cfg(not(feature = "cuda"))]
         DeviceChoice::Cuda(_) => return Err(missing("cuda")),
         #[cfg(feature = "wgpu")]
-        DeviceChoice::Wgpu(n) => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(n)),
+        DeviceChoice::Wgpu(Some(n)) => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(n)),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu(None) => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
         #[cfg(not(feature = "wgpu"))]
         DeviceChoice::Wgpu(_) => return Err(missing("wgpu")),
     };
@@ -208,7 +217,8 @@ mod tests {
             ("cpu", DeviceChoice::Cpu),
             ("cuda", DeviceChoice::Cuda(0)),
             ("cuda:1", DeviceChoice::Cuda(1)),
-            ("wgpu:0", DeviceChoice::Wgpu(0)),
+            ("wgpu:0", DeviceChoice::Wgpu(Some(0))),
+            ("wgpu", DeviceChoice::Wgpu(None)),
         ] {
             assert_eq!(text.parse::<DeviceChoice>().unwrap(), choice);
             assert_eq!(choice.to_string().parse::<DeviceChoice>().unwrap(), choice);
@@ -225,7 +235,7 @@ mod tests {
             assert!(e.contains("--features cuda") && !e.contains('\n'), "{e}");
         }
         #[cfg(not(feature = "wgpu"))]
-        assert!(training_device(DeviceChoice::Wgpu(0)).is_err());
+        assert!(training_device(DeviceChoice::Wgpu(Some(0))).is_err());
     }
 
     #[test]
@@ -241,7 +251,7 @@ mod tests {
         let one: DeviceSet = "wgpu:1".parse().unwrap();
         assert_eq!(
             (one.primary(), one.replicas().len()),
-            (DeviceChoice::Wgpu(1), 0)
+            (DeviceChoice::Wgpu(Some(1)), 0)
         );
         assert_eq!(DeviceSet::default().to_string(), "cpu");
         for bad in [
