@@ -20,7 +20,7 @@
 //!   and `weights_path` (vLLM serves it only with `VLLM_SERVER_DEV_MODE=1`) followed by
 //!   `POST /reset_prefix_cache`, since that reload keeps the prefix cache. With `server_cmd`,
 //!   arbor starts the server once, on the first directory; without it the server must already
-//!   run. The directory of the previous policy is removed once the new one is served.
+//!   run. The directories of earlier policies are removed once the new one is served.
 //!
 //! Either way the server is then **probed**: the greedy next token after the first held-out
 //! prompt, whose logprob the server reports, against the engine's logprob of that token with
@@ -69,8 +69,6 @@ pub struct Served {
     policy: Option<ServerPolicy>,
     /// The trainer version (SFT + RL steps) the server holds.
     version: Option<u64>,
-    /// The model directory the server holds (`sglang`, `vllm`).
-    served_dir: Option<PathBuf>,
 }
 
 impl Served {
@@ -111,7 +109,6 @@ impl Served {
             child: None,
             policy: None,
             version: None,
-            served_dir: None,
         }))
     }
 
@@ -154,8 +151,15 @@ impl Served {
                         }
                         (Some(_), _) => self.load(&dir)?,
                     }
-                    if let Some(old) = self.served_dir.replace(dir) {
-                        remove_dir(&old)?;
+                    // Earlier policies' directories, a resumed run's among them.
+                    for entry in std::fs::read_dir(&self.dir)
+                        .with_context(|| format!("reading {}", self.dir.display()))?
+                    {
+                        let path = entry?.path();
+                        let name = path.file_name().unwrap_or_default().to_string_lossy();
+                        if name.starts_with("policy-") && path.canonicalize()? != dir {
+                            remove_dir(&path)?;
+                        }
                     }
                 }
             }
