@@ -96,6 +96,11 @@ pub struct RolloutSection {
     /// it the server must already run, on a model of the same architecture. Run through
     /// `sh -c`; stopped when the run ends. Default: none.
     pub server_cmd: Option<String>,
+    /// Largest |server − engine| logprob of the probe token after each new policy reached the
+    /// server (`crate::serve`). The default suits a server computing in f32 on the f32 weights
+    /// arbor writes (llama-server; SGLang and vLLM with `--dtype float32`); a server that
+    /// computes in bf16 or f16 needs a looser bound, about 0.1 for a 135M model. Default: 0.01.
+    pub probe_tolerance: f32,
     /// Requests in flight at once. Default: 8.
     pub in_flight: usize,
     /// Seconds the server may take to answer once started (and one request to complete).
@@ -113,6 +118,7 @@ impl Default for RolloutSection {
             server: None,
             reload: ServerReload::Restart,
             server_cmd: None,
+            probe_tolerance: crate::serve::PROBE_TOLERANCE,
             in_flight: 8,
             timeout_s: 120.0,
             kv_cache: rollout::engine::KvPrecision::F32,
@@ -638,6 +644,9 @@ impl TrainConfig {
         if r.in_flight == 0 || !r.timeout_s.is_finite() || r.timeout_s <= 0.0 {
             bail!("rollout.in_flight must be at least 1 and rollout.timeout_s a positive number");
         }
+        if !(r.probe_tolerance.is_finite() && r.probe_tolerance > 0.0) {
+            bail!("rollout.probe_tolerance must be a positive number");
+        }
         match (&r.server, &r.server_cmd, r.reload) {
             (None, Some(_), _) => {
                 bail!("rollout.server_cmd is set but rollout.server (its URL) is not")
@@ -1107,6 +1116,8 @@ mod tests {
             .unwrap_err();
             assert!(err.contains("{model}"), "{err}");
         }
+        let e = with(&[url, "rl.steps=0", "rollout.probe_tolerance=0"]).unwrap_err();
+        assert!(e.contains("probe_tolerance"), "{e}");
         let mut cfg = TrainConfig::default();
         let err = apply_sets(&mut cfg, &["rollout.reload=reboot".into()]).unwrap_err();
         assert!(err.to_string().contains("sglang"), "{err}");

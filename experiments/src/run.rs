@@ -380,7 +380,7 @@ impl Run {
             let trainer = Trainer::from_weights(&model_cfg, &weights, tcfg, &device)?;
             (trainer, RunState::default())
         };
-        trainer.set_data_parallel(cfg.model.device.replicas())?;
+        trainer.set_data_parallel(&cfg.model.device)?;
         let (sft_done, rl_done) = (trainer.state().sft_steps, trainer.state().rl_steps);
         let metrics = if resume {
             MetricsWriter::resume(&dir, |m| {

@@ -24,8 +24,12 @@
 //!
 //! Either way the server is then **probed**: the greedy next token after the first held-out
 //! prompt, whose logprob the server reports, against the engine's logprob of that token with
-//! the same weights. More than [`PROBE_TOLERANCE`] apart is an error: the server is not
-//! serving the trained policy (a reload that did not happen, or one from stale files).
+//! the same weights. More than `rollout.probe_tolerance` ([`PROBE_TOLERANCE`] by default)
+//! apart is an error: the server is not serving the trained policy (a reload that did not
+//! happen, or one from stale files). The files are f32: serve them in f32 (SGLang's and vLLM's
+//! `--dtype float32`), or loosen the tolerance for a server that computes in bf16 or f16.
+//!
+//! The last policy's file or directory stays in `<run>/serving/` when the run ends.
 //!
 //! A server process arbor started is stopped when the run is dropped. Tested: llama-server
 //! (`experiments/tests/pretrained.rs`), and the SGLang and vLLM reload protocols against an
@@ -45,7 +49,8 @@ use serde_json::{Value, json};
 
 use crate::config::{ServerReload, TrainConfig};
 
-/// Largest |server − engine| logprob of the probe token accepted as the same policy. The
+/// Largest |server − engine| logprob of the probe token accepted as the same policy by
+/// default (`rollout.probe_tolerance`). The
 /// served file holds the trained f32 weights, so only the summation order of llama.cpp's
 /// kernels and the engine's differs; the end-to-end test of `experiments/tests/pretrained.rs`
 /// passes this probe after every restart. For scale: serving the Q4_1 original instead (8-bit
@@ -65,6 +70,7 @@ pub struct Served {
     dir: PathBuf,
     in_flight: usize,
     timeout: Duration,
+    probe_tolerance: f32,
     child: Option<Child>,
     policy: Option<ServerPolicy>,
     /// The trainer version (SFT + RL steps) the server holds.
@@ -83,6 +89,9 @@ impl Served {
         let Some(url) = &r.server else {
             return Ok(None);
         };
+        if cfg.rl.steps == 0 {
+            return Ok(None); // no RL rollouts to serve
+        }
         let source = match r.reload {
             ServerReload::Restart if r.server_cmd.is_none() => return Ok(None),
             ServerReload::Restart => Some(
@@ -106,6 +115,7 @@ impl Served {
             dir: dir.join("serving"),
             in_flight: r.in_flight,
             timeout: Duration::from_secs_f64(r.timeout_s),
+            probe_tolerance: r.probe_tolerance,
             child: None,
             policy: None,
             version: None,
@@ -144,7 +154,10 @@ impl Served {
                         .canonicalize()
                         .with_context(|| format!("resolving {}", dir.display()))?;
                     match (&self.policy, &self.command) {
-                        (None, Some(_)) => self.start(&dir)?,
+                        (None, Some(_)) => {
+                            self.stop();
+                            self.start(&dir)?;
+                        }
                         (None, None) => {
                             self.connect()?;
                             self.load(&dir)?;
@@ -152,19 +165,19 @@ impl Served {
                         (Some(_), _) => self.load(&dir)?,
                     }
                     // Earlier policies' directories, a resumed run's among them.
-                    for entry in std::fs::read_dir(&self.dir)
-                        .with_context(|| format!("reading {}", self.dir.display()))?
-                    {
-                        let path = entry?.path();
+                    let current = format!("policy-{version}");
+                    let listing = || format!("reading {}", self.dir.display());
+                    for entry in std::fs::read_dir(&self.dir).with_context(listing)? {
+                        let path = entry.with_context(listing)?.path();
                         let name = path.file_name().unwrap_or_default().to_string_lossy();
-                        if name.starts_with("policy-") && path.canonicalize()? != dir {
+                        if name.starts_with("policy-") && name != current {
                             remove_dir(&path)?;
                         }
                     }
                 }
             }
             let policy = self.policy.as_mut().expect("started");
-            check_probe(policy, engine, probe)?;
+            check_probe(policy, engine, probe, self.probe_tolerance)?;
             self.version = Some(version);
         }
         Ok(self.policy.as_mut().expect("started"))
@@ -191,12 +204,12 @@ impl Served {
                 .context("SGLang did not load the new policy")?;
                 let v: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
                 if v.get("success").and_then(Value::as_bool) != Some(true) {
-                    bail!(
-                        "SGLang did not load the new policy from {dir}: {}",
-                        v.get("message")
-                            .and_then(Value::as_str)
-                            .unwrap_or(answer.trim())
-                    );
+                    let message = v.get("message").and_then(Value::as_str).unwrap_or(&answer);
+                    let mut line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+                    if let Some((cut, _)) = line.char_indices().nth(300) {
+                        line.truncate(cut);
+                    }
+                    bail!("SGLang did not load the new policy from {dir}: {line}");
                 }
             }
             ServerReload::Vllm => {
@@ -321,7 +334,12 @@ fn shell_quote(text: &str) -> String {
 
 /// The server's greedy next token after `probe` and its logprob against the engine's logprob
 /// of that token (see the module docs).
-fn check_probe(policy: &mut ServerPolicy, engine: &Engine, probe: &[u32]) -> anyhow::Result<()> {
+fn check_probe(
+    policy: &mut ServerPolicy,
+    engine: &Engine,
+    probe: &[u32],
+    tolerance: f32,
+) -> anyhow::Result<()> {
     let seq = policy.start(probe)?;
     let greedy = SamplingParams {
         temperature: 0.0,
@@ -344,7 +362,7 @@ fn check_probe(policy: &mut ServerPolicy, engine: &Engine, probe: &[u32]) -> any
             )
         })?;
     let gap = (ours - served.logprob).abs();
-    if gap.is_nan() || gap > PROBE_TOLERANCE {
+    if gap.is_nan() || gap > tolerance {
         bail!(
             "the rollout server does not serve the trained policy: probe token {} has logprob \
              {:.5} there and {ours:.5} in the engine",

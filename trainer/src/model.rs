@@ -463,7 +463,6 @@ impl PolicyModel {
         (total, out)
     }
 
-    /// Adds the gradients of `from` into `into`, parameter by parameter.
     /// `grads` summed over `devices` (this model's replicas there) by burn's all-reduce
     /// collective ([`crate::trainer::GradReduce::AllReduce`]).
     pub(crate) fn all_reduce_grads(
@@ -478,6 +477,7 @@ impl PolicyModel {
         grads
     }
 
+    /// Adds the gradients of `from` into `into`, parameter by parameter.
     pub(crate) fn add_grads(&self, into: &mut GradientsParams, mut from: GradientsParams) {
         self.visit(&mut AddGrads {
             into,

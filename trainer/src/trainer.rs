@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rollout::engine::{ModelConfig, Weights};
 
 use crate::TrainerError;
-use crate::device::{DeviceChoice, training_device};
+use crate::device::{DeviceChoice, DeviceSet, training_device};
 use crate::loss::{LossStats, PpoConfig, policy_loss_from, target_logprobs};
 use crate::model::PolicyModel;
 use crate::optim::{AdamW, AdamWConfig, AdamWState};
@@ -34,8 +34,9 @@ pub struct TrainerConfig {
     /// (balanced by tokens, see [`TrainBatch::shards`]), each shard's loss is forwarded and
     /// back-propagated on its own thread, and the gradients are summed — the same update as one
     /// pass over the whole batch, up to float summation order. A fixed number, not the core
-    /// count, so a run's numbers do not depend on the machine. By default, this is
-    /// [`DEFAULT_SHARDS`].
+    /// count, so a run's numbers do not depend on the machine; data-parallel training
+    /// ([`Trainer::set_data_parallel`]) raises it to the number of devices. By default, this
+    /// is [`DEFAULT_SHARDS`].
     pub shards: usize,
     /// Layer-wise gradient checkpointing ([`PolicyModel::checkpointed_grads`]): the forward
     /// pass keeps only each decoder layer's input, and the backward pass re-runs one layer at
@@ -43,9 +44,10 @@ pub struct TrainerConfig {
     /// of all of them, for about one more forward pass of compute (`arbor bench train
     /// --gradient-checkpointing`). By default, this is disabled.
     pub gradient_checkpointing: bool,
-    /// How many of the shards run at the same time (0: all): a lower number keeps fewer
-    /// shards' activations in memory at once and takes longer; the update is the same, bit for
-    /// bit (gradients are summed in shard order either way). By default, this is 0.
+    /// How many of the shards run at the same time (0: all; per device in data-parallel
+    /// training): a lower number keeps fewer shards' activations in memory at once and takes
+    /// longer; the update is the same, bit for bit (gradients are summed in shard order either
+    /// way). By default, this is 0.
     pub parallel_shards: usize,
 }
 
@@ -141,13 +143,14 @@ pub struct Trainer {
 
 /// How the gradients of data-parallel replicas are summed ([`Trainer::set_data_parallel`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GradReduce {
+pub(crate) enum GradReduce {
     /// burn's all-reduce collective (`burn::tensor::distributed::all_reduce`, NCCL on CUDA):
     /// every replica receives the sum of all replicas' gradients, on its own device.
     AllReduce,
     /// Every replica's gradients copied to the primary device and added there in device
-    /// order: for backends without collectives (burn 0.22's CPU and wgpu backends have none),
-    /// and the reference the collective path is checked against.
+    /// order: the stand-in for the collective in the tests, where CPU devices (burn 0.22's
+    /// CPU backend has no collectives) play the GPUs.
+    #[cfg_attr(not(test), allow(dead_code))]
     Gather,
 }
 
@@ -338,37 +341,49 @@ impl Trainer {
         self.reference.as_ref().map(PolicyModel::to_weights)
     }
 
-    /// Trains data-parallel over this trainer's device and `replicas` (after [`Self::device`],
-    /// in this order; module docs of [`crate::device`]): each gets a copy of the policy, every
+    /// Trains data-parallel over `devices` (module docs of [`crate::device`]): the first must
+    /// be the trainer's own device, and each further one gets a replica of the policy. Every
     /// update splits its batch into at least as many shards as there are devices and gives
-    /// each device a contiguous run of them, and the devices' gradients are summed by burn's
-    /// all-reduce collective before the primary's optimizer steps; the replicas then take the
-    /// new weights. The update is the single-device one up to float summation order. The
-    /// optimizer and the KL reference stay on the primary. Collectives need CUDA devices in
-    /// burn 0.22; anything else is an error. An empty list returns to one device.
-    pub fn set_data_parallel(&mut self, replicas: &[DeviceChoice]) -> Result<(), TrainerError> {
-        if let Some(d) = replicas
+    /// each device a contiguous run of them. The devices' gradients are
+    /// summed by burn's all-reduce collective before the primary's optimizer steps, and the
+    /// replicas then take the new weights. The update is the single-device one up to float
+    /// summation order. The optimizer and the KL reference stay on the primary. Collectives
+    /// need CUDA devices in burn 0.22: any other device in a set of several is an error. A set
+    /// of one device returns to single-device training.
+    pub fn set_data_parallel(&mut self, devices: &DeviceSet) -> Result<(), TrainerError> {
+        let config = |reason: String| TrainerError::Config { reason };
+        if devices.replicas().is_empty() {
+            self.parallel = None;
+            return Ok(());
+        }
+        if let Some(d) = devices
+            .devices()
             .iter()
             .find(|d| !matches!(d, DeviceChoice::Cuda(_)))
         {
-            return Err(TrainerError::Config {
-                reason: format!(
-                    "data-parallel replica on {d}: burn's all-reduce collective runs on CUDA \
-                     devices only"
-                ),
-            });
+            return Err(config(format!(
+                "data-parallel training on {d}: burn's all-reduce collective runs on CUDA devices \
+                 only"
+            )));
         }
-        let devices = replicas
+        if training_device(devices.primary())? != self.device {
+            return Err(config(format!(
+                "data-parallel devices {devices}: the trainer is not on {}",
+                devices.primary()
+            )));
+        }
+        let replicas = devices
+            .replicas()
             .iter()
             .map(|&d| training_device(d))
             .collect::<Result<Vec<_>, _>>()?;
-        self.set_data_parallel_with(devices, GradReduce::AllReduce);
+        self.set_data_parallel_with(replicas, GradReduce::AllReduce);
         Ok(())
     }
 
-    /// [`Self::set_data_parallel`] on burn devices, summing gradients with `reduce`
-    /// ([`GradReduce::AllReduce`] needs a backend with collectives: CUDA).
-    pub fn set_data_parallel_with(&mut self, replicas: Vec<Device>, reduce: GradReduce) {
+    /// [`Self::set_data_parallel`] on burn devices after the trainer's own, summing gradients
+    /// with `reduce` ([`GradReduce::AllReduce`] needs CUDA devices; burn panics on others).
+    pub(crate) fn set_data_parallel_with(&mut self, replicas: Vec<Device>, reduce: GradReduce) {
         self.parallel = None; // closes an earlier communication server first
         if replicas.is_empty() {
             return;
@@ -406,12 +421,11 @@ impl Trainer {
         1 + self.parallel.as_ref().map_or(0, |p| p.replicas.len())
     }
 
-    /// The device of shard `i` of `n` (contiguous runs of shards per device, the primary's
-    /// first).
+    /// The device of shard `i` of `n` ([`device_of_shard`]).
     fn shard_device(&self, i: usize, n: usize) -> &Device {
         match &self.parallel {
             None => &self.device,
-            Some(p) => match i * self.num_devices() / n {
+            Some(p) => match device_of_shard(i, n, self.num_devices()) {
                 0 => &self.device,
                 d => &p.replicas[d - 1].device,
             },
@@ -516,8 +530,9 @@ impl Trainer {
 
     /// Gradients of the shards summed over the data-parallel devices, on the primary, with
     /// the statistics merged in device order. One thread per device computes its shards'
-    /// gradients; a device without shards contributes zeros, so that every device takes part
-    /// in every collective.
+    /// gradients; only once every device has its own (a failure then fails the update) are
+    /// the collectives issued, again one thread per device, a device without shards
+    /// contributing zeros, so that no device waits in a collective another never joins.
     fn data_parallel_grads<F>(
         &self,
         parallel: &DataParallel,
@@ -527,32 +542,17 @@ impl Trainer {
     where
         F: Fn(&PolicyModel, Tensor<3>, usize) -> (Tensor<1>, LossStats) + Sync,
     {
-        let n = shards.len();
-        let devices = self.num_devices();
+        let (n, devices) = (shards.len(), self.num_devices());
         let members: Vec<(&PolicyModel, &Device)> = std::iter::once((&self.model, &self.device))
             .chain(parallel.replicas.iter().map(|r| (&r.model, &r.device)))
             .collect();
-        let all_devices: Vec<Device> = members.iter().map(|(_, d)| (*d).clone()).collect();
-        let parts: Vec<(GradientsParams, Option<LossStats>)> = std::thread::scope(|s| {
+        let parts: Vec<Option<(GradientsParams, LossStats)>> = std::thread::scope(|s| {
             let handles: Vec<_> = members
                 .iter()
                 .enumerate()
                 .map(|(d, &(model, device))| {
-                    // Shards i with i * devices / n == d.
-                    let range = (d * n).div_ceil(devices)..((d + 1) * n).div_ceil(devices);
-                    let all_devices = &all_devices;
-                    s.spawn(move || {
-                        let (grads, stats) = match self.grads_of(model, device, shards, range, loss)
-                        {
-                            Some((g, st)) => (g, Some(st)),
-                            None => (GradientsParams::new(), None),
-                        };
-                        let grads = match parallel.reduce {
-                            GradReduce::AllReduce => model.all_reduce_grads(grads, all_devices),
-                            GradReduce::Gather => grads,
-                        };
-                        (grads, stats)
-                    })
+                    let range = shards_of_device(d, n, devices);
+                    s.spawn(move || self.grads_of(model, device, shards, range, loss))
                 })
                 .collect();
             handles
@@ -560,18 +560,43 @@ impl Trainer {
                 .map(|h| h.join().expect("a device's backward pass panicked"))
                 .collect()
         });
-        let mut parts = parts.into_iter();
-        let (mut grads, mut stats) = parts.next().expect("the primary device");
-        for (g, st) in parts {
-            if parallel.reduce == GradReduce::Gather {
-                self.model
-                    .add_grads(&mut grads, g.to_device(&self.device, &self.model));
-            }
-            stats = match (stats, st) {
-                (Some(a), Some(b)) => Some(a.merge(&b)),
-                (a, b) => a.or(b),
-            };
+        let mut stats: Option<LossStats> = None;
+        for (_, st) in parts.iter().flatten() {
+            stats = Some(match stats {
+                Some(a) => a.merge(st),
+                None => *st,
+            });
         }
+        let mut grads = parts
+            .into_iter()
+            .map(|p| p.map_or_else(GradientsParams::new, |(g, _)| g));
+        let grads = match parallel.reduce {
+            GradReduce::AllReduce => {
+                let all: Vec<Device> = members.iter().map(|(_, d)| (*d).clone()).collect();
+                let reduced: Vec<GradientsParams> = std::thread::scope(|s| {
+                    let handles: Vec<_> = grads
+                        .zip(&members)
+                        .map(|(g, &(model, _))| {
+                            let all = &all;
+                            s.spawn(move || model.all_reduce_grads(g, all))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("a device's all-reduce panicked"))
+                        .collect()
+                });
+                reduced.into_iter().next().expect("the primary device")
+            }
+            GradReduce::Gather => {
+                let mut sum = grads.next().expect("the primary device");
+                for g in grads {
+                    self.model
+                        .add_grads(&mut sum, g.to_device(&self.device, &self.model));
+                }
+                sum
+            }
+        };
         (grads, stats.expect("an update has at least one shard"))
     }
 
@@ -738,6 +763,17 @@ impl Trainer {
     }
 }
 
+/// The device (0: the primary) that trains shard `i` of `n` on `devices` devices: contiguous
+/// runs of shards, `⌊i · devices / n⌋`, the primary's first.
+fn device_of_shard(i: usize, n: usize, devices: usize) -> usize {
+    i * devices / n
+}
+
+/// The shards device `d` of `devices` trains out of `n`: those with [`device_of_shard`] = `d`.
+fn shards_of_device(d: usize, n: usize, devices: usize) -> std::ops::Range<usize> {
+    (d * n).div_ceil(devices)..((d + 1) * n).div_ceil(devices)
+}
+
 /// Stream tag of the RL mini-batch shuffle in `envs::rng::rng_for(&[seed, tag, step, epoch])`.
 const RL_SHUFFLE_STREAM: u64 = 0x5348_5546; // "SHUF"
 
@@ -814,9 +850,9 @@ pub(crate) mod tests {
 
     /// Data-parallel replicas give the single-device updates up to float summation order:
     /// SFT and RL steps with a KL reference, the replicas refreshed after every update, and
-    /// more devices than a batch has shards (those devices contribute zeros). CPU devices
-    /// stand in for GPUs with the gather reduction: burn's all-reduce collective runs on CUDA
-    /// only.
+    /// more devices than a batch has shards (those devices contribute nothing). The CPU device
+    /// stands in for every GPU, with the gather reduction: burn's all-reduce collective runs
+    /// on CUDA only, so neither the collective nor placement on distinct devices is exercised.
     #[test]
     fn data_parallel_replicas_give_the_single_device_updates() {
         let cfg = small_config();
@@ -844,16 +880,39 @@ pub(crate) mod tests {
                 assert!(r.model.to_weights() == w, "{what}: a replica is stale");
             }
         }
-        // The collective needs CUDA devices, and a build with their backend.
+        // The collective needs CUDA devices, and a build with their backend; one device is
+        // single-device training.
         let mut t = trainer();
-        let e = t.set_data_parallel(&[DeviceChoice::Cpu]).unwrap_err();
-        assert!(e.to_string().contains("CUDA"), "{e}");
+        t.set_data_parallel(&DeviceSet::default()).unwrap();
         #[cfg(not(feature = "cuda"))]
         {
-            let e = t.set_data_parallel(&[DeviceChoice::Cuda(1)]).unwrap_err();
+            let set: DeviceSet = "cuda:0,cuda:1".parse().unwrap();
+            let e = t.set_data_parallel(&set).unwrap_err();
             assert!(e.to_string().contains("--features cuda"), "{e}");
         }
         assert_eq!(t.num_devices(), 1);
+    }
+
+    /// Shard-to-device assignment: every device's run of shards is contiguous, the runs cover
+    /// the shards in order, each device's shards are the ones `device_of_shard` sends it, and
+    /// the primary always has one.
+    #[test]
+    fn devices_take_contiguous_runs_of_shards() {
+        for devices in 1..=8 {
+            for n in 1..=29 {
+                let mut next = 0;
+                for d in 0..devices {
+                    let run = shards_of_device(d, n, devices);
+                    assert_eq!(run.start, next, "{d} of {devices}, {n} shards");
+                    for i in run.clone() {
+                        assert_eq!(device_of_shard(i, n, devices), d);
+                    }
+                    next = run.end;
+                }
+                assert_eq!(next, n);
+                assert!(!shards_of_device(0, n, devices).is_empty());
+            }
+        }
     }
 
     /// burn's wgpu backend (feature `wgpu`, on the best adapter wgpu finds: a GPU, or a software
