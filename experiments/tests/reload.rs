@@ -103,13 +103,7 @@ fn reload(state: &mut State, path: &str, dir: &str) {
 /// seed (greedy at temperature 0), in OpenAI's legacy logprobs form with the id where each
 /// server puts it.
 fn complete(engine: &Engine, req: &Value, flavor: Flavor) -> Value {
-    assert_eq!(req["max_tokens"], 1);
-    let prompt: Vec<u32> = req["prompt"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
+    let prompt = http_server::one_token_prompt(req);
     let logits = engine.forward_full(&prompt);
     let row: Vec<f64> = logits
         .row(prompt.len() - 1)

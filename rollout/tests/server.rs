@@ -62,13 +62,7 @@ fn scripted_server(mode: Mode) -> (String, Arc<AtomicU64>) {
 /// One token after the request's prompt, sampled by the scripted policy with the request's seed.
 fn complete(body: &[u8]) -> String {
     let req: Value = serde_json::from_slice(body).unwrap();
-    assert_eq!(req["max_tokens"], 1);
-    let prompt: Vec<u32> = req["prompt"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect();
+    let prompt = http_server::one_token_prompt(&req);
     let seed = req["seed"].as_u64().unwrap();
     let mut policy = ScriptedPolicy::new(&MAZE_PHRASES, NOISE, CONTEXT);
     let seq = policy.start(&prompt).unwrap();

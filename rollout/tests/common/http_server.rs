@@ -56,3 +56,15 @@ fn answer(stream: TcpStream, handle: &Handler) {
         answer.len()
     );
 }
+
+/// The token-id prompt of a `/v1/completions` request, which must ask for one token (as
+/// `ServerPolicy` does).
+pub fn one_token_prompt(req: &serde_json::Value) -> Vec<u32> {
+    assert_eq!(req["max_tokens"], 1);
+    req["prompt"]
+        .as_array()
+        .expect("a token-id prompt")
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
